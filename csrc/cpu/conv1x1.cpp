@@ -1,0 +1,129 @@
+// 1x1 convolution as a plain GEMM, no im2col. A 1x1 convolution with stride 1
+// is exactly weight (Kg x Cg) . input (Cg x HW). With stride > 1 the input is
+// first subsampled into a (Cg x PQ) buffer (grad_input is scattered back).
+// Dilation does not matter for a 1x1 kernel; padding must be zero.
+#include "conv_common.h"
+
+namespace fastconv {
+
+std::string conv1x1_supports(const ConvProblem& p) {
+  if (p.R != 1 || p.S != 1) return "the 1x1 algorithm needs a 1x1 kernel";
+  if (p.pad_h != 0 || p.pad_w != 0) return "the 1x1 algorithm needs zero padding";
+  if ((p.P - 1) * p.stride_h >= p.H || (p.Q - 1) * p.stride_w >= p.W)
+    return "the 1x1 algorithm needs every output pixel inside the input (no bottom/right padding)";
+  return "";
+}
+
+namespace {
+inline bool unit_stride(const ConvProblem& p) {
+  return p.stride_h == 1 && p.stride_w == 1 && p.P == p.H && p.Q == p.W;
+}
+
+// (Cg x H x W) -> (Cg x P x Q): pick every stride-th pixel
+template <typename T>
+void subsample(const ConvProblem& p, const T* src, int64_t channels, T* dst, bool par) {
+  const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t cp = 0; cp < channels * p.P; ++cp) {
+    const int64_t c = cp / p.P, pp = cp % p.P;
+    const T* s = src + c * HW + pp * p.stride_h * p.W;
+    T* d = dst + c * PQ + pp * p.Q;
+    for (int64_t q = 0; q < p.Q; ++q) d[q] = s[q * p.stride_w];
+  }
+}
+
+// (Cg x P x Q) -> zeroed (Cg x H x W) at the strided positions
+template <typename T>
+void scatter_strided(const ConvProblem& p, const T* src, int64_t channels, T* dst, bool par) {
+  const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t c = 0; c < channels; ++c) {
+    T* d = dst + c * HW;
+    std::memset(d, 0, sizeof(T) * HW);
+    for (int64_t pp = 0; pp < p.P; ++pp)
+      for (int64_t q = 0; q < p.Q; ++q)
+        d[pp * p.stride_h * p.W + q * p.stride_w] = src[c * PQ + pp * p.Q + q];
+  }
+}
+
+// run body(item, scratch, parallel) over items: items in parallel when there
+// are enough of them, else one after another with parallel GEMMs inside.
+template <typename T, typename Body>
+void for_items(int64_t items, int64_t scratch_elems, Body&& body) {
+  const int threads = max_threads();
+  if (threads > 1 && items >= threads) {
+#pragma omp parallel
+    {
+      AlignedBuffer<T> scratch(scratch_elems);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), false);
+    }
+  } else {
+    AlignedBuffer<T> scratch(scratch_elems);
+    for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), threads > 1);
+  }
+}
+}  // namespace
+
+template <typename T>
+void conv1x1_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
+  const bool direct_view = unit_stride(p);
+  for_items<T>(p.N * p.groups, direct_view ? 1 : Cg * PQ, [&](int64_t item, T* scratch, bool par) {
+    const int64_t g = item % p.groups, n = item / p.groups;
+    const T* xg = x + (n * p.C + g * Cg) * HW;
+    if (!direct_view) {
+      subsample(p, xg, Cg, scratch, par);
+      xg = scratch;
+    }
+    GemmEpilogue<T> ep;
+    ep.row_bias = bias ? bias + g * Kg : nullptr;
+    ep.relu = relu;
+    gemm<T>(Kg, PQ, Cg, w + g * Kg * Cg, Cg, 1, xg, PQ, 1, T(0), y + (n * p.K + g * Kg) * PQ, PQ,
+            par, ep);
+  });
+}
+
+template <typename T>
+void conv1x1_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
+  const bool direct_view = unit_stride(p);
+  for_items<T>(p.N * p.groups, direct_view ? 1 : Cg * PQ, [&](int64_t item, T* scratch, bool par) {
+    const int64_t g = item % p.groups, n = item / p.groups;
+    T* dxg = dx + (n * p.C + g * Cg) * HW;
+    T* dst = direct_view ? dxg : scratch;
+    // grad_input[g] (Cg x PQ) = weight[g]^T (Cg x Kg) . grad_output[n, g] (Kg x PQ)
+    gemm<T>(Cg, PQ, Kg, w + g * Kg * Cg, 1, Cg, dy + (n * p.K + g * Kg) * PQ, PQ, 1, T(0), dst, PQ,
+            par);
+    if (!direct_view) scatter_strided(p, scratch, Cg, dxg, par);
+  });
+}
+
+template <typename T>
+void conv1x1_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
+  const bool direct_view = unit_stride(p);
+  detail::reduce_weight_grad<T>(p.N * p.groups, p.K * Cg, dw, [&](int64_t item, T* acc, bool par) {
+    thread_local AlignedBuffer<T> sub;
+    const int64_t g = item % p.groups, n = item / p.groups;
+    const T* xg = x + (n * p.C + g * Cg) * HW;
+    if (!direct_view) {
+      sub.resize(Cg * PQ);
+      subsample(p, xg, Cg, sub.data(), par);
+      xg = sub.data();
+    }
+    // acc[g] (Kg x Cg) += grad_output[n, g] (Kg x PQ) . input^T (PQ x Cg)
+    gemm<T>(Kg, Cg, PQ, dy + (n * p.K + g * Kg) * PQ, PQ, 1, xg, 1, PQ, T(1), acc + g * Kg * Cg, Cg,
+            par);
+  });
+}
+
+#define FC_INSTANTIATE(T)                                                                     \
+  template void conv1x1_fprop<T>(const ConvProblem&, const T*, const T*, const T*, T*, bool); \
+  template void conv1x1_dgrad<T>(const ConvProblem&, const T*, const T*, T*);                 \
+  template void conv1x1_wgrad<T>(const ConvProblem&, const T*, const T*, T*);
+FC_INSTANTIATE(float)
+FC_INSTANTIATE(double)
+#undef FC_INSTANTIATE
+
+}  // namespace fastconv

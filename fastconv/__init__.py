@@ -1,0 +1,58 @@
+"""fastconv: hand-written convolution kernels for CNNs in Python.
+
+>>> import numpy as np, fastconv
+>>> x = np.random.rand(8, 3, 32, 32).astype(np.float32)
+>>> w = np.random.rand(16, 3, 3, 3).astype(np.float32)
+>>> fastconv.ops.conv2d(x, w, padding=1).shape
+(8, 16, 32, 32)
+"""
+from __future__ import annotations
+
+import os
+
+__version__ = "0.1.0"
+
+from . import backends, ops  # noqa: E402
+from .backends import cpu as _cpu_backend  # noqa: E402
+from .problem import ConvProblem, out_size  # noqa: E402
+
+__all__ = ["ops", "backends", "info", "set_num_threads", "get_num_threads", "ConvProblem", "out_size",
+           "__version__"]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the compiled CPU kernels (OpenMP); OMP_NUM_THREADS sets the default."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if _cpu_backend.CPU_AVAILABLE:
+        _cpu_backend._cpu.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    if _cpu_backend.CPU_AVAILABLE:
+        return _cpu_backend._cpu.get_num_threads()
+    return 1
+
+
+def info() -> dict:
+    """What this build of fastconv is and what it dispatched to."""
+    cpu = _cpu_backend.CPU_AVAILABLE
+    d = {
+        "version": __version__,
+        "isa": _cpu_backend.isa() if cpu else "none (compiled CPU module missing)",
+        "isas_available": _cpu_backend.available_isas() if cpu else [],
+        "threads": get_num_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "backends": backends.available(),
+        "algorithms": list(ops.ALGORITHMS[1:]),
+        "cuda_built": backends.cuda_built(),
+    }
+    if not cpu:
+        d["cpu_import_error"] = _cpu_backend.CPU_IMPORT_ERROR
+    if d["cuda_built"]:
+        from . import _cuda  # type: ignore[attr-defined]
+
+        d["cuda_runtime"] = _cuda.runtime_info()
+    return d

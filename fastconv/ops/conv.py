@@ -1,0 +1,261 @@
+"""2-D convolution ops with ``torch.nn.functional.conv2d`` / ``torch.nn.grad`` semantics.
+
+dtypes: float32 computes in float32 and float64 in float64 (every algorithm
+has a float64 instantiation; the GEMM uses its portable micro-kernel for
+float64). float16 is computed in float32 and the result rounded back to
+float16. Integer, bool and complex arrays raise TypeError (as torch does on the
+CPU); input and weight must share a dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backends
+from ..backends import cpu as _cpu_backend
+from ..backends import reference as _reference
+from ..problem import ConvProblem, _is_int, make_problem
+
+ALGORITHMS = ("auto", "direct", "im2col", "1x1", "separable")
+
+__all__ = ["conv2d", "conv2d_input", "conv2d_weight", "ALGORITHMS", "algorithms_for", "choose_algo"]
+
+
+# ----------------------------------------------------------------- arguments
+def _array(value, name):
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        if hasattr(value, "__cuda_array_interface__"):
+            raise TypeError(f"{name}: GPU arrays need the CUDA backend, which is not built into this module")
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # noqa: BLE001 - any conversion failure is a type problem
+            raise TypeError(f"{name} must be an array, got {type(value).__name__}: {exc}") from None
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array (float16/32/64), got dtype {arr.dtype}"
+                        f" with shape {arr.shape}")
+    return arr
+
+
+def _compute_dtype(*arrays_and_names):
+    dtypes = {a.dtype for a, _ in arrays_and_names}
+    if len(dtypes) > 1:
+        desc = ", ".join(f"{n} {a.dtype}" for a, n in arrays_and_names)
+        raise TypeError(f"dtypes must match: {desc}")
+    dt = dtypes.pop()
+    return np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
+
+
+def _prepare(arr, dtype):
+    """Contiguous array of the compute dtype (copies only when needed)."""
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _backend_module(name):
+    return _cpu_backend if name == "cpu" else _reference
+
+
+# ------------------------------------------------------------- algorithms
+def _supports(algo, problem) -> str:
+    """Empty string when `algo` can take `problem`, else the reason (mirrors the C++ can_implement)."""
+    if algo in ("direct", "im2col"):
+        return ""
+    p = problem
+    if algo == "1x1":
+        if p.R != 1 or p.S != 1:
+            return f"the 1x1 algorithm needs a 1x1 kernel, got {p.R}x{p.S}"
+        if p.pad_h or p.pad_w or p.pad_bottom or p.pad_right:
+            return "the 1x1 algorithm needs zero padding"
+        return ""
+    if algo == "separable":
+        if p.groups != 1:
+            return f"the separable algorithm needs groups == 1, got groups={p.groups}"
+        if p.R != 1 and p.S != 1:
+            return f"the separable algorithm needs a 1xn or nx1 kernel, got {p.R}x{p.S}"
+        return ""
+    raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
+
+
+def algorithms_for(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+    """The algorithms (besides "auto") that can run this problem."""
+    p = make_problem(input_shape, weight_shape, stride, padding, dilation, groups)
+    return [a for a in ALGORITHMS[1:] if not _supports(a, p)]
+
+
+def _auto(p: ConvProblem, op: str) -> str:
+    """The "auto" heuristic table (measured with benchmarks/bench_conv.py on 2 Zen4 cores).
+
+    ========================================  =========
+    problem                                    algorithm
+    ========================================  =========
+    1x1 kernel, no padding                     1x1
+    one input channel per group (depthwise)    direct
+    C/groups * R * S <= 16 (tiny reduction)    direct
+    1xn / nx1 kernel, groups 1, C >= 32        separable
+    everything else                            im2col
+    ========================================  =========
+    """
+    Cg = p.C // p.groups
+    if not _supports("1x1", p):
+        return "1x1"
+    if Cg == 1 or Cg * p.R * p.S <= 16:
+        return "direct"
+    if (p.R == 1 or p.S == 1) and Cg >= 32 and not _supports("separable", p):
+        return "separable"
+    return "im2col"
+
+
+def choose_algo(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, op="fprop"):
+    """The algorithm "auto" picks for this problem and operator ("fprop", "dgrad", "wgrad")."""
+    if op not in ("fprop", "dgrad", "wgrad"):
+        raise ValueError(f"op must be 'fprop', 'dgrad' or 'wgrad', got {op!r}")
+    return _auto(make_problem(input_shape, weight_shape, stride, padding, dilation, groups), op)
+
+
+def _pick(algo, problem, op):
+    if not isinstance(algo, str):
+        raise TypeError(f"algo must be a string, got {algo!r}")
+    if algo == "auto":
+        return _auto(problem, op)
+    if algo not in ALGORITHMS:
+        raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
+    why = _supports(algo, problem)
+    if why:
+        raise ValueError(f"algo={algo!r} cannot run this problem (input {problem.input_shape}, weight "
+                         f"{problem.weight_shape}, stride {(problem.stride_h, problem.stride_w)}): {why}")
+    return algo
+
+
+# -------------------------------------------------------------------- ops
+def _batched(arr, name, expect_nd=4):
+    if arr.ndim == expect_nd:
+        return arr, False
+    if arr.ndim == expect_nd - 1:
+        return arr[None], True
+    raise ValueError(f"{name} must be {expect_nd - 1}-D (unbatched) or {expect_nd}-D (batched), "
+                     f"got {arr.ndim}-D with shape {arr.shape}")
+
+
+def _weight4(weight):
+    if weight.ndim != 4:
+        raise ValueError(f"weight must be 4-D (K, C/groups, R, S), got {weight.ndim}-D with shape {weight.shape}")
+    return weight
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto",
+           backend=None, out=None, activation=None):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    ``padding``: int, pair, ``'valid'`` or ``'same'`` (``'same'`` also with stride > 1 and even
+    kernels, TF-style: extra padding at the bottom/right). ``algo``: one of :data:`ALGORITHMS`.
+    ``out``: optional C-contiguous output buffer of the result's shape and dtype (returned).
+    ``activation``: None or ``"relu"`` (fused into the kernel's epilogue).
+    """
+    x = _array(input, "input")
+    w = _weight4(_array(weight, "weight"))
+    named = [(x, "input"), (w, "weight")]
+    b = None
+    if bias is not None:
+        b = _array(bias, "bias")
+        named.append((b, "bias"))
+    dtype = _compute_dtype(*named)
+    x4, unbatched = _batched(x, "input")
+    p = make_problem(x4.shape, w.shape, stride, padding, dilation, groups)
+    if b is not None and b.shape != (p.K,):
+        raise ValueError(f"bias must have shape ({p.K},) for weight shape {w.shape}, got {b.shape}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    name = backends.resolve(backend)
+    a = _pick(algo, p, "fprop")
+    result_shape = p.output_shape[1:] if unbatched else p.output_shape
+    result_dtype = x.dtype
+    y = _output_buffer(out, result_shape, result_dtype, dtype)
+    y_kernel = y if y.dtype == dtype else np.empty(result_shape, dtype)
+    if p.N > 0:
+        _backend_module(name).fprop(a, p, _prepare(x4, dtype), _prepare(w, dtype),
+                                    None if b is None else _prepare(b, dtype),
+                                    y_kernel.reshape(p.output_shape), activation == "relu")
+    if y_kernel is not y:
+        y[...] = y_kernel
+    return y
+
+
+def _output_buffer(out, shape, result_dtype, compute_dtype):
+    if out is None:
+        return np.empty(shape, dtype=result_dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out has shape {out.shape}, the result has shape {tuple(shape)}")
+    if out.dtype != result_dtype:
+        raise ValueError(f"out has dtype {out.dtype}, the result has dtype {result_dtype}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writeable C-contiguous array")
+    return out
+
+
+def _size_arg(size, name, like_ndim):
+    if isinstance(size, np.ndarray):
+        size = size.tolist()
+    try:
+        dims = tuple(size)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {size!r}") from None
+    if not all(_is_int(d) for d in dims):
+        raise TypeError(f"{name} must contain ints, got {size!r}")
+    if len(dims) not in (like_ndim, 4):
+        raise ValueError(f"{name} must have 4 entries (or 3 for unbatched), got {len(dims)}: {tuple(dims)}")
+    return tuple(int(d) for d in dims)
+
+
+def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                 algo="auto", backend=None):
+    """Gradient of conv2d with respect to its input, as ``torch.nn.grad.conv2d_input``."""
+    w = _weight4(_array(weight, "weight"))
+    dy = _array(grad_output, "grad_output")
+    dtype = _compute_dtype((w, "weight"), (dy, "grad_output"))
+    dy4, unbatched = _batched(dy, "grad_output")
+    size = _size_arg(input_size, "input_size", dy.ndim)
+    if len(size) == 3:
+        size = (1,) + size
+        unbatched = True
+    p = make_problem(size, w.shape, stride, padding, dilation, groups, input_name="input_size")
+    if dy4.shape != p.output_shape:
+        raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input_size "
+                         f"{tuple(input_size)} and weight shape {w.shape}")
+    name = backends.resolve(backend)
+    a = _pick(algo, p, "dgrad")
+    dx = np.empty(p.input_shape, dtype)
+    if p.N > 0:
+        _backend_module(name).dgrad(a, p, _prepare(dy4, dtype), _prepare(w, dtype), dx)
+    if unbatched:
+        dx = dx[0]
+    return dx.astype(dy.dtype, copy=False)
+
+
+def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                  algo="auto", backend=None):
+    """Gradient of conv2d with respect to its weight, as ``torch.nn.grad.conv2d_weight``."""
+    x = _array(input, "input")
+    dy = _array(grad_output, "grad_output")
+    dtype = _compute_dtype((x, "input"), (dy, "grad_output"))
+    x4, unb_x = _batched(x, "input")
+    dy4, unb_dy = _batched(dy, "grad_output")
+    if unb_x != unb_dy:
+        raise ValueError(f"input ({x.ndim}-D, shape {x.shape}) and grad_output ({dy.ndim}-D, shape "
+                         f"{dy.shape}) must both be batched or both unbatched")
+    wsize = _size_arg(weight_size, "weight_size", 4)
+    if len(wsize) != 4:
+        raise ValueError(f"weight_size must have 4 entries, got {wsize}")
+    p = make_problem(x4.shape, wsize, stride, padding, dilation, groups, weight_name="weight_size")
+    if dy4.shape != p.output_shape:
+        raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input shape "
+                         f"{x.shape} and weight_size {wsize}")
+    name = backends.resolve(backend)
+    a = _pick(algo, p, "wgrad")
+    dw = np.empty(p.weight_shape, dtype)
+    if p.N == 0:
+        dw[...] = 0
+    else:
+        _backend_module(name).wgrad(a, p, _prepare(x4, dtype), _prepare(dy4, dtype), dw)
+    return dw.astype(x.dtype, copy=False)

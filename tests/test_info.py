@@ -1,0 +1,98 @@
+"""fastconv.info(), thread control, ISA selection and the command line."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import ops
+from fastconv.backends import cpu
+
+import reference as ref
+
+
+def test_info_keys_and_types():
+    info = fastconv.info()
+    assert isinstance(info, dict)
+    assert {"version", "isa", "threads", "backends", "algorithms", "cuda_built"} <= set(info)
+    assert isinstance(info["version"], str) and info["version"]
+    assert isinstance(info["isa"], str) and info["isa"]
+    assert isinstance(info["threads"], int) and not isinstance(info["threads"], bool) and info["threads"] >= 1
+    assert isinstance(info["backends"], (list, tuple)) and all(isinstance(b, str) for b in info["backends"])
+    assert {"cpu", "reference"} <= set(info["backends"])
+    assert list(info["backends"]) == list(fastconv.backends.available())
+    # with or without "auto"
+    assert set(info["algorithms"]) - {"auto"} == set(ops.ALGORITHMS) - {"auto"}
+    assert isinstance(info["cuda_built"], bool)
+
+
+def test_info_version_matches_package():
+    v = fastconv.info()["version"]
+    if hasattr(fastconv, "__version__"):
+        assert v == fastconv.__version__
+    assert v[0].isdigit()
+
+
+def test_info_threads_follow_setting(threads):
+    fastconv.set_num_threads(1)
+    assert fastconv.info()["threads"] == 1
+    fastconv.set_num_threads(2)
+    assert fastconv.info()["threads"] == 2
+
+
+def test_num_threads_round_trip(threads):
+    n0 = fastconv.get_num_threads()
+    assert isinstance(n0, int) and n0 >= 1
+    for n in (1, 2, 3, 1):
+        fastconv.set_num_threads(n)
+        assert fastconv.get_num_threads() == n
+    fastconv.set_num_threads(n0)
+    assert fastconv.get_num_threads() == n0
+
+
+def test_num_threads_results_unchanged(threads):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    outs = []
+    for n in (1, 2, 3):
+        fastconv.set_num_threads(n)
+        outs.append(ops.conv2d(x, w, padding=1))
+    for o in outs:
+        assert ref.rel_err(o, ref.conv2d(x, w, pads=(1, 1, 1, 1))) <= 2e-5
+    np.testing.assert_array_equal(outs[1], outs[0])  # 1 and 2 threads: bit-identical
+
+
+def test_isas():
+    isas = list(cpu.available_isas())
+    assert "portable" in isas
+    assert len(set(isas)) == len(isas)
+    assert all(isinstance(i, str) and i for i in isas)
+
+
+def test_set_isa_each_and_auto():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 5, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    expected = ref.conv2d(x, w)
+    try:
+        for name in cpu.available_isas():
+            cpu.set_isa(name)
+            assert ref.rel_err(ops.conv2d(x, w, algo="im2col"), expected) <= 2e-5
+    finally:
+        cpu.set_isa("auto")
+    assert ref.rel_err(ops.conv2d(x, w, algo="im2col"), expected) <= 2e-5
+
+
+def test_set_isa_unknown_raises():
+    with pytest.raises(ValueError):
+        cpu.set_isa("no-such-isa")
+
+
+def test_cli_info():
+    p = subprocess.run([sys.executable, "-m", "fastconv", "info"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    isa = fastconv.info()["isa"]
+    assert isa in p.stdout, p.stdout
+    assert fastconv.info()["version"] in p.stdout

@@ -90,8 +90,16 @@ def test_set_isa_unknown_raises():
         cpu.set_isa("no-such-isa")
 
 
-def test_cli_info():
-    p = subprocess.run([sys.executable, "-m", "fastconv", "info"], capture_output=True, text=True, timeout=120)
+def test_cli_info(tmp_path):
+    # run outside the source tree (cwd would shadow the built package with the
+    # bare sources) but import the same fastconv this process imported
+    import os
+
+    env = dict(os.environ)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in [env.get("PYTHONPATH")] if p])
+    p = subprocess.run([sys.executable, "-m", "fastconv", "info"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path, env=env)
     assert p.returncode == 0, p.stderr
     isa = fastconv.info()["isa"]
     assert isa in p.stdout, p.stdout

@@ -161,6 +161,11 @@ void gemm_t(py::array& A, py::array& B, py::array& C, double beta, bool parallel
 
 }  // namespace
 
+// Other binding files of this module (csrc/bindings/cpu_*.cpp) register their
+// functions through these hooks.
+void register_pool(py::module_& m);    // cpu_pool.cpp
+void register_layers(py::module_& m);  // cpu_layers.cpp
+
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastconv compiled CPU kernels (C++, OpenMP, AVX-512/AVX2 dispatch)";
 
@@ -247,6 +252,8 @@ PYBIND11_MODULE(_cpu, m) {
     py::gil_scoped_release release;
     return fastconv::measure_peak_gflops(threads, seconds);
   }, py::arg("threads"), py::arg("seconds") = 0.5);
+  register_pool(m);
+  register_layers(m);
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

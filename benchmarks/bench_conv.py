@@ -52,7 +52,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
-# The layer catalog is shared with the tests: tests/shapes.py.
+# The layer catalog is shared with the tests: tests/shapes.py (no .pyc left there).
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from shapes import BENCH_LAYERS  # noqa: E402
 
@@ -625,6 +626,9 @@ def main(argv=None):
               f"against {bench.oracle()[0]} on a batch-1 slice")
     if args.quick:
         print("--quick: batch reduced to 1")
+    if meta["loadavg_start"][0] > 0.5 * (os.cpu_count() or 1):
+        print(f"WARNING: load average {meta['loadavg_start'][0]:.2f} on {os.cpu_count()} CPUs: "
+              "other processes are running, timings (and the peak) will be unreliable")
     if info.get("threads") not in (None, args.threads):
         print(f"WARNING: fastconv.info() reports {info.get('threads')} threads, asked for {args.threads}")
     print()

@@ -128,15 +128,17 @@ void ukr_portable(int64_t kc, const T* a, const T* b, int64_t ldb, T* c,
   }
 }
 
+// 4x8 float / 4x4 double: 8 SSE2 accumulators, which leaves registers for B
+// and the broadcast (4x16 spilled and ran 3x slower).
 template <typename T>
 GemmKernel<T> portable_kernel();
 template <>
 GemmKernel<float> portable_kernel<float>() {
-  return {"portable", 4, 16, &ukr_portable<float, 4, 16>, nullptr, 16, {}};
+  return {"portable", 4, 8, &ukr_portable<float, 4, 8>, nullptr, 8, {}};
 }
 template <>
 GemmKernel<double> portable_kernel<double>() {
-  return {"portable", 4, 8, &ukr_portable<double, 4, 8>, nullptr, 8, {}};
+  return {"portable", 4, 4, &ukr_portable<double, 4, 4>, nullptr, 4, {}};
 }
 
 // Of the active ISA's tile shapes, the one with the least padded work for this
@@ -188,16 +190,15 @@ GemmKernel<double> select_kernel<double>(int64_t, int64_t) {
 
 // ---------------------------------------------------------------------------
 // Blocking parameters (Zen4: 32 KiB L1d, 1 MiB L2 per core, shared L3).
-//   KC: the A micro-panel (MR x KC, <= 14 x 256 x 4 B = 14 KiB) stays in L1
+//   KC: the A micro-panel (MR x KC, <= 12 x 256 x 4 B = 12 KiB) stays in L1
 //       next to the B lines streaming through.
 //   NC: the packed B block (KC x NC) gets about half of L2.
 // K is split into equal-sized blocks (depends on K only, never on threads).
 // ---------------------------------------------------------------------------
-static int64_t tune(const char* n, int64_t d) { const char* e = std::getenv(n); return e ? std::atoll(e) : d; }  // TUNING-HOOK
-static const int64_t kKcMax = tune("FC_KC", 256);
-static const int64_t kL2BudgetBytes = tune("FC_L2", 512 * 1024);
-static const int64_t kDirectPanels = tune("FC_DIRECT", 4);
-static const int64_t kRowPack = tune("FC_ROWPACK", 1);
+constexpr int64_t kKcMax = 256;
+constexpr int64_t kL2BudgetBytes = 512 * 1024;
+// B is read in place when a region has at most this many A micro-panels.
+constexpr int64_t kDirectPanels = 4;
 
 // Thread-local, 64-byte-aligned scratch grown on demand: no heap traffic in
 // steady state, and each OpenMP worker keeps its own.
@@ -231,6 +232,7 @@ template <typename T, int NR>
 void copy_rows(int64_t kc, const T* B, int64_t rsb, T* dst) {
   for (int64_t p = 0; p < kc; ++p) {
     const T* s = B + p * rsb;
+    if (kc > 1) __builtin_prefetch(s + 8 * rsb, 0, 3);
     T* d = dst + p * NR;
     for (int j = 0; j < NR; ++j) d[j] = s[j];
   }
@@ -243,6 +245,10 @@ void pack_a(int64_t mr, int64_t kc, const T* A, int64_t rsa, int64_t csa,
   if (rsa == 1) {
     // Column-major / transposed A (Dgrad's weight^T): each k is a contiguous
     // run of mr values -> straight copies.
+    // Each k touches a new source line (stride csa); prefetch a few k ahead
+    // so these misses overlap.
+    for (int64_t p = 0; p < std::min<int64_t>(kc, 8); ++p)
+      __builtin_prefetch(A + p * csa, 0, 3);
     if (mr == MR) {
       switch (MR) {
         case 4: return copy_rows<T, 4>(kc, A, csa, dst);
@@ -335,9 +341,18 @@ template <typename T>
 void pack_b_block_rowmajor(int64_t kc, int64_t nc, const T* B, int64_t rsb,
                            int NR, T* dst) {
   const int64_t nfull = nc / NR * NR;
+  const int64_t ahead = 8;  // rows
   for (int64_t p = 0; p < kc; ++p) {
     const T* s = B + p * rsb;
     T* d = dst + p * NR;
+    // Each source row is a short run (nc elements) followed by a jump of
+    // rsb, which the hardware prefetcher re-learns row after row; fetching
+    // rows a few ahead keeps many misses in flight when B comes from L3/DRAM.
+    if (p + ahead < kc) {
+      const T* sn = s + ahead * rsb;
+      for (int64_t j = 0; j < nc; j += 64 / int64_t(sizeof(T)))
+        __builtin_prefetch(sn + j, 0, 3);
+    }
     switch (NR) {
       case 16:
         for (int64_t jr = 0; jr < nfull; jr += 16) copy_rows<T, 16>(1, s + jr, 0, d + jr * kc);
@@ -389,6 +404,11 @@ inline int64_t kc_block(int64_t K) {
   return ceil_div(K, nblk);
 }
 
+// Widest N block whose packed KC x NC B block fits the L2 budget.
+inline int64_t nc_max_for(int64_t kcb, int64_t NR, int64_t elem) {
+  return std::max<int64_t>(NR, kL2BudgetBytes / (kcb * elem) / NR * NR);
+}
+
 // Computes rows [m0, m1) x columns [n0, n1) of C on the calling thread.
 template <typename T>
 void gemm_region(const Problem<T>& P, const GemmKernel<T>& kr, int64_t m0,
@@ -405,8 +425,7 @@ void gemm_region(const Problem<T>& P, const GemmKernel<T>& kr, int64_t m0,
 
   // Equal-sized N blocks that fit the L2 budget.
   const int64_t nn = n1 - n0;
-  const int64_t nc_max =
-      std::max<int64_t>(NR, (kL2BudgetBytes / (kcb * int64_t(sizeof(T)))) / NR * NR);
+  const int64_t nc_max = nc_max_for(kcb, NR, sizeof(T));
   const int64_t nblocks = ceil_div(nn, nc_max);
   const int64_t nc_blk = round_up(ceil_div(nn, nblocks), NR);
 
@@ -428,7 +447,7 @@ void gemm_region(const Problem<T>& P, const GemmKernel<T>& kr, int64_t m0,
         if (nfull < nc)
           pack_b_panel(kc, nc - nfull, Bblk + nfull, P.rsb, P.csb, NR,
                        kr.pack_kmajor, bbuf);
-      } else if (P.csb == 1 && kRowPack) {
+      } else if (P.csb == 1) {
         pack_b_block_rowmajor(kc, nc, Bblk, P.rsb, NR, bbuf);
       } else {
         for (int64_t jr = 0; jr < nc; jr += NR)
@@ -438,6 +457,9 @@ void gemm_region(const Problem<T>& P, const GemmKernel<T>& kr, int64_t m0,
 
       for (int64_t ir = m0; ir < m1; ir += MR) {
         const int64_t mr = std::min<int64_t>(MR, m1 - ir);
+        // Packed just in time: the MR x KC panel then sits in L1 for the
+        // whole jr sweep. (Packing whole MC x KC blocks up front was measured
+        // slower, even for column-major A.)
         pack_a(mr, kc, P.A + ir * P.rsa + pc * P.csa, P.rsa, P.csa, MR,
                kr.pack_kmajor, abuf);
         const T* bias = (last && P.bias) ? P.bias + ir : nullptr;
@@ -482,19 +504,26 @@ void scale_epilogue(const Problem<T>& P) {
 }
 
 // Chooses a tm x tn grid of per-thread C regions (tm*tn <= threads). Each
-// region re-packs the operand it shares with its neighbours, so the cost
-// model charges packing as well as the padded micro-tile work.
-void choose_grid(int64_t M, int64_t N, int64_t K, int MR, int NR, int threads,
+// region packs its own operands, so the model charges padded micro-tile work
+// plus packing: A is re-packed once per NC block of the region's columns, B
+// once (unless it is read in place). Costs are in FMA lanes; packing one
+// element costs roughly as much as 32 lanes (one vector FMA).
+template <typename T>
+void choose_grid(const Problem<T>& P, const GemmKernel<T>& kr, int threads,
                  int* tm_out, int* tn_out) {
-  const int64_t mt = ceil_div(M, MR), nt = ceil_div(N, NR);
+  const int64_t MR = kr.mr, NR = kr.nr, K = P.K;
+  const int64_t mt = ceil_div(P.M, MR), nt = ceil_div(P.N, NR);
+  const int64_t ncm = nc_max_for(kc_block(K), NR, sizeof(T));
   double best = 1e300;
   int btm = 1, btn = 1;
   for (int tm = 1; tm <= threads; ++tm) {
     const int tn = threads / tm;
     if (tm > mt || tn > nt) continue;
-    const double mp = double(ceil_div(mt, tm) * MR);
-    const double np = double(ceil_div(nt, tn) * NR);
-    const double cost = mp * np * K + 16.0 * (mp * K + np * K);
+    const int64_t mp = std::min(ceil_div(mt, tm) * MR, round_up(P.M, MR));
+    const int64_t np = std::min(ceil_div(nt, tn) * NR, round_up(P.N, kr.edge_w));
+    const double work = double(mp) * double(np) * double(K);
+    const double pack = double(mp) * K * ceil_div(np, ncm) + double(np) * K;
+    const double cost = work + 32.0 * pack;
     if (cost < best * 0.999) {
       best = cost;
       btm = tm;
@@ -520,7 +549,7 @@ void gemm_impl(const Problem<T>& P, bool parallel) {
   if (threads > 1 && double(P.M) * P.N * P.K < 64.0 * 1024) threads = 1;
   if (threads > 1) {
     int tm, tn;
-    choose_grid(P.M, P.N, P.K, kr.mr, kr.nr, threads, &tm, &tn);
+    choose_grid(P, kr, threads, &tm, &tn);
     threads = tm * tn;
     if (threads > 1) {
       const int64_t mt = ceil_div(P.M, kr.mr), nt = ceil_div(P.N, kr.nr);
@@ -543,18 +572,21 @@ void gemm_impl(const Problem<T>& P, bool parallel) {
 }
 
 double peak_fma_loop_portable(int64_t iters) {
-  // 8 chains x 8 lanes of mul+add; baseline codegen gives SSE2.
-  float acc[8][8];
-  for (int i = 0; i < 8; ++i)
-    for (int j = 0; j < 8; ++j) acc[i][j] = 1.0f + 1e-7f * (i * 8 + j);
-  for (int64_t it = 0; it < iters; ++it) {
-    for (int i = 0; i < 8; ++i)
-      for (int j = 0; j < 8; ++j) acc[i][j] = acc[i][j] * 0.999999f + 1e-7f;
-    __asm__ volatile("" : : "r"(&acc[0][0]) : "memory");
-  }
-  volatile float sink = acc[0][0] + acc[7][7];
+  // No FMA at baseline: mul+add chains (6-cycle latency, 2 mul + 2 add per
+  // cycle) need ~12 independent 4-lane chains; 12 x 4 floats fit in SSE regs.
+  constexpr int kChains = 12;
+  float acc[kChains][4];
+  for (int i = 0; i < kChains; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = 1.0f + 1e-7f * (i * 4 + j);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < kChains; ++i)
+      for (int j = 0; j < 4; ++j) acc[i][j] = acc[i][j] * 0.999999f + 1e-7f;
+  float s = 0;
+  for (int i = 0; i < kChains; ++i)
+    for (int j = 0; j < 4; ++j) s += acc[i][j];
+  volatile float sink = s;
   (void)sink;
-  return static_cast<double>(iters) * 64 * 2;
+  return static_cast<double>(iters) * kChains * 4 * 2;
 }
 
 }  // namespace

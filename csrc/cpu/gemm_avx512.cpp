@@ -4,8 +4,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "gemm_kernels.h"
 
@@ -21,8 +19,9 @@ inline __mmask16 col_mask(int n, int v) {
   return static_cast<__mmask16>((1u << rem) - 1u);
 }
 
-// MR x (16*NV) register tile. MR*NV accumulators (24-28) keep far more FMAs in
-// flight than the 4-cycle latency x 2 pipes needs; the A value is broadcast
+// MR x (16*NV) register tile. MR*NV = 24 accumulators keep far more FMAs in
+// flight than latency (4) x throughput needs (<= 8), and leave registers for
+// NV B vectors + the broadcast (no spills; checked in the asm). A is broadcast
 // from the L1-resident packed A panel, B vectors stream from the L2-resident
 // packed B block (or straight from a row-major B for small M).
 template <int MR, int NV>
@@ -160,14 +159,6 @@ int sgemm_kernels_avx512(GemmKernel<float>* out, int max) {
        {&sgemm_ukr<6, 1>, &sgemm_ukr<6, 2>, &sgemm_ukr<6, 3>, nullptr}},
   };
   int n = 0;
-  // FASTCONV_UKR512=<index> pins one shape (benchmark tuning hook only).
-  if (const char* e = std::getenv("FASTCONV_UKR512")) {
-    const int i = std::atoi(e);
-    if (i >= 0 && i < 3 && max > 0) {
-      out[0] = all[i];
-      return 1;
-    }
-  }
   for (const auto& k : all)
     if (n < max) out[n++] = k;
   return n;

@@ -8,6 +8,10 @@ CPU); input and weight must share a dtype.
 """
 from __future__ import annotations
 
+import logging
+import os
+import time
+
 import numpy as np
 
 from .. import backends
@@ -16,8 +20,10 @@ from ..backends import reference as _reference
 from ..problem import ConvProblem, _is_int, make_problem
 
 ALGORITHMS = ("auto", "direct", "im2col", "1x1", "separable")
+log = logging.getLogger("fastconv")
 
-__all__ = ["conv2d", "conv2d_input", "conv2d_weight", "ALGORITHMS", "algorithms_for", "choose_algo"]
+__all__ = ["conv2d", "conv2d_input", "conv2d_weight", "ALGORITHMS", "algorithms_for", "choose_algo",
+           "set_autotune", "autotune_cache"]
 
 
 # ----------------------------------------------------------------- arguments
@@ -112,6 +118,48 @@ def choose_algo(input_shape, weight_shape, stride=1, padding=0, dilation=1, grou
     return _auto(make_problem(input_shape, weight_shape, stride, padding, dilation, groups), op)
 
 
+# ----------------------------------------------------------------- autotune
+# Opt-in (like torch.backends.cudnn.benchmark): the first call of each problem
+# times every algorithm that supports it and caches the fastest per
+# (problem, operator, dtype, backend, threads). Off by default because the
+# first call then runs the convolution several times.
+_autotune = {"enabled": os.environ.get("FASTCONV_AUTOTUNE", "0") not in ("", "0"), "cache": {}}
+
+
+def set_autotune(enabled: bool = True) -> None:
+    """Turn the autotune cache on or off (``FASTCONV_AUTOTUNE=1`` turns it on at import)."""
+    _autotune["enabled"] = bool(enabled)
+
+
+def autotune_cache() -> dict:
+    """The autotune decisions so far: {(problem, op, dtype, backend, threads): algo}."""
+    return dict(_autotune["cache"])
+
+
+def _tuned(algo, problem, op, dtype, backend, run):
+    """Resolve "auto" through the autotune cache; `run(a)` executes algorithm a once."""
+    if algo != "auto" or not _autotune["enabled"]:
+        return None
+    from .. import get_num_threads
+
+    key = (problem, op, np.dtype(dtype).name, backend, get_num_threads())
+    best = _autotune["cache"].get(key)
+    if best is None:
+        times = {}
+        for a in ALGORITHMS[1:]:
+            if _supports(a, problem):
+                continue
+            run(a)  # warm-up (first-touch of buffers, packing)
+            t0 = time.perf_counter()
+            run(a)
+            times[a] = time.perf_counter() - t0
+        best = min(times, key=times.get)
+        _autotune["cache"][key] = best
+        log.debug("fastconv autotune: %s %s -> %s (%s)", op, problem, best,
+                  ", ".join(f"{a} {t * 1e3:.2f} ms" for a, t in times.items()))
+    return best
+
+
 def _pick(algo, problem, op):
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a string, got {algo!r}")
@@ -172,9 +220,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     y = _output_buffer(out, result_shape, result_dtype, dtype)
     y_kernel = y if y.dtype == dtype else np.empty(result_shape, dtype)
     if p.N > 0:
-        _backend_module(name).fprop(a, p, _prepare(x4, dtype), _prepare(w, dtype),
-                                    None if b is None else _prepare(b, dtype),
-                                    y_kernel.reshape(p.output_shape), activation == "relu")
+        args = (_prepare(x4, dtype), _prepare(w, dtype), None if b is None else _prepare(b, dtype),
+                y_kernel.reshape(p.output_shape), activation == "relu")
+        mod = _backend_module(name)
+        a = _tuned(algo, p, "fprop", dtype, name, lambda alg: mod.fprop(alg, p, *args)) or a
+        mod.fprop(a, p, *args)
     if y_kernel is not y:
         y[...] = y_kernel
     return y
@@ -227,7 +277,10 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     a = _pick(algo, p, "dgrad")
     dx = np.empty(p.input_shape, dtype)
     if p.N > 0:
-        _backend_module(name).dgrad(a, p, _prepare(dy4, dtype), _prepare(w, dtype), dx)
+        args = (_prepare(dy4, dtype), _prepare(w, dtype), dx)
+        mod = _backend_module(name)
+        a = _tuned(algo, p, "dgrad", dtype, name, lambda alg: mod.dgrad(alg, p, *args)) or a
+        mod.dgrad(a, p, *args)
     if unbatched:
         dx = dx[0]
     return dx.astype(dy.dtype, copy=False)
@@ -257,5 +310,8 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     if p.N == 0:
         dw[...] = 0
     else:
-        _backend_module(name).wgrad(a, p, _prepare(x4, dtype), _prepare(dy4, dtype), dw)
+        args = (_prepare(x4, dtype), _prepare(dy4, dtype), dw)
+        mod = _backend_module(name)
+        a = _tuned(algo, p, "wgrad", dtype, name, lambda alg: mod.wgrad(alg, p, *args)) or a
+        mod.wgrad(a, p, *args)
     return dw.astype(x.dtype, copy=False)

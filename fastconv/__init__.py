@@ -56,3 +56,7 @@ def info() -> dict:
 
         d["cuda_runtime"] = _cuda.runtime_info()
     return d
+
+from .autograd import Tensor, no_grad, cat  # noqa: E402
+from .serialization import save, load  # noqa: E402
+from . import nn, optim  # noqa: E402

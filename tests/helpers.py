@@ -12,7 +12,10 @@ import reference as ref
 from shapes import BENCH_LAYERS, TEST_SHAPES, ConvSpec
 
 ALGOS = ("auto", "direct", "im2col", "1x1", "separable")
-GEMM_ALGOS = ("im2col", "1x1", "separable")  # the ones that use the GEMM micro-kernel
+# Algorithms run under every available ISA (set_isa): the GEMM-based ones switch
+# micro-kernel, and the direct kernels follow the same switch (compiled per ISA);
+# "auto" picks any of them.
+ISA_ALGOS = ("auto", "direct", "im2col", "1x1", "separable")
 TOL32 = 2e-5
 TOL64 = 1e-12
 MAX_BENCH_MACS = 6e7  # reduced BENCH_LAYERS above this (~5e7) are skipped ...
@@ -34,10 +37,10 @@ def available_isas():
 
 
 def algo_isa_params(algos=ALGOS):
-    """(algo, isa) pairs: GEMM algos under every available ISA, the others once."""
+    """(algo, isa) pairs: every algo of ISA_ALGOS under every available ISA."""
     out = []
     for a in algos:
-        if a in GEMM_ALGOS:
+        if a in ISA_ALGOS:
             out += [pytest.param(a, i, id=f"{a}-{i}") for i in available_isas()]
         else:
             out.append(pytest.param(a, None, id=a))
@@ -85,7 +88,7 @@ def seed_of(*parts):
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)
 def problem(spec: ConvSpec, dtype=np.float32, seed=0):
     """Random (x, w, b, g) in `dtype` plus float64 references computed from those values."""
     rng = np.random.default_rng(seed_of(spec, np.dtype(dtype).name, seed))
@@ -153,7 +156,7 @@ def _crop(spec: ConvSpec) -> ConvSpec:
 
 
 def bench_params(full=False, with_skips=True):
-    """BENCH_LAYERS at N=1.  Those above MAX_BENCH_MACS (~5e7) are too slow for the
+    """BENCH_LAYERS at N=1 (and at full batch where that stays under MAX_BENCH_MACS).  Those above MAX_BENCH_MACS (~5e7) are too slow for the
     suite: with_skips=True lists them as visible skips; either way a spatially
     cropped copy (same C, K, R, S, stride, padding, dilation, groups) is tested
     instead.  full=True: every layer at N=1, no skips (for metadata-only tests)."""
@@ -163,6 +166,9 @@ def bench_params(full=False, with_skips=True):
         m = macs(s)
         if m <= MAX_BENCH_MACS or full:
             out.append(pytest.param(s, id=s.name))
+            if layer.N > 1 and macs(layer) <= MAX_BENCH_MACS:  # cheap enough at full batch too
+                fb = replace(layer, name=f"{layer.name}_N{layer.N}")
+                out.append(pytest.param(fb, id=fb.name))
             continue
         if with_skips:
             out.append(pytest.param(s, id=s.name, marks=pytest.mark.skip(

@@ -121,7 +121,7 @@ def conv2d_input(input_shape, w, g, stride=1, pads=(0, 0, 0, 0), dilation=1, gro
     for r in range(R):
         for s in range(S):
             rows, cols = _tap_slices(r, s, P, Q, sh, sw, dh, dw)
-            dxp[:, :, :, rows, cols] += np.einsum("ngkpq,gkc->ngcpq", gg, wg[:, :, :, r, s])
+            dxp[:, :, :, rows, cols] += np.einsum("ngkpq,gkc->ngcpq", gg, wg[:, :, :, r, s], optimize=True)
     return dxp[:, :, :, t:t + H, l:l + W].reshape(N, C, H, W).copy()
 
 
@@ -146,7 +146,7 @@ def conv2d_weight(x, weight_shape, g, stride=1, pads=(0, 0, 0, 0), dilation=1, g
     for r in range(R):
         for s in range(S):
             rows, cols = _tap_slices(r, s, P, Q, sh, sw, dh, dw)
-            dw_[:, :, :, r, s] = np.einsum("ngcpq,ngkpq->gkc", xg[:, :, :, rows, cols], gg)
+            dw_[:, :, :, r, s] = np.einsum("ngcpq,ngkpq->gkc", xg[:, :, :, rows, cols], gg, optimize=True)
     return dw_.reshape(K, Cg, R, S)
 
 

@@ -16,7 +16,7 @@ from fastconv import ops
 import reference as ref
 from helpers import (ALGOS, OPS, TOL32, TOL64, algo_isa_params, bench_params, check_close,
                      expected_algos, output_shape, problem, run_op, spec_params)
-from shapes import TEST_SHAPES
+from shapes import ConvSpec, TEST_SHAPES
 
 
 def _supported(spec):
@@ -212,12 +212,11 @@ LAYOUT_SPECS = [s for s in TEST_SHAPES if s.name in (
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("algo,isa", algo_isa_params(), indirect=["isa"])
 @pytest.mark.parametrize("spec", spec_params(LAYOUT_SPECS))
-def test_any_strides(spec, algo, isa, op, how):
+def test_any_strides(spec, algo, isa, op, how, rng):
     x, w, b, g, refs = problem(spec)
     if _unsupported(spec, algo):
         return
-    r = np.random.default_rng(11)
-    xs, ws, bs, gs = (_layout(a, how, r) for a in (x, w, b, g))
+    xs, ws, bs, gs = (_layout(a, how, rng) for a in (x, w, b, g))
     for a, c in ((xs, x), (ws, w), (bs, b), (gs, g)):
         np.testing.assert_array_equal(a, c)
     assert not xs.flags.c_contiguous
@@ -267,6 +266,13 @@ def test_out_reuse(spec, algo, isa, dtype, tol):
     check_close(out, refs2["fprop_bias"], tol, dtype, "out= reused with bias")
 
 
+def test_out_empty_batch():
+    spec = TEST_SHAPES[3]
+    x, w, b, g, refs = problem(spec)
+    out = np.empty((0,) + refs["fprop"].shape[1:], np.float32)
+    assert ops.conv2d(x[:0], w, b, out=out, **spec.kwargs()) is out
+
+
 def test_out_unbatched():
     x, w, b, g, refs = problem(TEST_SHAPES[3])
     spec = TEST_SHAPES[3]
@@ -295,6 +301,9 @@ def test_threads_bit_identical(spec, algo, isa, op, threads):
     two = run_op(op, spec, x, w, b, g, algo=algo)
     check_close(two, refs[op], TOL32, np.float32, "2 threads")
     np.testing.assert_array_equal(one, two, err_msg="1 and 2 threads differ")
+    fastconv.set_num_threads(3)  # the README promises bit-identical results for any count
+    np.testing.assert_array_equal(run_op(op, spec, x, w, b, g, algo=algo), one, err_msg="1 and 3 threads differ")
+    fastconv.set_num_threads(2)
     np.testing.assert_array_equal(run_op(op, spec, x, w, b, g, algo=algo), two, err_msg="not deterministic")
 
 
@@ -407,3 +416,22 @@ def test_dgrad_positions_no_tap_reads_are_exactly_zero(spec, algo, isa):
     assert untouched.any()
     np.testing.assert_array_equal(dx[untouched], 0.0)
     check_close(dx, refs["dgrad"], TOL32, np.float32, "dgrad")
+
+
+# ------------------------------------------------------------------ long reductions / many tiles
+# C/groups*R*S >= 65536: im2col's 16 MiB column tiles shrink to their 64-column
+# minimum, so these cheap problems (few outputs) still cross several tile and
+# KC-block boundaries in Fprop, Dgrad and Wgrad.
+LONG_REDUCTION = [
+    ConvSpec("crs65536_tiles", 1, 4096, 16, 14, 3, 4, 4, padding=(1, 0)),
+    ConvSpec("crs73728_groups2_N2", 2, 4096, 14, 14, 2, 6, 6, padding=1, groups=2),
+    ConvSpec("crs36864_same_s2", 1, 4096, 15, 13, 2, 3, 3, stride=2, padding="same"),
+]
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, TOL32), (np.float64, TOL64)])
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("algo,isa", algo_isa_params(("auto", "direct", "im2col")), indirect=["isa"])
+@pytest.mark.parametrize("spec", spec_params(LONG_REDUCTION))
+def test_long_reductions(spec, algo, isa, op, dtype, tol):
+    _check_matrix(spec, op, algo, dtype, tol)

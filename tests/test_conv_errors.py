@@ -15,6 +15,11 @@ def _x(*shape, dtype=F32):
     return np.random.default_rng(0).standard_normal(shape).astype(dtype)
 
 
+def _readonly(a):
+    a.setflags(write=False)
+    return a
+
+
 X = _x(2, 6, 9, 8)          # input
 Wt = _x(4, 6, 3, 3)         # weight -> output (2, 4, 7, 6)
 G = _x(2, 4, 7, 6)          # grad_output
@@ -133,6 +138,7 @@ CASES = [
     ("out_wrong_dtype", ValueError, lambda: conv(X, Wt, out=np.empty((2, 4, 7, 6), np.float64)), "out", ()),
     ("out_fortran", ValueError, lambda: conv(X, Wt, out=np.empty((2, 4, 7, 6), F32, order="F")), "out", ()),
     ("out_strided", ValueError, lambda: conv(X, Wt, out=np.empty((2, 4, 7, 12), F32)[..., ::2]), "out", ()),
+    ("out_readonly", EITHER, lambda: conv(X, Wt, out=_readonly(np.empty((2, 4, 7, 6), F32))), "out", ()),
     ("out_unbatched_shape", ValueError, lambda: conv(X[0], Wt, out=np.empty((1, 4, 7, 6), F32)), "out", ()),
     # ---- conv2d_input
     ("dgrad_grad_output_wrong_P", ValueError, lambda: dgrad(X.shape, Wt, _x(2, 4, 8, 6)), "grad_output", (8,)),

@@ -59,9 +59,8 @@ def test_algos_available_for_big_problems(big):
     assert {"direct", "im2col"} <= set(_algos(x, np.ones((2, 1, 3, 3), np.float32), stride=STRIDE))
 
 
-# (separable is left out on purpose: its workspace is O(C*H*W) by design, so it
-#  cannot run on an input this large; the brief asks for direct / im2col / 1x1)
-@pytest.mark.parametrize("algo", ["auto", "direct", "im2col", "1x1"])
+# separable too: its workspace must scale with the output, not with the input
+@pytest.mark.parametrize("algo", ["auto", "direct", "im2col", "1x1", "separable"])
 def test_fprop_1x1_stride(big, algo):
     x, vals = big
     w = np.array([2.0, -1.0], np.float32).reshape(2, 1, 1, 1)

@@ -144,6 +144,7 @@ def _torch_pad_args(spec):
     return spec.padding
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("spec", TEST_SHAPES, ids=lambda s: s.name)
 def test_reference_vs_torch(spec):
     torch = pytest.importorskip("torch")

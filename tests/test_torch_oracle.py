@@ -69,11 +69,13 @@ def _compare(spec, dtype, tol, algos):
 ALL = ("auto", "direct", "im2col", "1x1", "separable")
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("spec", spec_params(TORCH_SHAPES))
 def test_test_shapes_vs_torch(spec):
     _compare(spec, np.float32, TOL32, ALL)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("spec", spec_params(TORCH_SHAPES))
 def test_test_shapes_vs_torch_float64(spec):
     _compare(spec, np.float64, TOL64, ALL)

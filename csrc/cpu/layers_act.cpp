@@ -1,0 +1,350 @@
+// Activations, softmax / log_softmax, fused cross entropy and dropout.
+// Elementwise kernels split the array into fixed chunks (results do not
+// depend on the split); row reductions run one row per task with lanes in a
+// fixed order.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "fastconv/layers_cpu.h"
+#include "layers_common.h"
+
+namespace fastconv {
+namespace layers_detail {
+
+constexpr int64_t kChunk = 1 << 14;
+
+template <typename T>
+FC_CLONES void act_fwd_leaf(int kind, int64_t n, const T* x, T* y) {
+  if (kind == 0) {
+    // NaN stays NaN (as torch's relu)
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];
+  } else if (kind == 1) {
+    for (int64_t i = 0; i < n; ++i) y[i] = vsigmoid<T>(x[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = vtanh<T>(x[i]);
+  }
+}
+
+template <typename T>
+FC_CLONES void act_bwd_leaf(int kind, int64_t n, const T* dy, const T* y, T* dx) {
+  if (kind == 0) {
+    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+  } else if (kind == 1) {
+    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * y[i] * (T(1) - y[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * (T(1) - y[i] * y[i]);
+  }
+}
+
+template <typename F>
+void for_chunks(int64_t n, F&& f) {
+  const int64_t nch = ceil_div(n, kChunk);
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (int64_t ch = 0; ch < nch; ++ch) {
+    const int64_t i0 = ch * kChunk;
+    f(i0, std::min(kChunk, n - i0));
+  }
+}
+
+template <typename T>
+FC_INLINE T row_max(const T* x, int64_t D) {
+  T m[kLanes];
+  for (int l = 0; l < kLanes; ++l) m[l] = -std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= D; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
+  for (int l = 0; i < D; ++i, ++l) m[l] = x[i] > m[l] ? x[i] : m[l];
+  T r = m[0];
+  for (int l = 1; l < kLanes; ++l) r = m[l] > r ? m[l] : r;
+  return r;
+}
+
+// y = exp(x - m), returns sum y (lanes in fixed order). y may be nullptr.
+// Written as two plain loops (exp into y, then the lane sum) where y exists:
+// the fused store-and-sum form defeats GCC's vectorizer.
+template <typename T>
+FC_INLINE double row_exp_sum(const T* x, int64_t D, T m, T* y) {
+  T s[kLanes] = {0};
+  int64_t i = 0;
+  if (y) {
+    for (int64_t j = 0; j < D; ++j) y[j] = vexp<T>(x[j] - m);
+    for (; i + kLanes <= D; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) s[l] += y[i + l];
+    for (int l = 0; i < D; ++i, ++l) s[l] += y[i];
+  } else {
+    for (; i + kLanes <= D; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) s[l] += vexp<T>(x[i + l] - m);
+    for (int l = 0; i < D; ++i, ++l) s[l] += vexp<T>(x[i] - m);
+  }
+  double r = 0;
+  for (int l = 0; l < kLanes; ++l) r += double(s[l]);
+  return r;
+}
+
+template <typename T>
+FC_INLINE double row_dot(const T* a, const T* b, int64_t D) {
+  double s[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= D; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) s[l] += double(a[i + l]) * double(b[i + l]);
+  for (int l = 0; i < D; ++i, ++l) s[l] += double(a[i]) * double(b[i]);
+  double r = 0;
+  for (int l = 0; l < kLanes; ++l) r += s[l];
+  return r;
+}
+
+template <typename T>
+FC_INLINE double row_sum(const T* a, int64_t D) {
+  double s[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= D; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) s[l] += double(a[i + l]);
+  for (int l = 0; i < D; ++i, ++l) s[l] += double(a[i]);
+  double r = 0;
+  for (int l = 0; l < kLanes; ++l) r += s[l];
+  return r;
+}
+
+// One contiguous row (inner == 1).
+template <typename T>
+FC_CLONES void softmax_row(bool log, const T* x, int64_t D, T* y) {
+  const T m = row_max(x, D);
+  if (log) {
+    const double s = row_exp_sum<T>(x, D, m, nullptr);
+    const T sub = T(double(m) + std::log(s));
+    for (int64_t i = 0; i < D; ++i) y[i] = x[i] - sub;
+  } else {
+    const double s = row_exp_sum<T>(x, D, m, y);
+    const T inv = T(1.0 / s);
+    for (int64_t i = 0; i < D; ++i) y[i] *= inv;
+  }
+}
+
+template <typename T>
+FC_CLONES void softmax_row_bwd(bool log, const T* dy, const T* y, int64_t D, T* dx) {
+  if (log) {
+    const T s = T(row_sum(dy, D));
+    for (int64_t i = 0; i < D; ++i) dx[i] = dy[i] - vexp<T>(y[i]) * s;
+  } else {
+    const T s = T(row_dot(dy, y, D));
+    for (int64_t i = 0; i < D; ++i) dx[i] = y[i] * (dy[i] - s);
+  }
+}
+
+// A (D x len) block with row stride `inner`: softmax down each column.
+// acc/mx are len-long scratch.
+template <typename T>
+FC_CLONES void softmax_cols(bool log, const T* x, int64_t D, int64_t inner, int64_t len, T* y,
+                            T* mx, double* acc) {
+  for (int64_t j = 0; j < len; ++j) {
+    mx[j] = -std::numeric_limits<T>::infinity();
+    acc[j] = 0;
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t j = 0; j < len; ++j) mx[j] = x[d * inner + j] > mx[j] ? x[d * inner + j] : mx[j];
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t j = 0; j < len; ++j) {
+      const T e = vexp<T>(x[d * inner + j] - mx[j]);
+      if (!log) y[d * inner + j] = e;
+      acc[j] += double(e);
+    }
+  if (log) {
+    for (int64_t j = 0; j < len; ++j) acc[j] = double(mx[j]) + std::log(acc[j]);
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t j = 0; j < len; ++j) y[d * inner + j] = T(x[d * inner + j] - T(acc[j]));
+  } else {
+    for (int64_t j = 0; j < len; ++j) mx[j] = T(1.0 / acc[j]);
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t j = 0; j < len; ++j) y[d * inner + j] *= mx[j];
+  }
+}
+
+template <typename T>
+FC_CLONES void softmax_cols_bwd(bool log, const T* dy, const T* y, int64_t D, int64_t inner,
+                                int64_t len, T* dx, double* acc) {
+  for (int64_t j = 0; j < len; ++j) acc[j] = 0;
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t j = 0; j < len; ++j)
+      acc[j] += log ? double(dy[d * inner + j]) : double(dy[d * inner + j]) * double(y[d * inner + j]);
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t j = 0; j < len; ++j) {
+      const int64_t i = d * inner + j;
+      dx[i] = log ? T(dy[i] - vexp<T>(y[i]) * T(acc[j])) : T(y[i] * (dy[i] - T(acc[j])));
+    }
+}
+
+// One row of the fused cross entropy; returns the row loss (0 if ignored).
+template <typename T>
+FC_CLONES double ce_row(const T* z, int64_t C, int64_t t, bool ignored, double eps, double scale,
+                        T* g) {
+  if (ignored) {
+    for (int64_t c = 0; c < C; ++c) g[c] = T(0);
+    return 0.0;
+  }
+  const T m = row_max(z, C);
+  const double s = row_exp_sum<T>(z, C, m, g);  // g = exp(z - m) for now
+  const double lse = double(m) + std::log(s);
+  const double logp_t = double(z[t]) - lse;
+  double loss = -(1.0 - eps) * logp_t;
+  if (eps != 0.0) loss -= eps / double(C) * (row_sum(z, C) - double(C) * lse);
+  const T a = T(scale / s), b = T(scale * eps / double(C));
+  for (int64_t c = 0; c < C; ++c) g[c] = g[c] * a - b;
+  g[t] -= T(scale * (1.0 - eps));
+  return loss;
+}
+
+// Counter-based hash: two rounds of a 32-bit integer mixer (multiply /
+// xor-shift; vectorizes with 32-bit lane multiplies) over the element index,
+// keyed by the seed. The draw of element i depends only on (seed, index).
+FC_INLINE uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x7feb352du;
+  h ^= h >> 15;
+  h *= 0x846ca68bu;
+  h ^= h >> 16;
+  return h;
+}
+
+inline uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+FC_CLONES void dropout_leaf(int64_t n, const T* x, uint32_t k0, uint32_t k1, uint64_t start,
+                            uint32_t thr, T scale, T* y, uint8_t* mask) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t g = start + uint64_t(i);
+    uint32_t h = mix32(uint32_t(g) ^ k0);
+    h = mix32(h ^ (uint32_t(g >> 32) * 0x9E3779B1u) ^ k1);
+    const bool keep = h >= thr;
+    mask[i] = keep ? 1 : 0;
+    // multiply rather than select, so a dropped NaN/inf stays NaN (as torch)
+    y[i] = x[i] * (keep ? scale : T(0));
+  }
+}
+
+template <typename T>
+FC_CLONES void dropout_bwd_leaf(int64_t n, const T* dy, const uint8_t* mask, T scale, T* dx) {
+  for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * (mask[i] ? scale : T(0));
+}
+
+}  // namespace layers_detail
+
+using namespace layers_detail;
+
+template <typename T>
+void activation_forward(int kind, int64_t n, const T* x, T* y) {
+  for_chunks(n, [&](int64_t i0, int64_t len) { act_fwd_leaf<T>(kind, len, x + i0, y + i0); });
+}
+
+template <typename T>
+void activation_backward(int kind, int64_t n, const T* dy, const T* y, T* dx) {
+  for_chunks(n, [&](int64_t i0, int64_t len) {
+    act_bwd_leaf<T>(kind, len, dy + i0, y + i0, dx + i0);
+  });
+}
+
+namespace {
+// Column tile for inner > 1: enough columns to vectorize, few enough that
+// the D x tile block stays cached between the passes.
+inline int64_t col_tile(int64_t D, int64_t inner) {
+  int64_t t = (64 * 1024) / std::max<int64_t>(1, D * 8);
+  t = std::max<int64_t>(16, std::min<int64_t>(1024, t));
+  return std::min(t, inner);
+}
+}  // namespace
+
+template <typename T>
+void softmax_forward(bool log, int64_t outer, int64_t D, int64_t inner, const T* x, T* y) {
+  const int64_t total = outer * D * inner;
+  if (inner == 1) {
+#pragma omp parallel for schedule(static) if (total > kParallelMin)
+    for (int64_t o = 0; o < outer; ++o) softmax_row<T>(log, x + o * D, D, y + o * D);
+    return;
+  }
+  const int64_t TL = col_tile(D, inner), nt = ceil_div(inner, TL);
+#pragma omp parallel if (total > kParallelMin)
+  {
+    AlignedBuffer<T> mx(TL);
+    AlignedBuffer<double> acc(TL);
+#pragma omp for schedule(static)
+    for (int64_t it = 0; it < outer * nt; ++it) {
+      const int64_t o = it / nt, j0 = (it % nt) * TL, len = std::min(TL, inner - j0);
+      const int64_t base = o * D * inner + j0;
+      softmax_cols<T>(log, x + base, D, inner, len, y + base, mx.data(), acc.data());
+    }
+  }
+}
+
+template <typename T>
+void softmax_backward(bool log, int64_t outer, int64_t D, int64_t inner, const T* dy, const T* y,
+                      T* dx) {
+  const int64_t total = outer * D * inner;
+  if (inner == 1) {
+#pragma omp parallel for schedule(static) if (total > kParallelMin)
+    for (int64_t o = 0; o < outer; ++o) softmax_row_bwd<T>(log, dy + o * D, y + o * D, D, dx + o * D);
+    return;
+  }
+  const int64_t TL = col_tile(D, inner), nt = ceil_div(inner, TL);
+#pragma omp parallel if (total > kParallelMin)
+  {
+    AlignedBuffer<double> acc(TL);
+#pragma omp for schedule(static)
+    for (int64_t it = 0; it < outer * nt; ++it) {
+      const int64_t o = it / nt, j0 = (it % nt) * TL, len = std::min(TL, inner - j0);
+      const int64_t base = o * D * inner + j0;
+      softmax_cols_bwd<T>(log, dy + base, y + base, D, inner, len, dx + base, acc.data());
+    }
+  }
+}
+
+template <typename T>
+void cross_entropy_fused(int64_t N, int64_t C, const T* logits, const int64_t* target,
+                         int64_t ignore_index, double label_smoothing, double grad_scale,
+                         double* row_loss, T* grad) {
+#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
+  for (int64_t i = 0; i < N; ++i) {
+    const bool ign = target[i] == ignore_index;
+    row_loss[i] = ce_row<T>(logits + i * C, C, ign ? 0 : target[i], ign, label_smoothing,
+                            grad_scale, grad + i * C);
+  }
+}
+
+template <typename T>
+void dropout_forward(int64_t n, const T* x, uint64_t seed, uint64_t offset, uint64_t threshold,
+                     T scale, T* y, uint8_t* mask) {
+  const uint64_t key = splitmix64(seed);
+  const uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
+  const uint32_t thr = uint32_t(std::min<uint64_t>(threshold, 0xFFFFFFFFull));
+  for_chunks(n, [&](int64_t i0, int64_t len) {
+    dropout_leaf<T>(len, x + i0, k0, k1, offset + uint64_t(i0), thr, scale, y + i0, mask + i0);
+  });
+}
+
+template <typename T>
+void dropout_backward(int64_t n, const T* dy, const uint8_t* mask, T scale, T* dx) {
+  for_chunks(n, [&](int64_t i0, int64_t len) {
+    dropout_bwd_leaf<T>(len, dy + i0, mask + i0, scale, dx + i0);
+  });
+}
+
+#define FC_INST(T)                                                                                 \
+  template void activation_forward<T>(int, int64_t, const T*, T*);                                \
+  template void activation_backward<T>(int, int64_t, const T*, const T*, T*);                     \
+  template void softmax_forward<T>(bool, int64_t, int64_t, int64_t, const T*, T*);                \
+  template void softmax_backward<T>(bool, int64_t, int64_t, int64_t, const T*, const T*, T*);     \
+  template void cross_entropy_fused<T>(int64_t, int64_t, const T*, const int64_t*, int64_t,       \
+                                       double, double, double*, T*);                              \
+  template void dropout_forward<T>(int64_t, const T*, uint64_t, uint64_t, uint64_t, T, T*,        \
+                                   uint8_t*);                                                     \
+  template void dropout_backward<T>(int64_t, const T*, const uint8_t*, T, T*);
+FC_INST(float)
+FC_INST(double)
+#undef FC_INST
+
+}  // namespace fastconv

@@ -1,0 +1,786 @@
+// Pooling kernels (see fastconv/pool_cpu.h for the semantics).
+//
+// Why this shape: pooling is memory-bound, so the goal is to read every input
+// byte once from DRAM and keep all other work in L1 with contiguous,
+// vectorizable loops. Windows are separable, so one output row is built as
+//   1. a vertical reduction of the window's input rows into a row buffer that
+//      carries the horizontal padding (identity values) on both sides, so the
+//      interior has no per-element padding branches;
+//   2. a split of that buffer into `stride_w` phases (for stride 2: even and
+//      odd columns), after which every horizontal tap s is a contiguous slice
+//      of one phase: out[q] = reduce_s phase[(s*dil) % stride][q + (s*dil) / stride].
+// With indices (return_indices, or backward without saved indices) the order
+// is horizontal first, then vertical: that is what makes "first maximum in
+// row-major window order" come out of two one-dimensional passes.
+//
+// The row kernels are compiled three times (AVX-512, AVX2, baseline x86-64)
+// by including this file into itself under different target attributes; the
+// package build has no -march flags, and the choice is made at run time from
+// CPUID, like the GEMM micro-kernels.
+#ifndef FC_POOL_ISA_PASS
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "fastconv/gemm.h"
+#include "fastconv/parallel.h"
+#include "fastconv/pool_cpu.h"
+
+#define FC_AI __attribute__((always_inline)) inline
+
+namespace fastconv {
+namespace pool_detail {
+
+// Phase-buffer length (per phase) of the forward row kernels: long enough for
+// the padded input row and for the right-most tap of the last window.
+inline int64_t fwd_nj(const PoolProblem& p) {
+  const int64_t need_taps = p.Q + ((p.kw - 1) * p.dw) / p.sw + 1;
+  const int64_t need_row = (p.pw + p.W + p.sw - 1) / p.sw;
+  // whole vectors: the phase loops then need no scalar tail
+  return (std::max(need_taps, need_row) + 15) / 16 * 16;
+}
+inline int64_t fwd_scratch(const PoolProblem& p) {
+  const int64_t nj = fwd_nj(p);
+  return nj * p.sw /*row*/ + nj * p.sw /*phases*/ + 2 * p.Q /*hv, colcnt*/ + 64;
+}
+// Avg backward: padded gradient row + phases.
+inline int64_t bwd_nJ(const PoolProblem& p) { return (p.W - 1 + p.pw) / p.sw + 1; }
+inline int64_t bwd_off(const PoolProblem& p) { return (p.kw - 1) / p.sw; }
+inline int64_t bwd_tlen(const PoolProblem& p) {
+  return bwd_off(p) + std::max(p.Q, bwd_nJ(p)) + 1;
+}
+inline int64_t bwd_scratch(const PoolProblem& p) {
+  return bwd_tlen(p) + p.sw * bwd_nJ(p) + p.Q + 64;
+}
+// first i >= 0 with start + i*dil >= 0, as the coordinate start + i*dil
+inline int64_t first_inside(int64_t start, int64_t dil) {
+  if (start >= 0) return start;
+  return start + ((-start + dil - 1) / dil) * dil;
+}
+// torch's avg divisor along one axis (before the product)
+inline int64_t avg_count(int64_t o, int64_t stride, int64_t pad, int64_t k, int64_t in, bool include_pad) {
+  int64_t s = o * stride - pad;
+  int64_t e = std::min(s + k, in + pad);
+  const int64_t padded = e - s;
+  s = std::max<int64_t>(s, 0);
+  e = std::min(e, in);
+  return include_pad ? padded : e - s;
+}
+
+}  // namespace pool_detail
+}  // namespace fastconv
+
+// ------------------------------------------------------------ ISA passes
+#define FC_POOL_ISA_PASS
+#if defined(__x86_64__) && !defined(FASTCONV_NO_X86_KERNELS)
+#define FC_POOL_HAVE_X86 1
+#define FC_TGT __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+namespace fastconv { namespace pool_avx512 {
+#include __FILE__
+}}  // namespace fastconv::pool_avx512
+#undef FC_TGT
+#define FC_TGT __attribute__((target("avx2,fma")))
+namespace fastconv { namespace pool_avx2 {
+#include __FILE__
+}}  // namespace fastconv::pool_avx2
+#undef FC_TGT
+#endif
+#define FC_TGT
+namespace fastconv { namespace pool_base {
+#include __FILE__
+}}  // namespace fastconv::pool_base
+#undef FC_TGT
+#undef FC_POOL_ISA_PASS
+
+// ---------------------------------------------------------------- drivers
+namespace fastconv {
+
+using namespace pool_detail;
+
+namespace {
+
+enum class Isa { Base, Avx2, Avx512 };
+
+Isa pick_isa() {
+#ifdef FC_POOL_HAVE_X86
+  static const Isa isa = cpu_has_avx512() ? Isa::Avx512 : (cpu_has_avx2_fma() ? Isa::Avx2 : Isa::Base);
+  return isa;
+#else
+  return Isa::Base;
+#endif
+}
+
+#ifdef FC_POOL_HAVE_X86
+#define FC_POOL_DISPATCH(fn, ...)                                          \
+  do {                                                                     \
+    switch (pick_isa()) {                                                  \
+      case Isa::Avx512: pool_avx512::fn(__VA_ARGS__); break;               \
+      case Isa::Avx2: pool_avx2::fn(__VA_ARGS__); break;                   \
+      default: pool_base::fn(__VA_ARGS__); break;                          \
+    }                                                                      \
+  } while (0)
+#else
+#define FC_POOL_DISPATCH(fn, ...) pool_base::fn(__VA_ARGS__)
+#endif
+
+// Static contiguous split of [0, n) over the team: fixed, so work placement
+// (never results: every output is computed by exactly one thread with a fixed
+// order) depends on the thread count.
+inline void split(int64_t n, int64_t& b, int64_t& e) {
+#ifdef _OPENMP
+  const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+  const int64_t t = 0, nt = 1;
+#endif
+  b = n * t / nt;
+  e = n * (t + 1) / nt;
+}
+
+constexpr int64_t kParallelMin = 1 << 15;  // elements touched below which threads cost more than they give
+
+bool is_global(const PoolProblem& p) {
+  return p.P == 1 && p.Q == 1 && p.ph == 0 && p.pw == 0 && p.kh == p.H && p.kw == p.W &&
+         p.dh == 1 && p.dw == 1;
+}
+
+template <typename T>
+void global_fwd(PoolKind kind, int64_t planes, int64_t HW, const T* x, T* y, int64_t* idx, T div) {
+#pragma omp parallel if (planes * HW > kParallelMin)
+  {
+    int64_t b, e;
+    split(planes, b, e);
+    if (b < e) FC_POOL_DISPATCH(global_range<T>, kind, x, HW, y, idx, div, b, e);
+  }
+}
+
+// adaptive windows: start = floor(i*in/out), end = ceil((i+1)*in/out)
+inline int64_t a_start(int64_t i, int64_t in, int64_t out) { return (i * in) / out; }
+inline int64_t a_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * in + out - 1) / out; }
+
+// For each input coordinate, the [lo, hi] range of adaptive windows containing it.
+void adaptive_ranges(int64_t in, int64_t out, std::vector<int64_t>& lo, std::vector<int64_t>& hi) {
+  lo.assign(in, out);
+  hi.assign(in, -1);
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t i = a_start(o, in, out); i < a_end(o, in, out); ++i) {
+      lo[i] = std::min(lo[i], o);
+      hi[i] = std::max(hi[i], o);
+    }
+}
+
+}  // namespace
+
+const char* pool_isa() {
+  switch (pick_isa()) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+std::string pool_check(PoolKind kind, const PoolProblem& p) {
+  if (p.planes < 0) return "planes must be >= 0";
+  if (p.H <= 0 || p.W <= 0) return "input plane must be non-empty";
+  if (p.P <= 0 || p.Q <= 0) return "output size must be positive";
+  if (p.kh <= 0 || p.kw <= 0) return "kernel_size must be positive";
+  if (p.sh <= 0 || p.sw <= 0) return "stride must be positive";
+  if (p.dh <= 0 || p.dw <= 0) return "dilation must be positive";
+  if (p.ph < 0 || p.pw < 0) return "padding must be >= 0";
+  if (p.ph > p.kh / 2 || p.pw > p.kw / 2) return "padding must be at most half the kernel size";
+  if (kind == PoolKind::Avg && (p.dh != 1 || p.dw != 1)) return "avg pooling has no dilation";
+  // every window must start inside the (top/left padded) input
+  if ((p.P - 1) * p.sh - p.ph >= p.H || (p.Q - 1) * p.sw - p.pw >= p.W)
+    return "output size too large for the input";
+  return "";
+}
+
+std::string adaptive_check(PoolKind kind, const AdaptiveProblem& p) {
+  if (kind == PoolKind::Min) return "adaptive min pooling is not implemented";
+  if (p.planes < 0) return "planes must be >= 0";
+  if (p.H <= 0 || p.W <= 0) return "input plane must be non-empty";
+  if (p.P <= 0 || p.Q <= 0) return "output size must be positive";
+  return "";
+}
+
+template <typename T>
+void pool2d_fwd(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* idx) {
+  if (kind == PoolKind::Avg) idx = nullptr;
+  if (p.planes == 0) return;
+  if (is_global(p)) {
+    const T div = T(p.divisor_override ? p.divisor_override : p.H * p.W);
+    global_fwd<T>(kind, p.planes, p.H * p.W, x, y, idx, div);
+    return;
+  }
+  const int64_t items = p.planes * p.P;
+  const int64_t scr = fwd_scratch(p);
+#pragma omp parallel if (p.planes * (p.H * p.W + p.P * p.Q) > kParallelMin)
+  {
+    int64_t b, e;
+    split(items, b, e);
+    if (b < e) {
+      AlignedBuffer<T> s(scr);
+      AlignedBuffer<int64_t> is(2 * p.Q + 16);
+      FC_POOL_DISPATCH(fwd_range<T>, kind, p, x, y, idx, b, e, s.data(), is.data());
+    }
+  }
+}
+
+template <typename T>
+void pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x, const int64_t* idx,
+                T* dx) {
+  if (p.planes == 0) return;
+  std::vector<int64_t> own;
+  if (kind != PoolKind::Avg && idx == nullptr) {
+    // recompute the argmax with the forward's tie rule
+    own.resize(static_cast<size_t>(p.planes * p.P * p.Q));
+    std::vector<T> ytmp(static_cast<size_t>(p.planes * p.P * p.Q));
+    pool2d_fwd<T>(kind, p, x, ytmp.data(), own.data());
+    idx = own.data();
+  }
+  const int64_t items = p.planes * p.H;
+  const int64_t scr = bwd_scratch(p);
+#pragma omp parallel if (p.planes * (p.H * p.W + p.P * p.Q) > kParallelMin)
+  {
+    int64_t b, e;
+    split(items, b, e);
+    if (b < e) {
+      if (kind == PoolKind::Avg) {
+        AlignedBuffer<T> s(scr);
+        FC_POOL_DISPATCH(avg_bwd_range<T>, p, dy, dx, b, e, s.data());
+      } else {
+        AlignedBuffer<T> s(p.W + 16);
+        FC_POOL_DISPATCH(maxmin_bwd_range<T>, p, dy, idx, dx, b, e, s.data());
+      }
+    }
+  }
+}
+
+template <typename T>
+void adaptive_pool2d_fwd(PoolKind kind, const AdaptiveProblem& p, const T* x, T* y, int64_t* idx) {
+  if (kind == PoolKind::Avg) idx = nullptr;
+  if (p.planes == 0) return;
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  if (P == 1 && Q == 1) {
+    global_fwd<T>(kind, p.planes, H * W, x, y, idx, T(H * W));
+    return;
+  }
+  const int64_t items = p.planes * P;
+#pragma omp parallel if (p.planes * (H * W + P * Q) > kParallelMin)
+  {
+    int64_t b, e;
+    split(items, b, e);
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t plane = it / P, oh = it % P;
+      const T* xp = x + plane * H * W;
+      const int64_t hs = a_start(oh, H, P), he = a_end(oh, H, P);
+      T* out = y + it * Q;
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t ws = a_start(q, W, Q), we = a_end(q, W, Q);
+        if (kind == PoolKind::Avg) {
+          T acc = T(0);
+          for (int64_t h = hs; h < he; ++h)
+            for (int64_t w = ws; w < we; ++w) acc += xp[h * W + w];
+          out[q] = acc / T((he - hs) * (we - ws));
+        } else {
+          T best = -std::numeric_limits<T>::infinity();
+          int64_t bi = hs * W + ws;
+          for (int64_t h = hs; h < he; ++h)
+            for (int64_t w = ws; w < we; ++w) {
+              const T v = xp[h * W + w];
+              if (v > best || v != v) {
+                best = v;
+                bi = h * W + w;
+              }
+            }
+          out[q] = best;
+          if (idx) idx[it * Q + q] = bi;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void adaptive_pool2d_bwd(PoolKind kind, const AdaptiveProblem& p, const T* dy, const T* x,
+                         const int64_t* idx, T* dx) {
+  if (p.planes == 0) return;
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  std::vector<int64_t> own;
+  if (kind != PoolKind::Avg && idx == nullptr) {
+    own.resize(static_cast<size_t>(p.planes * P * Q));
+    std::vector<T> ytmp(static_cast<size_t>(p.planes * P * Q));
+    adaptive_pool2d_fwd<T>(kind, p, x, ytmp.data(), own.data());
+    idx = own.data();
+  }
+  std::vector<int64_t> hlo, hhi, wlo, whi;
+  adaptive_ranges(H, P, hlo, hhi);
+  adaptive_ranges(W, Q, wlo, whi);
+  std::vector<T> colcnt(static_cast<size_t>(Q));
+  for (int64_t q = 0; q < Q; ++q) colcnt[q] = T(a_end(q, W, Q) - a_start(q, W, Q));
+  const int64_t items = p.planes * H;
+#pragma omp parallel if (p.planes * (H * W + P * Q) > kParallelMin)
+  {
+    int64_t b, e;
+    split(items, b, e);
+    std::vector<T> t(static_cast<size_t>(Q));
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t plane = it / H, ih = it % H;
+      const T* dyp = dy + plane * P * Q;
+      T* dxr = dx + it * W;
+      for (int64_t w = 0; w < W; ++w) dxr[w] = T(0);
+      if (kind == PoolKind::Avg) {
+        for (int64_t q = 0; q < Q; ++q) t[q] = T(0);
+        for (int64_t oh = hlo[ih]; oh <= hhi[ih]; ++oh) {
+          const T rc = T(a_end(oh, H, P) - a_start(oh, H, P));
+          for (int64_t q = 0; q < Q; ++q) t[q] += dyp[oh * Q + q] / (rc * colcnt[q]);
+        }
+        for (int64_t w = 0; w < W; ++w) {
+          T acc = T(0);
+          for (int64_t q = wlo[w]; q <= whi[w]; ++q) acc += t[q];
+          dxr[w] = acc;
+        }
+      } else {
+        const int64_t* ip = idx + plane * P * Q;
+        const int64_t base = ih * W;
+        for (int64_t oh = hlo[ih]; oh <= hhi[ih]; ++oh)
+          for (int64_t q = 0; q < Q; ++q) {
+            const int64_t d = ip[oh * Q + q] - base;
+            if (uint64_t(d) < uint64_t(W)) dxr[d] += dyp[oh * Q + q];
+          }
+      }
+    }
+  }
+}
+
+#define FC_INST(T)                                                                              \
+  template void pool2d_fwd<T>(PoolKind, const PoolProblem&, const T*, T*, int64_t*);            \
+  template void pool2d_bwd<T>(PoolKind, const PoolProblem&, const T*, const T*, const int64_t*, \
+                              T*);                                                              \
+  template void adaptive_pool2d_fwd<T>(PoolKind, const AdaptiveProblem&, const T*, T*,          \
+                                       int64_t*);                                               \
+  template void adaptive_pool2d_bwd<T>(PoolKind, const AdaptiveProblem&, const T*, const T*,    \
+                                       const int64_t*, T*);
+FC_INST(float)
+FC_INST(double)
+#undef FC_INST
+
+}  // namespace fastconv
+
+#else  // ======================= FC_POOL_ISA_PASS: row kernels for one ISA
+
+using ::fastconv::PoolKind;
+using ::fastconv::PoolProblem;
+using namespace ::fastconv::pool_detail;
+
+// max / min: NaN wins (and a later NaN replaces an earlier one, like torch);
+// otherwise strictly better only, so the first extreme value is kept.
+template <typename T>
+struct MaxOp {
+  static constexpr bool avg = false;
+  FC_AI static T id() { return -std::numeric_limits<T>::infinity(); }
+  FC_AI static bool better(T v, T a) { return v > a || v != v; }
+  // a NaN accumulator stays; otherwise maxps semantics (a NaN v is taken)
+  FC_AI static T comb(T a, T v) { return a != a ? a : (a > v ? a : v); }
+};
+template <typename T>
+struct MinOp {
+  static constexpr bool avg = false;
+  FC_AI static T id() { return std::numeric_limits<T>::infinity(); }
+  FC_AI static bool better(T v, T a) { return v < a || v != v; }
+  FC_AI static T comb(T a, T v) { return a != a ? a : (a < v ? a : v); }
+};
+template <typename T>
+struct AvgOp {
+  static constexpr bool avg = true;
+  FC_AI static T id() { return T(0); }
+  FC_AI static T comb(T a, T v) { return a + v; }
+};
+
+// Split the padded row vb (nj*sw long) into sw phases: ph[k*nj + j] = vb[j*sw + k].
+template <typename T>
+FC_TGT FC_AI void deinterleave(const T* __restrict vb, T* __restrict ph, int64_t nj, int64_t sw) {
+  if (sw == 2) {
+    T* __restrict e = ph;
+    T* __restrict o = ph + nj;
+    for (int64_t j = 0; j < nj; ++j) {
+      e[j] = vb[2 * j];
+      o[j] = vb[2 * j + 1];
+    }
+  } else {
+    for (int64_t k = 0; k < sw; ++k) {
+      T* __restrict d = ph + k * nj;
+      const T* __restrict s = vb + k;
+      for (int64_t j = 0; j < nj; ++j) d[j] = s[j * sw];
+    }
+  }
+}
+
+// Forward, values only: vertical reduction first, then horizontal taps.
+template <class Op, typename T>
+FC_TGT void fwd_rows(const PoolProblem& p, const T* __restrict x, T* __restrict y, int64_t b,
+                     int64_t e, T* __restrict scr) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw;
+  const int64_t nj = fwd_nj(p), Wb = nj * sw;
+  T* __restrict vb = scr;
+  T* __restrict ph = vb + Wb;
+  T* __restrict colcnt = ph + Wb;
+  for (int64_t i = 0; i < pw; ++i) vb[i] = Op::id();
+  for (int64_t i = pw + W; i < Wb; ++i) vb[i] = Op::id();
+  T* __restrict mid = vb + pw;
+  if (Op::avg)
+    for (int64_t q = 0; q < Q; ++q)
+      colcnt[q] = p.divisor_override ? T(p.divisor_override)
+                                     : T(avg_count(q, sw, pw, p.kw, W, p.count_include_pad));
+  // per-row 64-bit divisions cost as much as the row's vector work: count instead
+  int64_t plane = b / P, oh = b % P - 1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++oh == P) {
+      oh = 0;
+      ++plane;
+    }
+    const T* __restrict xp = x + plane * H * W;
+    T* __restrict out = y + it * Q;
+    const int64_t h0 = oh * p.sh - p.ph;
+    int64_t nvalid = 0;
+    for (int64_t r = 0; r < p.kh; ++r) {
+      const int64_t ih = h0 + r * p.dh;
+      if (ih < 0 || ih >= H) continue;
+      const T* __restrict row = xp + ih * W;
+      if (nvalid++ == 0)
+        for (int64_t w = 0; w < W; ++w) mid[w] = row[w];
+      else
+        for (int64_t w = 0; w < W; ++w) mid[w] = Op::comb(mid[w], row[w]);
+    }
+    if (nvalid == 0)
+      for (int64_t w = 0; w < W; ++w) mid[w] = Op::id();
+    const T* phases = vb;
+    if (sw > 1) {
+      deinterleave(vb, ph, nj, sw);
+      phases = ph;
+    }
+    for (int64_t s = 0; s < p.kw; ++s) {
+      const int64_t off = s * p.dw;
+      const T* __restrict src = phases + (off % sw) * nj + off / sw;
+      if (s == 0)
+        for (int64_t q = 0; q < Q; ++q) out[q] = src[q];
+      else
+        for (int64_t q = 0; q < Q; ++q) out[q] = Op::comb(out[q], src[q]);
+    }
+    if (Op::avg) {
+      const T rc = p.divisor_override ? T(1) : T(avg_count(oh, p.sh, p.ph, p.kh, H, p.count_include_pad));
+      for (int64_t q = 0; q < Q; ++q) out[q] = out[q] / (rc * colcnt[q]);
+    }
+  }
+}
+
+// Forward with indices: horizontal (with column) per input row, then vertical
+// in increasing row order, both keeping only strictly better values.
+template <class Op, typename T>
+FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restrict y,
+                         int64_t* __restrict idx, int64_t b, int64_t e, T* __restrict scr,
+                         int64_t* __restrict iscr) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw;
+  const int64_t nj = fwd_nj(p), Wb = nj * sw;
+  T* __restrict vb = scr;
+  T* __restrict ph = vb + Wb;
+  T* __restrict hv = ph + Wb;
+  int64_t* __restrict hc = iscr;
+  int64_t* __restrict fc = iscr + Q;  // first in-image column of each window (torch's initial index)
+  for (int64_t i = 0; i < pw; ++i) vb[i] = Op::id();
+  for (int64_t i = pw + W; i < Wb; ++i) vb[i] = Op::id();
+  T* __restrict mid = vb + pw;
+  for (int64_t q = 0; q < Q; ++q) fc[q] = first_inside(q * sw - pw, p.dw);
+  // per-row 64-bit divisions cost as much as the row's vector work: count instead
+  int64_t plane = b / P, oh = b % P - 1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++oh == P) {
+      oh = 0;
+      ++plane;
+    }
+    const T* __restrict xp = x + plane * H * W;
+    T* __restrict out = y + it * Q;
+    int64_t* __restrict oi = idx + it * Q;
+    const int64_t h0 = oh * p.sh - p.ph;
+    const int64_t first_row = first_inside(h0, p.dh);
+    for (int64_t q = 0; q < Q; ++q) {
+      out[q] = Op::id();
+      oi[q] = first_row * W + fc[q];
+    }
+    for (int64_t r = 0; r < p.kh; ++r) {
+      const int64_t ih = h0 + r * p.dh;
+      if (ih < 0 || ih >= H) continue;
+      const T* __restrict row = xp + ih * W;
+      for (int64_t w = 0; w < W; ++w) mid[w] = row[w];
+      const T* phases = vb;
+      if (sw > 1) {
+        deinterleave(vb, ph, nj, sw);
+        phases = ph;
+      }
+      for (int64_t q = 0; q < Q; ++q) {
+        hv[q] = Op::id();
+        hc[q] = fc[q];
+      }
+      for (int64_t s = 0; s < p.kw; ++s) {
+        const int64_t off = s * p.dw;
+        const T* __restrict src = phases + (off % sw) * nj + off / sw;
+        const int64_t c0 = off - pw;
+        for (int64_t q = 0; q < Q; ++q) {
+          const T v = src[q];
+          const bool m = Op::better(v, hv[q]);
+          hv[q] = m ? v : hv[q];
+          hc[q] = m ? q * sw + c0 : hc[q];
+        }
+      }
+      const int64_t base = ih * W;
+      for (int64_t q = 0; q < Q; ++q) {
+        const bool m = Op::better(hv[q], out[q]);
+        out[q] = m ? hv[q] : out[q];
+        oi[q] = m ? base + hc[q] : oi[q];
+      }
+    }
+  }
+}
+
+template <typename T>
+FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* idx, int64_t b,
+                      int64_t e, T* scr, int64_t* iscr) {
+  switch (kind) {
+    case PoolKind::Max:
+      if (idx) fwd_rows_idx<MaxOp<T>, T>(p, x, y, idx, b, e, scr, iscr);
+      else fwd_rows<MaxOp<T>, T>(p, x, y, b, e, scr);
+      break;
+    case PoolKind::Min:
+      if (idx) fwd_rows_idx<MinOp<T>, T>(p, x, y, idx, b, e, scr, iscr);
+      else fwd_rows<MinOp<T>, T>(p, x, y, b, e, scr);
+      break;
+    case PoolKind::Avg: fwd_rows<AvgOp<T>, T>(p, x, y, b, e, scr); break;
+  }
+}
+
+// Avg backward for input rows [b, e) (item = plane*H + ih): the vertical
+// gather of the windows containing row ih (increasing oh), then a horizontal
+// gather done per phase of the output stride with contiguous slices.
+template <typename T>
+FC_TGT void avg_bwd_range(const PoolProblem& p, const T* __restrict dy, T* __restrict dx, int64_t b,
+                          int64_t e, T* __restrict scr) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw, kh = p.kh, kw = p.kw;
+  const int64_t nJ = bwd_nJ(p), OFF = bwd_off(p), Tlen = bwd_tlen(p);
+  T* __restrict tpad = scr;
+  T* __restrict D = scr + Tlen;
+  T* __restrict colcnt = D + sw * nJ;
+  for (int64_t i = 0; i < Tlen; ++i) tpad[i] = T(0);
+  T* __restrict t = tpad + OFF;
+  for (int64_t q = 0; q < Q; ++q)
+    colcnt[q] = p.divisor_override ? T(p.divisor_override)
+                                   : T(avg_count(q, sw, pw, kw, W, p.count_include_pad));
+  // per-row 64-bit divisions cost as much as the row's vector work: count instead
+  int64_t plane = b / H, ih = b % H - 1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++ih == H) {
+      ih = 0;
+      ++plane;
+    }
+    const T* __restrict dyp = dy + plane * P * Q;
+    T* __restrict dxr = dx + it * W;
+    // windows oh with oh*sh - ph <= ih <= oh*sh - ph + kh - 1
+    const int64_t num = ih + p.ph - kh + 1;
+    const int64_t lo = num <= 0 ? 0 : (num + p.sh - 1) / p.sh;
+    const int64_t hi = std::min((ih + p.ph) / p.sh, P - 1);
+    if (lo > hi) {
+      for (int64_t w = 0; w < W; ++w) dxr[w] = T(0);
+      continue;
+    }
+    for (int64_t oh = lo; oh <= hi; ++oh) {
+      const T rc = p.divisor_override ? T(1) : T(avg_count(oh, p.sh, p.ph, kh, H, p.count_include_pad));
+      const T* __restrict g = dyp + oh * Q;
+      if (oh == lo)
+        for (int64_t q = 0; q < Q; ++q) t[q] = g[q] / (rc * colcnt[q]);
+      else
+        for (int64_t q = 0; q < Q; ++q) t[q] += g[q] / (rc * colcnt[q]);
+    }
+    // column w + pw = j*sw + k receives taps s = k + u*sw from window q = j - u
+    for (int64_t k = 0; k < sw; ++k) {
+      T* __restrict d = D + k * nJ;
+      if (k >= kw) {
+        for (int64_t j = 0; j < nJ; ++j) d[j] = T(0);
+        continue;
+      }
+      const int64_t umax = (kw - 1 - k) / sw;
+      for (int64_t j = 0; j < nJ; ++j) d[j] = t[j];
+      for (int64_t u = 1; u <= umax; ++u)
+        for (int64_t j = 0; j < nJ; ++j) d[j] += t[j - u];
+    }
+    if (sw == 1) {
+      for (int64_t w = 0; w < W; ++w) dxr[w] = D[w + pw];
+    } else if (sw == 2) {
+      // even w = 2m reads phase pw%2 at m + pw/2; odd w = 2m+1 reads phase (pw+1)%2 at m + (pw+1)/2
+      const T* __restrict de = D + (pw & 1) * nJ + pw / 2;
+      const T* __restrict dd = D + ((pw + 1) & 1) * nJ + (pw + 1) / 2;
+      int64_t m = 0;
+      for (; 2 * m + 1 < W; ++m) {
+        dxr[2 * m] = de[m];
+        dxr[2 * m + 1] = dd[m];
+      }
+      if (2 * m < W) dxr[2 * m] = de[m];
+    } else {
+      for (int64_t k = 0; k < sw; ++k) {
+        const int64_t w0 = ((k - pw) % sw + sw) % sw;
+        const T* __restrict dk = D + k * nJ + (w0 + pw) / sw;
+        for (int64_t w = w0, j = 0; w < W; w += sw, ++j) dxr[w] = dk[j];
+      }
+    }
+  }
+  (void)tpad;
+}
+
+// Max/min backward for input rows [b, e): each row gathers, in increasing
+// (oh, q) order, the gradients of the windows whose saved index lies in it.
+template <typename T>
+FC_TGT void maxmin_bwd_range(const PoolProblem& p, const T* __restrict dy, const int64_t* __restrict idx,
+                             T* __restrict dx, int64_t b, int64_t e, T* __restrict acc) {
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw;
+  const int64_t span = (p.kh - 1) * p.dh;
+  // per-row 64-bit divisions cost as much as the row's vector work: count instead
+  int64_t plane = b / H, ih = b % H - 1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++ih == H) {
+      ih = 0;
+      ++plane;
+    }
+    T* __restrict dxr = dx + it * W;
+    for (int64_t w = 0; w < W; ++w) acc[w] = T(0);
+    const int64_t num = ih + p.ph - span;
+    const int64_t lo = num <= 0 ? 0 : (num + p.sh - 1) / p.sh;
+    const int64_t hi = std::min((ih + p.ph) / p.sh, P - 1);
+    const int64_t base = ih * W;
+    for (int64_t oh = lo; oh <= hi; ++oh) {
+      const int64_t* __restrict ip = idx + (plane * P + oh) * Q;
+      const T* __restrict g = dy + (plane * P + oh) * Q;
+      // Branch-free (a good third of the indices lie in other rows, at
+      // random, so a branch would mispredict): those add +0 to a column of
+      // their own window, which keeps successive adds off one address (a
+      // single trash slot would chain every add through memory).
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t d = ip[q] - base;
+        const int64_t in = uint64_t(d) < uint64_t(W);
+        const int64_t c = std::min(std::max<int64_t>(q * sw - pw, 0), W - 1);
+        // masks, not selects: GCC turns selects back into branches here
+        U bits;
+        std::memcpy(&bits, g + q, sizeof(T));
+        bits &= U(0) - U(in);
+        T v;
+        std::memcpy(&v, &bits, sizeof(T));
+        acc[c + ((d - c) & -in)] += v;
+      }
+    }
+    for (int64_t w = 0; w < W; ++w) dxr[w] = acc[w];
+  }
+}
+
+// Whole-plane reductions (global pooling): 16 independent lanes, then a
+// fixed pairwise combination, so the order never depends on threads.
+template <class Op, typename T>
+FC_TGT void global_rows(const T* __restrict x, int64_t HW, T* __restrict y, T div, int64_t b, int64_t e) {
+  constexpr int L = 16;
+  for (int64_t pl = b; pl < e; ++pl) {
+    const T* __restrict xp = x + pl * HW;
+    T acc[L];
+    for (int j = 0; j < L; ++j) acc[j] = Op::id();
+    int64_t i = 0;
+    for (; i + L <= HW; i += L)
+      for (int j = 0; j < L; ++j) acc[j] = Op::comb(acc[j], xp[i + j]);
+    for (int j = 0; i + j < HW; ++j) acc[j] = Op::comb(acc[j], xp[i + j]);
+    for (int w = L / 2; w > 0; w /= 2)
+      for (int j = 0; j < w; ++j) acc[j] = Op::comb(acc[j], acc[j + w]);
+    y[pl] = Op::avg ? acc[0] / div : acc[0];
+  }
+}
+
+template <class Op, typename T>
+FC_TGT void global_rows_idx(const T* __restrict x, int64_t HW, T* __restrict y, int64_t* __restrict idx,
+                            int64_t b, int64_t e) {
+  constexpr int L = 16;
+  for (int64_t pl = b; pl < e; ++pl) {
+    const T* __restrict xp = x + pl * HW;
+    T bv[L];
+    int64_t bi[L];
+    for (int j = 0; j < L; ++j) {
+      bv[j] = Op::id();
+      bi[j] = j;
+    }
+    int64_t i = 0;
+    for (; i + L <= HW; i += L)
+      for (int j = 0; j < L; ++j) {
+        const T v = xp[i + j];
+        const bool m = Op::better(v, bv[j]);
+        bv[j] = m ? v : bv[j];
+        bi[j] = m ? i + j : bi[j];
+      }
+    for (int j = 0; i + j < HW; ++j) {
+      const T v = xp[i + j];
+      if (Op::better(v, bv[j])) {
+        bv[j] = v;
+        bi[j] = i + j;
+      }
+    }
+    // Each lane holds its first extreme (or its last NaN); across lanes the
+    // smallest index wins among equal values and the largest among NaNs.
+    T best = bv[0];
+    int64_t besti = bi[0];
+    for (int j = 1; j < L; ++j) {
+      const T v = bv[j];
+      const int64_t vi = bi[j];
+      bool take;
+      if (best != best) take = (v != v) && vi > besti;
+      else if (v != v) take = true;
+      else take = Op::better(v, best) || (v == best && vi < besti);
+      if (take) {
+        best = v;
+        besti = vi;
+      }
+    }
+    y[pl] = best;
+    idx[pl] = besti < HW ? besti : 0;
+  }
+}
+
+template <typename T>
+FC_TGT void global_range(PoolKind kind, const T* x, int64_t HW, T* y, int64_t* idx, T div, int64_t b,
+                         int64_t e) {
+  switch (kind) {
+    case PoolKind::Max:
+      if (idx) global_rows_idx<MaxOp<T>, T>(x, HW, y, idx, b, e);
+      else global_rows<MaxOp<T>, T>(x, HW, y, div, b, e);
+      break;
+    case PoolKind::Min:
+      if (idx) global_rows_idx<MinOp<T>, T>(x, HW, y, idx, b, e);
+      else global_rows<MinOp<T>, T>(x, HW, y, div, b, e);
+      break;
+    case PoolKind::Avg: global_rows<AvgOp<T>, T>(x, HW, y, div, b, e); break;
+  }
+}
+
+template void fwd_range<float>(PoolKind, const PoolProblem&, const float*, float*, int64_t*, int64_t,
+                               int64_t, float*, int64_t*);
+template void fwd_range<double>(PoolKind, const PoolProblem&, const double*, double*, int64_t*,
+                                int64_t, int64_t, double*, int64_t*);
+template void avg_bwd_range<float>(const PoolProblem&, const float*, float*, int64_t, int64_t, float*);
+template void avg_bwd_range<double>(const PoolProblem&, const double*, double*, int64_t, int64_t,
+                                    double*);
+template void maxmin_bwd_range<float>(const PoolProblem&, const float*, const int64_t*, float*, int64_t,
+                                      int64_t, float*);
+template void maxmin_bwd_range<double>(const PoolProblem&, const double*, const int64_t*, double*,
+                                       int64_t, int64_t, double*);
+template void global_range<float>(PoolKind, const float*, int64_t, float*, int64_t*, float, int64_t,
+                                  int64_t);
+template void global_range<double>(PoolKind, const double*, int64_t, double*, int64_t*, double, int64_t,
+                                   int64_t);
+
+#endif  // FC_POOL_ISA_PASS

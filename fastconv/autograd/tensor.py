@@ -1,0 +1,944 @@
+"""``fastconv.Tensor``: an array plus the node that produced it.
+
+The array is kept as it is (NumPy now, CuPy with the CUDA backend): every bit of
+glue here asks the array for its module (:func:`array_module`) instead of
+assuming NumPy.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .engine import Function, _Version, array_module, is_grad_enabled, retain, run_backward
+
+__all__ = ["Tensor", "cat", "stack", "tensor"]
+
+
+def _unbroadcast(g, shape):
+    """Sum ``g`` down to ``shape`` (the inverse of broadcasting)."""
+    shape = tuple(shape)
+    if tuple(g.shape) == shape:
+        return g
+    lead = g.ndim - len(shape)
+    if lead > 0:
+        g = g.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+def _shape_of(a):
+    return tuple(getattr(a, "shape", ()))
+
+
+def _as_operand(x, like):
+    """A Tensor stays a Tensor; a Python/NumPy scalar or array becomes a constant array."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (numbers.Number, np.generic)):
+        return x
+    xp = array_module(like.data)
+    return xp.asarray(x)
+
+
+# ----------------------------------------------------------- elementwise
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (_shape_of(a), _shape_of(b))
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        n = ctx.needs_input_grad
+        return (_unbroadcast(g, sa) if n[0] else None, _unbroadcast(g, sb) if n[1] else None)
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (_shape_of(a), _shape_of(b))
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        n = ctx.needs_input_grad
+        return (_unbroadcast(g, sa) if n[0] else None, _unbroadcast(-g, sb) if n[1] else None)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (_shape_of(a), _shape_of(b))
+        n = ctx.needs_input_grad
+        ctx.save_for_backward(b if n[0] else None, a if n[1] else None)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        b, a = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        n = ctx.needs_input_grad
+        return (_unbroadcast(g * b, sa) if n[0] else None, _unbroadcast(g * a, sb) if n[1] else None)
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (_shape_of(a), _shape_of(b))
+        ctx.save_for_backward(a if ctx.needs_input_grad[1] else None, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        n = ctx.needs_input_grad
+        ga = _unbroadcast(g / b, sa) if n[0] else None
+        gb = _unbroadcast(-g * a / (b * b), sb) if n[1] else None
+        return ga, gb
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class Pow(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (_shape_of(a), _shape_of(b))
+        y = a ** b
+        ctx.save_for_backward(a, b, y if ctx.needs_input_grad[1] else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, y = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        n = ctx.needs_input_grad
+        ga = _unbroadcast(g * b * a ** (b - 1), sa) if n[0] else None
+        gb = None
+        if n[1]:
+            xp = array_module(g)
+            gb = _unbroadcast(g * y * xp.log(a), sb)
+        return ga, gb
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, a):
+        y = array_module(a).exp(a)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return array_module(a).log(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g / a
+
+
+class Sqrt(Function):
+    @staticmethod
+    def forward(ctx, a):
+        y = array_module(a).sqrt(a)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g / (2 * y)
+
+
+class Abs(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return array_module(a).abs(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * array_module(a).sign(a)
+
+
+class Clamp(Function):
+    @staticmethod
+    def forward(ctx, a, lo, hi):
+        ctx.save_for_backward(a)
+        ctx.bounds = (lo, hi)
+        return array_module(a).clip(a, lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        mask = True
+        if lo is not None:
+            mask = mask & (a >= lo)
+        if hi is not None:
+            mask = mask & (a <= hi)
+        return g * mask, None, None
+
+
+class Cast(Function):
+    @staticmethod
+    def forward(ctx, a, dtype):
+        ctx.src = a.dtype
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.astype(ctx.src), None
+
+
+class MatMul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a if ctx.needs_input_grad[1] else None, b if ctx.needs_input_grad[0] else None)
+        ctx.shapes = (a.shape, b.shape)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        xp = array_module(g)
+        if len(sa) == 1 and len(sb) == 1:  # dot product
+            return (g * b if ctx.needs_input_grad[0] else None, g * a if ctx.needs_input_grad[1] else None)
+        # promote 1-D operands the way matmul does, then undo it
+        a2 = None if a is None else (a[None, :] if a.ndim == 1 else a)
+        b2 = None if b is None else (b[:, None] if b.ndim == 1 else b)
+        g2 = g
+        if len(sa) == 1:
+            g2 = xp.expand_dims(g2, -2)
+        if len(sb) == 1:
+            g2 = xp.expand_dims(g2, -1)
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = g2 @ xp.swapaxes(b2, -1, -2)
+            if len(sa) == 1:
+                ga = ga.reshape(ga.shape[:-2] + ga.shape[-1:])
+            ga = _unbroadcast(ga, sa)
+        if ctx.needs_input_grad[1]:
+            gb = xp.swapaxes(a2, -1, -2) @ g2
+            if len(sb) == 1:
+                gb = gb[..., 0]
+            gb = _unbroadcast(gb, sb)
+        return ga, gb
+
+
+# ------------------------------------------------------------- reductions
+def _axes(dim, ndim):
+    if dim is None:
+        return tuple(range(ndim))
+    if isinstance(dim, (tuple, list)):
+        return tuple(d % ndim if ndim else 0 for d in dim)
+    return (dim % ndim if ndim else 0,)
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, dim, keepdim):
+        ctx.shape = a.shape
+        ctx.axes = _axes(dim, a.ndim)
+        ctx.keepdim = keepdim
+        return array_module(a).sum(a, axis=ctx.axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = array_module(g)
+        if not ctx.keepdim:
+            g = xp.expand_dims(g, ctx.axes) if ctx.axes else g
+        return xp.broadcast_to(g, ctx.shape), None, None
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, a, dim, keepdim):
+        ctx.shape = a.shape
+        ctx.axes = _axes(dim, a.ndim)
+        ctx.keepdim = keepdim
+        ctx.count = int(np.prod([a.shape[i] for i in ctx.axes])) if ctx.axes else 1
+        return array_module(a).mean(a, axis=ctx.axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = array_module(g)
+        if not ctx.keepdim and ctx.axes:
+            g = xp.expand_dims(g, ctx.axes)
+        return xp.broadcast_to(g / ctx.count, ctx.shape), None, None
+
+
+class MaxAll(Function):
+    """max()/min() over everything; ties share the gradient evenly (as torch)."""
+
+    @staticmethod
+    def forward(ctx, a, is_min):
+        xp = array_module(a)
+        y = a.min() if is_min else a.max()
+        ctx.save_for_backward(a, y)
+        return xp.asarray(y)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, y = ctx.saved_tensors
+        mask = a == y
+        return g * mask / mask.sum(), None
+
+
+class MaxDim(Function):
+    """max(dim)/min(dim): values and indices; the gradient goes to the returned index."""
+
+    @staticmethod
+    def forward(ctx, a, dim, keepdim, is_min):
+        xp = array_module(a)
+        dim = dim % a.ndim
+        idx = xp.argmin(a, axis=dim) if is_min else xp.argmax(a, axis=dim)
+        idx_k = xp.expand_dims(idx, dim)
+        vals = xp.take_along_axis(a, idx_k, axis=dim)
+        if not keepdim:
+            vals = vals.squeeze(dim)
+        ctx.shape, ctx.dim, ctx.keepdim = a.shape, dim, keepdim
+        ctx.save_for_backward(idx_k)
+        out_idx = idx_k if keepdim else idx
+        ctx.mark_non_differentiable(out_idx)
+        return vals, out_idx
+
+    @staticmethod
+    def backward(ctx, g, _gi):
+        (idx_k,) = ctx.saved_tensors
+        xp = array_module(g)
+        if not ctx.keepdim:
+            g = xp.expand_dims(g, ctx.dim)
+        out = xp.zeros(ctx.shape, g.dtype)
+        xp.put_along_axis(out, idx_k, g, axis=ctx.dim)
+        return out, None, None, None
+
+
+# ----------------------------------------------------------- shape ops
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.shape = a.shape
+        return a.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.shape), None
+
+
+class Permute(Function):
+    @staticmethod
+    def forward(ctx, a, dims):
+        ctx.dims = dims
+        return array_module(a).transpose(a, dims)
+
+    @staticmethod
+    def backward(ctx, g):
+        inv = [0] * len(ctx.dims)
+        for i, d in enumerate(ctx.dims):
+            inv[d] = i
+        return array_module(g).transpose(g, inv), None
+
+
+class Expand(Function):
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.shape = a.shape
+        return array_module(a).broadcast_to(a, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _unbroadcast(g, ctx.shape), None
+
+
+def _is_basic_index(idx):
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(isinstance(i, (int, np.integer, slice, type(None), type(Ellipsis))) and not isinstance(i, bool)
+               for i in items)
+
+
+def _unwrap_index(idx):
+    if isinstance(idx, Tensor):
+        return idx.data
+    if isinstance(idx, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in idx)
+    return idx
+
+
+def _scatter_add(out, idx, g):
+    xp = array_module(out)
+    if xp is np:
+        np.add.at(out, idx, g)
+    else:  # pragma: no cover - CuPy path
+        import cupyx  # noqa: PLC0415
+
+        cupyx.scatter_add(out, idx, g)
+
+
+class GetItem(Function):
+    @staticmethod
+    def forward(ctx, a, idx):
+        ctx.shape, ctx.dtype, ctx.idx = a.shape, a.dtype, idx
+        y = a[idx]
+        xp = array_module(a)
+        return xp.asarray(y)  # a[int, int] is a scalar: keep arrays everywhere
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = array_module(g)
+        out = xp.zeros(ctx.shape, g.dtype)
+        if _is_basic_index(ctx.idx):
+            out[ctx.idx] = g
+        else:
+            _scatter_add(out, ctx.idx, g)
+        return out, None
+
+
+class SetItem(Function):
+    @staticmethod
+    def forward(ctx, a, value, idx):
+        ctx.idx = idx
+        ctx.vshape = _shape_of(value)
+        out = a.copy()
+        out[idx] = value
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        ga = gv = None
+        if ctx.needs_input_grad[0]:
+            ga = g.copy()
+            ga[ctx.idx] = 0
+        if ctx.needs_input_grad[1]:
+            gv = _unbroadcast(g[ctx.idx], ctx.vshape)
+        return ga, gv, None
+
+
+class Cat(Function):
+    @staticmethod
+    def forward(ctx, dim, *arrays):
+        xp = array_module(arrays[0])
+        dim = dim % arrays[0].ndim
+        ctx.dim = dim
+        ctx.sizes = [a.shape[dim] for a in arrays]
+        return xp.concatenate(arrays, axis=dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        outs, start = [None], 0
+        for s in ctx.sizes:
+            sl = [slice(None)] * g.ndim
+            sl[ctx.dim] = slice(start, start + s)
+            outs.append(g[tuple(sl)])
+            start += s
+        return tuple(outs)
+
+
+class Stack(Function):
+    @staticmethod
+    def forward(ctx, dim, *arrays):
+        xp = array_module(arrays[0])
+        ctx.dim = dim % (arrays[0].ndim + 1)
+        return xp.stack(arrays, axis=ctx.dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = array_module(g)
+        return (None,) + tuple(xp.take(g, i, axis=ctx.dim) for i in range(g.shape[ctx.dim]))
+
+
+# ------------------------------------------------------------------ Tensor
+def _shape_args(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return tuple(shape)
+
+
+class Tensor:
+    """An array (``.data``) with an optional gradient (``.grad``) and the node that made it."""
+
+    __array_ufunc__ = None  # ndarray op Tensor defers to Tensor's reflected operator
+    __array_priority__ = 1000
+    __hash__ = object.__hash__
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        xp = array_module(data)
+        if not hasattr(data, "dtype") or not hasattr(data, "shape"):
+            data = np.asarray(data)
+            if data.dtype == np.float64 and dtype is None:
+                data = data.astype(np.float32)  # Python floats become float32, as torch.tensor
+        if dtype is not None:
+            data = xp.asarray(data, dtype=dtype)
+        elif isinstance(data, np.generic):
+            data = np.asarray(data)
+        self.data = data
+        self.grad = None
+        self._node = None
+        self._out_idx = 0
+        self._version = _Version()
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _wrap(cls, array):
+        t = cls.__new__(cls)
+        t.data = array
+        t.grad = None
+        t._node = None
+        t._out_idx = 0
+        t._version = _Version()
+        t.requires_grad = False
+        return t
+
+    # -- properties
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def device(self):
+        dev = getattr(self.data, "device", None)
+        if array_module(self.data) is not np and dev is not None:
+            return f"cuda:{getattr(dev, 'id', 0)}"
+        return "cpu"
+
+    @property
+    def grad_fn(self):
+        return self._node
+
+    @property
+    def is_leaf(self):
+        return self._node is None
+
+    @property
+    def T(self):
+        return self.permute(*reversed(range(self.ndim)))
+
+    def dim(self):
+        return self.data.ndim
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self):
+        return int(self.data.size)
+
+    def __len__(self):
+        return len(self.data)
+
+    # -- grad plumbing
+    def requires_grad_(self, requires_grad=True):
+        if requires_grad and np.dtype(self.data.dtype).kind != "f":
+            raise TypeError(f"only floating-point tensors can require gradients, got dtype {self.data.dtype}")
+        if not requires_grad and self._node is not None:
+            raise RuntimeError("requires_grad can only be changed on leaf tensors; use detach()")
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def retain_grad(self):
+        if self._node is not None:
+            retain(self._node, self._out_idx, self)
+
+    def backward(self, gradient=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (``gradient``: the upstream grad)."""
+        xp = array_module(self.data)
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"grad can be implicitly created only for scalar outputs; this tensor has "
+                                   f"shape {self.shape}: pass gradient=")
+            g = xp.ones(self.data.shape, self.data.dtype)
+        else:
+            g = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient, dtype=self.data.dtype)
+            if tuple(g.shape) != self.shape:
+                raise ValueError(f"gradient has shape {tuple(g.shape)}, the tensor has shape {self.shape}")
+        run_backward([self], [g], retain_graph=retain_graph)
+
+    def detach(self):
+        t = Tensor._wrap(self.data)
+        t._version = self._version  # same array, same version counter
+        return t
+
+    def numpy(self):
+        if self.requires_grad:
+            raise RuntimeError("Can't call numpy() on a Tensor that requires grad; use tensor.detach().numpy()")
+        if array_module(self.data) is not np:  # pragma: no cover - CuPy path
+            return self.data.get()
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item(): only one-element tensors can be converted, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.data if array_module(self.data) is np else self.data.get()
+        return a if dtype is None else a.astype(dtype)
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        return bool(self.item())
+
+    def __repr__(self):
+        extra = ""
+        if self._node is not None:
+            extra = f", grad_fn=<{self._node.name()}>"
+        elif self.requires_grad:
+            extra = ", requires_grad=True"
+        body = np.array2string(np.asarray(self), separator=", ", prefix="tensor(")
+        return f"tensor({body}{extra})" if self.dtype == np.float32 else f"tensor({body}, dtype={self.dtype}{extra})"
+
+    # -- arithmetic
+    def _bin(self, cls, other, reverse=False):
+        other = _as_operand(other, self)
+        return cls.apply(other, self) if reverse else cls.apply(self, other)
+
+    def __add__(self, o):
+        return self._bin(Add, o)
+
+    def __radd__(self, o):
+        return self._bin(Add, o, True)
+
+    def __sub__(self, o):
+        return self._bin(Sub, o)
+
+    def __rsub__(self, o):
+        return self._bin(Sub, o, True)
+
+    def __mul__(self, o):
+        return self._bin(Mul, o)
+
+    def __rmul__(self, o):
+        return self._bin(Mul, o, True)
+
+    def __truediv__(self, o):
+        return self._bin(Div, o)
+
+    def __rtruediv__(self, o):
+        return self._bin(Div, o, True)
+
+    def __pow__(self, o):
+        return self._bin(Pow, o)
+
+    def __rpow__(self, o):
+        return self._bin(Pow, o, True)
+
+    def __matmul__(self, o):
+        return self._bin(MatMul, o)
+
+    def __rmatmul__(self, o):
+        return self._bin(MatMul, o, True)
+
+    def __neg__(self):
+        return Neg.apply(self)
+
+    def __pos__(self):
+        return self
+
+    def _cmp(self, o, op):
+        o = o.data if isinstance(o, Tensor) else o
+        return Tensor._wrap(op(self.data, o))
+
+    def __lt__(self, o):
+        return self._cmp(o, lambda a, b: a < b)
+
+    def __le__(self, o):
+        return self._cmp(o, lambda a, b: a <= b)
+
+    def __gt__(self, o):
+        return self._cmp(o, lambda a, b: a > b)
+
+    def __ge__(self, o):
+        return self._cmp(o, lambda a, b: a >= b)
+
+    def __eq__(self, o):
+        return self._cmp(o, lambda a, b: a == b)
+
+    def __ne__(self, o):
+        return self._cmp(o, lambda a, b: a != b)
+
+    add = __add__
+    sub = __sub__
+    mul = __mul__
+    div = __truediv__
+    matmul = __matmul__
+    pow = __pow__
+
+    def exp(self):
+        return Exp.apply(self)
+
+    def log(self):
+        return Log.apply(self)
+
+    def sqrt(self):
+        return Sqrt.apply(self)
+
+    def abs(self):
+        return Abs.apply(self)
+
+    def clamp(self, min=None, max=None):  # noqa: A002 - torch's names
+        return Clamp.apply(self, min, max)
+
+    clip = clamp
+
+    def relu(self):
+        from ..nn import functional as F  # noqa: PLC0415
+
+        return F.relu(self)
+
+    def sigmoid(self):
+        from ..nn import functional as F  # noqa: PLC0415
+
+        return F.sigmoid(self)
+
+    def tanh(self):
+        from ..nn import functional as F  # noqa: PLC0415
+
+        return F.tanh(self)
+
+    def softmax(self, dim):
+        from ..nn import functional as F  # noqa: PLC0415
+
+        return F.softmax(self, dim)
+
+    def log_softmax(self, dim):
+        from ..nn import functional as F  # noqa: PLC0415
+
+        return F.log_softmax(self, dim)
+
+    # -- reductions
+    def sum(self, dim=None, keepdim=False, axis=None):
+        return Sum.apply(self, dim if axis is None else axis, keepdim)
+
+    def mean(self, dim=None, keepdim=False, axis=None):
+        return Mean.apply(self, dim if axis is None else axis, keepdim)
+
+    def max(self, dim=None, keepdim=False):
+        if dim is None:
+            return MaxAll.apply(self, False)
+        return MaxDim.apply(self, dim, keepdim, False)
+
+    def min(self, dim=None, keepdim=False):
+        if dim is None:
+            return MaxAll.apply(self, True)
+        return MaxDim.apply(self, dim, keepdim, True)
+
+    def argmax(self, dim=None, keepdim=False):
+        xp = array_module(self.data)
+        if dim is None:
+            return Tensor._wrap(xp.asarray(xp.argmax(self.data)))
+        r = xp.argmax(self.data, axis=dim)
+        return Tensor._wrap(xp.expand_dims(r, dim) if keepdim else r)
+
+    # -- shapes
+    def reshape(self, *shape):
+        return Reshape.apply(self, _shape_args(shape))
+
+    def view(self, *shape):
+        return Reshape.apply(self, _shape_args(shape))
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        nd = self.ndim
+        if nd == 0:
+            return self.reshape(1)
+        s, e = start_dim % nd, end_dim % nd
+        if s > e:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {self.shape}")
+        shape = self.shape[:s] + (int(np.prod(self.shape[s:e + 1])),) + self.shape[e + 1:]
+        return self.reshape(shape)
+
+    def permute(self, *dims):
+        dims = _shape_args(dims)
+        if sorted(d % self.ndim for d in dims) != list(range(self.ndim)):
+            raise ValueError(f"permute: dims {dims} are not a permutation of the {self.ndim} dims of {self.shape}")
+        return Permute.apply(self, tuple(d % self.ndim for d in dims))
+
+    def transpose(self, dim0, dim1):
+        dims = list(range(self.ndim))
+        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        return Permute.apply(self, tuple(dims))
+
+    def unsqueeze(self, dim):
+        dim = dim % (self.ndim + 1)
+        return self.reshape(self.shape[:dim] + (1,) + self.shape[dim:])
+
+    def squeeze(self, dim=None):
+        if dim is None:
+            return self.reshape(tuple(s for s in self.shape if s != 1))
+        dim = dim % self.ndim
+        if self.shape[dim] != 1:
+            return self
+        return self.reshape(self.shape[:dim] + self.shape[dim + 1:])
+
+    def expand(self, *shape):
+        shape = _shape_args(shape)
+        lead = len(shape) - self.ndim
+        full = tuple(self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
+        return Expand.apply(self, full)
+
+    def contiguous(self):
+        return self
+
+    def to(self, dtype):
+        return Cast.apply(self, np.dtype(dtype))
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def clone(self):
+        return Add.apply(self, 0) if self.requires_grad else Tensor._wrap(self.data.copy())
+
+    def __getitem__(self, idx):
+        return GetItem.apply(self, _unwrap_index(idx))
+
+    # -- in-place (bump the version so saved copies are checked)
+    def _inplace(self, cls, other, raw, *extra):
+        other_t = isinstance(other, Tensor)
+        recording = is_grad_enabled() and (self.requires_grad or (other_t and other.requires_grad))
+        if recording:
+            if self._node is None and self.requires_grad:
+                raise RuntimeError(f"a leaf Tensor that requires grad (shape {self.shape}) is being used in an "
+                                   "in-place operation; wrap it in fastconv.no_grad() or use an out-of-place op")
+            old = Tensor._wrap(self.data.copy())
+            old._node, old._out_idx, old.requires_grad = self._node, self._out_idx, self.requires_grad
+            r = cls.apply(old, _as_operand(other, self), *extra)
+            self.data[...] = r.data
+            self._version.value += 1
+            self._node, self._out_idx, self.requires_grad = r._node, r._out_idx, True
+            if r._node is not None:
+                r._node._retained = None
+        else:
+            raw(self.data, other.data if other_t else other)
+            self._version.value += 1
+        return self
+
+    def _iop(self, cls, other, npop):
+        def raw(a, b):
+            a[...] = npop(a, b)
+        return self._inplace(cls, other, raw)
+
+    def __iadd__(self, o):
+        return self._iop(Add, o, lambda a, b: a + b)
+
+    def __isub__(self, o):
+        return self._iop(Sub, o, lambda a, b: a - b)
+
+    def __imul__(self, o):
+        return self._iop(Mul, o, lambda a, b: a * b)
+
+    def __itruediv__(self, o):
+        return self._iop(Div, o, lambda a, b: a / b)
+
+    def add_(self, o, alpha=1):
+        return self.__iadd__(o if alpha == 1 else o * alpha)
+
+    def sub_(self, o, alpha=1):
+        return self.__isub__(o if alpha == 1 else o * alpha)
+
+    def mul_(self, o):
+        return self.__imul__(o)
+
+    def div_(self, o):
+        return self.__itruediv__(o)
+
+    def __setitem__(self, idx, value):
+        idx = _unwrap_index(idx)
+
+        def raw(a, v):
+            a[idx] = v
+        self._inplace(SetItem, value, raw, idx)
+
+    def zero_(self):
+        return self.fill_(0)
+
+    def fill_(self, value):
+        def raw(a, v):
+            a[...] = v
+        if self._node is None and self.requires_grad and is_grad_enabled():
+            raise RuntimeError("a leaf Tensor that requires grad is being used in an in-place operation")
+        raw(self.data, value)
+        self._version.value += 1
+        return self
+
+    def copy_(self, src):
+        s = src.data if isinstance(src, Tensor) else src
+        return self.fill_(s)
+
+
+def tensor(data, requires_grad=False, dtype=None):
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def _tensors(seq, name):
+    if not isinstance(seq, (list, tuple)) or not seq:
+        raise TypeError(f"{name}: expected a non-empty list or tuple of Tensors, got {type(seq).__name__}")
+    out = [t if isinstance(t, Tensor) else Tensor(t) for t in seq]
+    nd = out[0].ndim
+    for i, t in enumerate(out):
+        if t.ndim != nd:
+            raise ValueError(f"{name}: tensor 0 has shape {out[0].shape} but tensor {i} has shape {t.shape}")
+    return out
+
+
+def cat(tensors, dim=0):
+    """Concatenate tensors along ``dim`` (torch.cat)."""
+    ts = _tensors(tensors, "cat")
+    d = dim % ts[0].ndim
+    for i, t in enumerate(ts):
+        if t.shape[:d] + t.shape[d + 1:] != ts[0].shape[:d] + ts[0].shape[d + 1:]:
+            raise ValueError(f"cat: sizes must match except in dim {dim}: tensor 0 has shape {ts[0].shape}, "
+                             f"tensor {i} has shape {t.shape}")
+    return Cat.apply(d, *ts)
+
+
+def stack(tensors, dim=0):
+    ts = _tensors(tensors, "stack")
+    for i, t in enumerate(ts):
+        if t.shape != ts[0].shape:
+            raise ValueError(f"stack: tensor 0 has shape {ts[0].shape}, tensor {i} has shape {t.shape}")
+    return Stack.apply(dim, *ts)

@@ -1,0 +1,572 @@
+"""Layer kernels with ``torch.nn.functional`` semantics: NumPy in, NumPy out.
+
+Batch norm, local response norm, relu / sigmoid / tanh, softmax / log_softmax,
+a fused cross entropy (loss and gradient in one pass), dropout with an explicit
+counter-based generator, and linear on fastconv's own GEMM; each with its
+backward. The arithmetic is C++ (``fastconv._cpu``, OpenMP); results are
+bit-identical for any thread count.
+
+dtypes: float32 computes in float32, float64 in float64, float16 is computed
+in float32 and rounded back. Integer, bool and complex arrays raise TypeError,
+as do mixed dtypes. Any strides are accepted (non-contiguous inputs are copied).
+"""
+from __future__ import annotations
+
+import os
+import numbers
+
+import numpy as np
+
+from ..backends import cpu as _cpu_backend
+
+__all__ = [
+    "batch_norm", "batch_norm_forward_train", "batch_norm_backward",
+    "local_response_norm", "local_response_norm_backward",
+    "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
+    "cross_entropy", "dropout", "dropout_backward", "Generator",
+    "linear", "linear_backward",
+]
+
+
+# ----------------------------------------------------------------- helpers
+def _k():
+    return _cpu_backend._need()
+
+
+def _float_array(value, name):
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        if hasattr(value, "__cuda_array_interface__"):
+            raise TypeError(f"{name}: GPU arrays need the CUDA backend, which is not built into this module")
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # noqa: BLE001 - any conversion failure is a type problem
+            raise TypeError(f"{name} must be an array, got {type(value).__name__}: {exc}") from None
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array (float16/32/64), got dtype {arr.dtype} "
+                        f"with shape {arr.shape}")
+    return arr
+
+
+def _compute_dtype(*named):
+    dts = {a.dtype for a, _ in named if a is not None}
+    if len(dts) > 1:
+        desc = ", ".join(f"{n} {a.dtype}" for a, n in named if a is not None)
+        raise TypeError(f"dtypes must match: {desc}")
+    dt = dts.pop()
+    return np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
+
+
+def _c(arr, dtype):
+    return None if arr is None else np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _same_shape(a, name_a, b, name_b):
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; they must match")
+
+
+def _real(v, name, lo=None, lo_open=False):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {v!r}")
+    v = float(v)
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v}")
+    return v
+
+
+def _int(v, name):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    return int(v)
+
+
+def _dim(dim, ndim, name="dim"):
+    d = _int(dim, name)
+    if not -max(ndim, 1) <= d < max(ndim, 1):
+        raise ValueError(f"{name}={dim} is out of range for a {ndim}-D input (expected [{-max(ndim, 1)}, "
+                         f"{max(ndim, 1) - 1}])")
+    return d % max(ndim, 1)
+
+
+def _split(shape, dim):
+    """(outer, D, inner) of `shape` around axis `dim`."""
+    if len(shape) == 0:
+        return 1, 1, 1
+    outer = int(np.prod(shape[:dim], dtype=np.int64))
+    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
+    return outer, int(shape[dim]), inner
+
+
+# ------------------------------------------------------------- batch norm
+def _bn_view(x):
+    if x.ndim not in (2, 3, 4, 5):
+        raise ValueError(f"input must be 2-D (N, C), 3-D (N, C, L), 4-D (N, C, H, W) or 5-D, got "
+                         f"{x.ndim}-D with shape {x.shape}")
+    N, C = x.shape[0], x.shape[1]
+    L = int(np.prod(x.shape[2:], dtype=np.int64))
+    return N, C, L
+
+
+def _channel_vec(v, name, C, x_shape):
+    if v is None:
+        return None
+    v = _float_array(v, name)
+    if v.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) for input shape {x_shape}, got {v.shape}")
+    return v
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5):
+    """As ``torch.nn.functional.batch_norm``: normalizes over every axis but 1.
+
+    training=True: normalizes with the batch mean and the biased batch variance and, when the
+    running statistics are given, updates them IN PLACE (``r = (1 - momentum) r + momentum s``,
+    with the unbiased variance ``n/(n-1)`` for ``running_var``; ``momentum=None`` is a cumulative
+    average, which needs a step count torch keeps in the module, so it is rejected here).
+    training=False: normalizes with the running statistics.
+    """
+    x = _float_array(input, "input")
+    N, C, L = _bn_view(x)
+    rm = _channel_vec(running_mean, "running_mean", C, x.shape)
+    rv = _channel_vec(running_var, "running_var", C, x.shape)
+    w = _channel_vec(weight, "weight", C, x.shape)
+    b = _channel_vec(bias, "bias", C, x.shape)
+    eps = _real(eps, "eps", 0.0)
+    dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
+    if not training:
+        if rm is None or rv is None:
+            raise ValueError("running_mean and running_var are required when training=False")
+        mean = np.ascontiguousarray(rm, dtype=np.float64)
+        invstd = 1.0 / np.sqrt(np.asarray(rv, dtype=np.float64) + eps)
+        return _bn_apply(x, dtype, N, C, L, mean, invstd, w, b)
+    if momentum is None:
+        raise ValueError("momentum=None (cumulative moving average) is not supported; pass a float")
+    momentum = _real(momentum, "momentum")
+    for v, n in ((rm, "running_mean"), (rv, "running_var")):
+        if v is not None and (not isinstance(v, np.ndarray) or not v.flags.writeable):
+            raise ValueError(f"{n} must be a writeable numpy array: it is updated in place")
+    if N * L <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    y, mean, invstd, var = _bn_train(x, dtype, N, C, L, w, b, eps)
+    count = N * L
+    if rm is not None:
+        rm[...] = (1.0 - momentum) * rm.astype(np.float64) + momentum * mean
+    if rv is not None:
+        rv[...] = (1.0 - momentum) * rv.astype(np.float64) + momentum * var * (count / (count - 1))
+    return y
+
+
+def _bn_apply(x, dtype, N, C, L, mean, invstd, w, b):
+    y = np.empty(x.shape, dtype)
+    _k().bn_apply(_c(x, dtype), N, C, L, np.ascontiguousarray(mean, np.float64),
+                  np.ascontiguousarray(invstd, np.float64), _c(w, dtype), _c(b, dtype), y)
+    return y.astype(x.dtype, copy=False)
+
+
+def _bn_train(x, dtype, N, C, L, w, b, eps):
+    xc = _c(x, dtype)
+    mean = np.empty(C, np.float64)
+    var = np.empty(C, np.float64)
+    _k().bn_stats(xc, N, C, L, mean, var)
+    invstd = 1.0 / np.sqrt(var + eps)
+    y = np.empty(x.shape, dtype)
+    _k().bn_apply(xc, N, C, L, mean, invstd, _c(w, dtype), _c(b, dtype), y)
+    return y.astype(x.dtype, copy=False), mean, invstd, var
+
+
+def batch_norm_forward_train(input, weight=None, bias=None, eps=1e-5):
+    """Training-mode batch norm without running statistics.
+
+    Returns ``(output, save_mean, save_invstd)``; the saved statistics (float64, shape (C,)) are
+    what :func:`batch_norm_backward` needs. ``save_invstd = 1 / sqrt(biased_var + eps)``.
+    """
+    x = _float_array(input, "input")
+    N, C, L = _bn_view(x)
+    w = _channel_vec(weight, "weight", C, x.shape)
+    b = _channel_vec(bias, "bias", C, x.shape)
+    eps = _real(eps, "eps", 0.0)
+    dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
+    if N * L <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    y, mean, invstd, _ = _bn_train(x, dtype, N, C, L, w, b, eps)
+    return y, mean, invstd
+
+
+def batch_norm_backward(grad_output, input, weight, save_mean=None, save_invstd=None, training=True, *,
+                        running_mean=None, running_var=None, eps=1e-5):
+    """Gradients of batch norm: ``(grad_input, grad_weight, grad_bias)``.
+
+    training=True: ``save_mean`` / ``save_invstd`` are the batch statistics from
+    :func:`batch_norm_forward_train`, and grad_input includes the paths through them.
+    training=False (eval): the statistics are constants; pass either ``save_mean`` /
+    ``save_invstd`` or ``running_mean`` / ``running_var`` (and ``eps``).
+    grad_weight and grad_bias are always returned (computed as if weight were ones when
+    ``weight`` is None).
+    """
+    x = _float_array(input, "input")
+    dy = _float_array(grad_output, "grad_output")
+    _same_shape(dy, "grad_output", x, "input")
+    N, C, L = _bn_view(x)
+    w = _channel_vec(weight, "weight", C, x.shape)
+    dtype = _compute_dtype((x, "input"), (dy, "grad_output"), (w, "weight"))
+    if training:
+        if save_mean is None or save_invstd is None:
+            raise ValueError("training=True needs save_mean and save_invstd (from batch_norm_forward_train)")
+        mean = _channel_vec(save_mean, "save_mean", C, x.shape)
+        invstd = _channel_vec(save_invstd, "save_invstd", C, x.shape)
+        if N * L == 0:
+            raise ValueError(f"batch_norm_backward: input shape {x.shape} has no elements per channel")
+    else:
+        if save_mean is not None and save_invstd is not None:
+            mean = _channel_vec(save_mean, "save_mean", C, x.shape)
+            invstd = _channel_vec(save_invstd, "save_invstd", C, x.shape)
+        elif running_mean is not None and running_var is not None:
+            mean = _channel_vec(running_mean, "running_mean", C, x.shape)
+            rv = _channel_vec(running_var, "running_var", C, x.shape)
+            invstd = 1.0 / np.sqrt(rv.astype(np.float64) + _real(eps, "eps", 0.0))
+        else:
+            raise ValueError("training=False needs save_mean/save_invstd or running_mean/running_var")
+    dx = np.empty(x.shape, dtype)
+    dw = np.empty(C, dtype)
+    db = np.empty(C, dtype)
+    if N * L == 0:
+        dw[...] = 0
+        db[...] = 0
+    else:
+        _k().bn_backward(_c(dy, dtype), _c(x, dtype), N, C, L, np.ascontiguousarray(mean, np.float64),
+                         np.ascontiguousarray(invstd, np.float64), _c(w, dtype), bool(training), dx, dw, db)
+    od = x.dtype
+    return dx.astype(od, copy=False), dw.astype(od, copy=False), db.astype(od, copy=False)
+
+
+# ----------------------------------------------------- local response norm
+def _lrn_args(x, size, alpha, beta, k):
+    if x.ndim < 3:
+        raise ValueError(f"input must be at least 3-D (N, C, ...), got {x.ndim}-D with shape {x.shape}")
+    size = _int(size, "size")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    alpha = _real(alpha, "alpha")
+    beta = _real(beta, "beta")
+    k = _real(k, "k")
+    N, C = x.shape[0], x.shape[1]
+    L = int(np.prod(x.shape[2:], dtype=np.int64))
+    return size, alpha, beta, k, N, C, L
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """As ``torch.nn.functional.local_response_norm``.
+
+    ``y = x / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]} x_{c'}^2) ** beta``,
+    channels outside [0, C) counting as zero.
+    """
+    x = _float_array(input, "input")
+    size, alpha, beta, k, N, C, L = _lrn_args(x, size, alpha, beta, k)
+    dtype = _compute_dtype((x, "input"))
+    y = np.empty(x.shape, dtype)
+    _k().lrn(None, _c(x, dtype), N, C, L, size, alpha, beta, k, y)
+    return y.astype(x.dtype, copy=False)
+
+
+def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Gradient of :func:`local_response_norm` with respect to its input."""
+    x = _float_array(input, "input")
+    dy = _float_array(grad_output, "grad_output")
+    _same_shape(dy, "grad_output", x, "input")
+    size, alpha, beta, k, N, C, L = _lrn_args(x, size, alpha, beta, k)
+    dtype = _compute_dtype((x, "input"), (dy, "grad_output"))
+    dx = np.empty(x.shape, dtype)
+    _k().lrn(_c(dy, dtype), _c(x, dtype), N, C, L, size, alpha, beta, k, dx)
+    return dx.astype(x.dtype, copy=False)
+
+
+# -------------------------------------------------------------- activations
+_KIND = {"relu": 0, "sigmoid": 1, "tanh": 2}
+
+
+def _act(kind, input):
+    x = _float_array(input, "input")
+    dtype = _compute_dtype((x, "input"))
+    y = np.empty(x.shape, dtype)
+    _k().activation(_KIND[kind], None, _c(x, dtype), y)
+    return y.astype(x.dtype, copy=False)
+
+
+def _act_bwd(kind, grad_output, y_or_x, name):
+    dy = _float_array(grad_output, "grad_output")
+    y = _float_array(y_or_x, name)
+    _same_shape(dy, "grad_output", y, name)
+    dtype = _compute_dtype((dy, "grad_output"), (y, name))
+    dx = np.empty(y.shape, dtype)
+    _k().activation(_KIND[kind], _c(dy, dtype), _c(y, dtype), dx)
+    return dx.astype(y.dtype, copy=False)
+
+
+def relu(input):
+    """max(x, 0) (NaN stays NaN), as ``torch.relu``."""
+    return _act("relu", input)
+
+
+def sigmoid(input):
+    """1 / (1 + exp(-x)), computed without overflow, as ``torch.sigmoid``."""
+    return _act("sigmoid", input)
+
+
+def tanh(input):
+    """As ``torch.tanh``."""
+    return _act("tanh", input)
+
+
+def relu_backward(grad_output, output):
+    """``grad_output * (output > 0)``; the forward's input works as well as its output."""
+    return _act_bwd("relu", grad_output, output, "output")
+
+
+def sigmoid_backward(grad_output, output):
+    """``grad_output * y * (1 - y)`` with y the forward output."""
+    return _act_bwd("sigmoid", grad_output, output, "output")
+
+
+def tanh_backward(grad_output, output):
+    """``grad_output * (1 - y**2)`` with y the forward output."""
+    return _act_bwd("tanh", grad_output, output, "output")
+
+
+def _softmax(input, dim, log):
+    x = _float_array(input, "input")
+    d = _dim(dim, x.ndim)
+    dtype = _compute_dtype((x, "input"))
+    outer, D, inner = _split(x.shape, d)
+    y = np.empty(x.shape, dtype)
+    _k().softmax(log, outer, D, inner, None, _c(x, dtype), y)
+    return y.astype(x.dtype, copy=False)
+
+
+def _softmax_bwd(grad_output, output, dim, log):
+    dy = _float_array(grad_output, "grad_output")
+    y = _float_array(output, "output")
+    _same_shape(dy, "grad_output", y, "output")
+    d = _dim(dim, y.ndim)
+    dtype = _compute_dtype((dy, "grad_output"), (y, "output"))
+    outer, D, inner = _split(y.shape, d)
+    dx = np.empty(y.shape, dtype)
+    _k().softmax(log, outer, D, inner, _c(dy, dtype), _c(y, dtype), dx)
+    return dx.astype(y.dtype, copy=False)
+
+
+def softmax(input, dim):
+    """exp(x - max) / sum exp(x - max) along ``dim`` (any axis, negative allowed)."""
+    return _softmax(input, dim, False)
+
+
+def log_softmax(input, dim):
+    """x - max - log(sum exp(x - max)) along ``dim``."""
+    return _softmax(input, dim, True)
+
+
+def softmax_backward(grad_output, output, dim):
+    """``y * (g - sum(g * y))`` along ``dim``, with y the softmax output."""
+    return _softmax_bwd(grad_output, output, dim, False)
+
+
+def log_softmax_backward(grad_output, output, dim):
+    """``g - exp(y) * sum(g)`` along ``dim``, with y the log_softmax output."""
+    return _softmax_bwd(grad_output, output, dim, True)
+
+
+# ------------------------------------------------------------ cross entropy
+def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_index=-100):
+    """Fused cross entropy from logits: returns ``(loss, grad_input)``.
+
+    ``input``: logits (N, C); ``target``: integer class indices (N,). Semantics of
+    ``torch.nn.functional.cross_entropy`` (label smoothing: the target distribution is
+    ``(1 - s) onehot + s / C``; rows whose target is ``ignore_index`` contribute nothing).
+
+    ``grad_input`` is the gradient of the returned loss: for ``reduction='mean'`` it is already
+    divided by the number of non-ignored rows, for ``'sum'`` it is not; for ``'none'`` (loss of
+    shape (N,)) it is the gradient of ``loss.sum()``, i.e. row i holds d loss[i] / d input[i].
+    With every row ignored, the 'mean' loss is NaN (0/0, as torch) and the gradient zero.
+    The loss is float64-accumulated and returned as a scalar of the input's dtype.
+    """
+    z = _float_array(input, "input")
+    if z.ndim != 2:
+        raise ValueError(f"input must be 2-D logits (N, C), got {z.ndim}-D with shape {z.shape}")
+    t = target if isinstance(target, np.ndarray) else np.asarray(target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"target must be an integer array of class indices, got dtype {t.dtype} with shape "
+                        f"{t.shape}")
+    N, C = z.shape
+    if t.shape != (N,):
+        raise ValueError(f"target must have shape ({N},) for input shape {z.shape}, got {t.shape}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    eps = _real(label_smoothing, "label_smoothing", 0.0)
+    if eps > 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
+    ignore_index = _int(ignore_index, "ignore_index")
+    t64 = np.ascontiguousarray(t, dtype=np.int64)
+    bad = (t64 != ignore_index) & ((t64 < 0) | (t64 >= C))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"target[{i}] = {int(t64[i])} is out of range: class indices must be in [0, {C}) "
+                         f"(C = {C} from input shape {z.shape}), or equal ignore_index={ignore_index}")
+    dtype = _compute_dtype((z, "input"))
+    count = int(np.count_nonzero(t64 != ignore_index))
+    scale = 1.0 / count if (reduction == "mean" and count > 0) else 1.0
+    rows = np.empty(N, np.float64)
+    grad = np.empty(z.shape, dtype)
+    _k().cross_entropy(_c(z, dtype), t64, N, C, ignore_index, eps, scale, rows, grad)
+    od = z.dtype
+    if reduction == "none":
+        loss = rows.astype(od)
+    elif reduction == "sum":
+        loss = od.type(rows.sum())
+    else:
+        loss = od.type(rows.sum() / count) if count > 0 else od.type(np.nan)
+    return loss, grad.astype(od, copy=False)
+
+
+# ------------------------------------------------------------------ dropout
+class Generator:
+    """Counter-based random stream for :func:`dropout`.
+
+    The draw of element i of a call is a hash of ``(seed, offset + i)``: it does not depend on
+    the thread count or on how the work is split. Each call advances ``offset`` by the number of
+    elements, so consecutive calls draw different masks; re-creating a Generator with the same
+    seed replays the same masks.
+    """
+
+    def __init__(self, seed=None):
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        self.seed = _int(seed, "seed") & 0xFFFFFFFFFFFFFFFF
+        self.offset = 0
+
+    def manual_seed(self, seed):
+        self.seed = _int(seed, "seed") & 0xFFFFFFFFFFFFFFFF
+        self.offset = 0
+        return self
+
+    def _take(self, n):
+        off = self.offset
+        self.offset = (self.offset + n) & 0xFFFFFFFFFFFFFFFF
+        return self.seed, off
+
+    def __repr__(self):
+        return f"Generator(seed={self.seed}, offset={self.offset})"
+
+
+def _dropout_p(p):
+    p = _real(p, "p")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+    return p
+
+
+def dropout(input, p=0.5, training=True, seed=None):
+    """As ``torch.nn.functional.dropout``, returning ``(output, mask)``.
+
+    ``seed``: None (a fresh random seed), an int (the same int always gives the same mask for the
+    same shape), or a :class:`Generator` (advanced by each call). Kept elements are scaled by
+    ``1/(1-p)``. ``mask`` is a bool array of the input's shape (True = kept). ``p == 0`` or
+    ``training=False``: the output is a copy of the input and the mask all True; ``p == 1``: zeros.
+    """
+    x = _float_array(input, "input")
+    p = _dropout_p(p)
+    if isinstance(seed, Generator):
+        gen = seed
+    elif seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
+        gen = Generator(seed)
+    else:
+        raise TypeError(f"seed must be None, an int or a fastconv Generator, got {seed!r}")
+    if not training or p == 0.0:
+        return x.copy(), np.ones(x.shape, dtype=bool)
+    if p == 1.0:
+        gen._take(x.size)
+        return np.zeros_like(x), np.zeros(x.shape, dtype=bool)
+    dtype = _compute_dtype((x, "input"))
+    s, off = gen._take(x.size)
+    threshold = min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1)
+    y = np.empty(x.shape, dtype)
+    mask = np.empty(x.shape, np.uint8)
+    _k().dropout(_c(x, dtype), s, off, threshold, 1.0 / (1.0 - p), y, mask)
+    return y.astype(x.dtype, copy=False), mask.view(bool)
+
+
+def dropout_backward(grad_output, mask, p):
+    """``grad_output * mask / (1 - p)`` (zeros when p == 1)."""
+    dy = _float_array(grad_output, "grad_output")
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        raise TypeError(f"mask must be a bool array (from dropout), got dtype {m.dtype}")
+    _same_shape(dy, "grad_output", m, "mask")
+    p = _dropout_p(p)
+    if p == 1.0:
+        return np.zeros_like(dy)
+    dtype = _compute_dtype((dy, "grad_output"))
+    dx = np.empty(dy.shape, dtype)
+    _k().dropout_backward(_c(dy, dtype), np.ascontiguousarray(m).view(np.uint8), 1.0 / (1.0 - p), dx)
+    return dx.astype(dy.dtype, copy=False)
+
+
+# ------------------------------------------------------------------- linear
+def _linear_args(x, w, in_name="input"):
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got {w.ndim}-D with shape {w.shape}")
+    if x.ndim < 1:
+        raise ValueError(f"{in_name} must be at least 1-D (..., in_features), got a 0-D array")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"{in_name} has {x.shape[-1]} features (shape {x.shape}) but weight expects "
+                         f"{w.shape[1]} (shape {w.shape})")
+    I = w.shape[1]
+    O = w.shape[0]
+    M = int(np.prod(x.shape[:-1], dtype=np.int64))
+    return M, I, O
+
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias`` as ``torch.nn.functional.linear`` (input (..., in), weight (out, in)),
+    on fastconv's GEMM."""
+    x = _float_array(input, "input")
+    w = _float_array(weight, "weight")
+    b = None if bias is None else _float_array(bias, "bias")
+    M, I, O = _linear_args(x, w)
+    if b is not None and b.shape != (O,):
+        raise ValueError(f"bias must have shape ({O},) for weight shape {w.shape}, got {b.shape}")
+    dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
+    y = np.empty(x.shape[:-1] + (O,), dtype)
+    _k().linear(_c(x, dtype), _c(w, dtype), _c(b, dtype), M, I, O, y)
+    return y.astype(x.dtype, copy=False)
+
+
+def linear_backward(grad_output, input, weight, needs=(True, True, True)):
+    """``(grad_input, grad_weight, grad_bias)`` of :func:`linear`; entries of ``needs`` that are
+    False come back as None (and are not computed)."""
+    x = _float_array(input, "input")
+    w = _float_array(weight, "weight")
+    dy = _float_array(grad_output, "grad_output")
+    M, I, O = _linear_args(x, w)
+    if dy.shape != x.shape[:-1] + (O,):
+        raise ValueError(f"grad_output must have shape {x.shape[:-1] + (O,)} for input shape {x.shape} and "
+                         f"weight shape {w.shape}, got {dy.shape}")
+    try:
+        nx, nw, nb = (bool(v) for v in needs)
+    except (TypeError, ValueError):
+        raise TypeError(f"needs must be three booleans, got {needs!r}") from None
+    dtype = _compute_dtype((x, "input"), (w, "weight"), (dy, "grad_output"))
+    dx = np.empty(x.shape, dtype) if nx else None
+    dw = np.empty(w.shape, dtype) if nw else None
+    db = np.empty(O, dtype) if nb else None
+    if M == 0 or I == 0 or O == 0:  # empty products: gradients of empty sums are zero
+        for a in (dx, dw, db):
+            if a is not None:
+                a[...] = 0
+    _k().linear_backward(_c(dy, dtype), _c(x, dtype), _c(w, dtype), M, I, O, dx, dw, db)
+    od = x.dtype
+    return tuple(None if a is None else a.astype(od, copy=False) for a in (dx, dw, db))

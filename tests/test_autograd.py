@@ -1,0 +1,321 @@
+"""fastconv.autograd: Tensor, the tape, in-place detection, memory release, gradcheck.
+
+Gradients are checked two ways: against closed-form float64 derivatives written here,
+and with the directional finite-difference gradcheck (random upstream gradients).
+"""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import Tensor, cat, no_grad
+from fastconv.autograd import Function, gradcheck, stack
+
+
+def t64(rng, *shape, req=True):
+    return Tensor(rng.standard_normal(shape), requires_grad=req)
+
+
+# --------------------------------------------------------------- basics
+def test_tensor_attributes(rng):
+    a = rng.standard_normal((2, 3)).astype(np.float32)
+    t = Tensor(a, requires_grad=True)
+    assert t.data is a  # the array itself, not a copy
+    assert t.shape == (2, 3) and t.dtype == np.float32 and t.device == "cpu"
+    assert t.requires_grad and t.is_leaf and t.grad is None and t.grad_fn is None
+    d = t.detach()
+    assert d.data is a and not d.requires_grad
+    with pytest.raises(RuntimeError, match="detach"):
+        t.numpy()
+    assert d.numpy() is a
+    assert Tensor([1.0, 2.0]).dtype == np.float32  # Python floats become float32, as torch
+    with pytest.raises(TypeError, match="floating"):
+        Tensor(np.arange(3), requires_grad=True)
+    assert "requires_grad=True" in repr(t)
+
+
+def test_top_level_exports():
+    assert fastconv.Tensor is Tensor and fastconv.cat is cat and fastconv.no_grad is no_grad
+    assert callable(fastconv.save) and callable(fastconv.load)
+    assert hasattr(fastconv.nn, "Conv2d") and hasattr(fastconv.optim, "SGD")
+
+
+def test_elementwise_grads_closed_form(rng):
+    a0 = rng.uniform(0.5, 2.0, (3, 4))
+    b0 = rng.uniform(0.5, 2.0, (4,))
+    gy = rng.standard_normal((3, 4))
+    a, b = Tensor(a0, requires_grad=True), Tensor(b0, requires_grad=True)
+    y = (a * b + a / b - b ** 2) * a.exp() + a.log() * 3 + a.sqrt()
+    y.backward(gy)
+    ea = np.exp(a0)
+    f = a0 * b0 + a0 / b0 - b0 ** 2
+    da = gy * ((b0 + 1 / b0) * ea + f * ea + 3 / a0 + 0.5 / np.sqrt(a0))
+    db = (gy * (a0 - a0 / b0 ** 2 - 2 * b0) * ea).sum(0)
+    np.testing.assert_allclose(a.grad, da, rtol=1e-12)
+    np.testing.assert_allclose(b.grad, db, rtol=1e-12)
+
+
+def test_broadcasting_and_scalars(rng):
+    a, b = t64(rng, 2, 1, 4), t64(rng, 3, 1)
+    gradcheck(lambda a, b: a * b + 2.0 - a / (b * b + 1.0) + 1.5 * a - 3 / (a * a + 1), [a, b])
+    assert (a + 1).dtype == np.float64
+    x32 = Tensor(np.ones(3, np.float32), requires_grad=True)
+    assert (x32 * 2.5).dtype == np.float32  # Python scalars keep the tensor's dtype
+    assert (2.5 - x32).dtype == np.float32
+
+
+def test_ndarray_operand_defers_to_tensor(rng):
+    a = t64(rng, 3)
+    arr = rng.standard_normal(3)
+    y = arr * a  # ndarray on the left must still record the graph
+    assert isinstance(y, Tensor) and y.requires_grad
+    y.backward(np.ones(3))
+    np.testing.assert_allclose(a.grad, arr)
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4,)), ((4,), (2, 4, 3)), ((4,), (4,)),
+                                   ((2, 1, 3, 4), (5, 4, 2))])
+def test_matmul(rng, sa, sb):
+    a, b = t64(rng, *sa), t64(rng, *sb)
+    np.testing.assert_allclose((a @ b).data, a.data @ b.data)
+    gradcheck(lambda a, b: a @ b, [a, b])
+
+
+def test_reductions(rng):
+    a = t64(rng, 3, 4, 5)
+    for fn in (lambda a: a.sum(), lambda a: a.sum(1), lambda a: a.sum((0, 2), keepdim=True),
+               lambda a: a.mean(), lambda a: a.mean(-1), lambda a: a.max(), lambda a: a.min(),
+               lambda a: a.max(1)[0], lambda a: a.min(2, keepdim=True)[0]):
+        gradcheck(fn, [a])
+    v, i = a.max(1)
+    np.testing.assert_array_equal(i.data, a.data.argmax(1))
+    assert not i.requires_grad
+
+
+def test_max_ties_share_gradient():
+    a = Tensor(np.array([1.0, 3.0, 3.0, 0.0]), requires_grad=True)
+    a.max().backward()
+    np.testing.assert_array_equal(a.grad, [0, 0.5, 0.5, 0])
+    b = Tensor(np.array([[1.0, 3.0, 3.0]]), requires_grad=True)
+    b.max(1)[0].sum().backward()
+    np.testing.assert_array_equal(b.grad, [[0, 1, 0]])  # the returned index gets it
+
+
+def test_shape_ops(rng):
+    a = t64(rng, 2, 3, 4)
+    for fn in (lambda a: a.reshape(4, 6), lambda a: a.view(-1), lambda a: a.transpose(0, 2),
+               lambda a: a.permute(1, 2, 0), lambda a: a.flatten(1), lambda a: a.T, lambda a: a.unsqueeze(1),
+               lambda a: a[:, 1:, ::2], lambda a: a[1, 2], lambda a: a[..., None, 0],
+               lambda a: a[[0, 0, 1]], lambda a: a[:, [2, 0, 2]], lambda a: a[a.data > 0],
+               lambda a: a.unsqueeze(0).expand(3, 2, 3, 4)):
+        gradcheck(fn, [a])
+    with pytest.raises(ValueError, match="permutation"):
+        a.permute(0, 0, 1)
+
+
+def test_repeated_fancy_index_accumulates():
+    a = Tensor(np.zeros(3), requires_grad=True)
+    a[[0, 0, 2, 0]].sum().backward()
+    np.testing.assert_array_equal(a.grad, [3, 0, 1])
+
+
+def test_cat_and_stack(rng):
+    a, b, c = t64(rng, 2, 3), t64(rng, 4, 3), t64(rng, 2, 3)
+    np.testing.assert_array_equal(cat([a, b], 0).data, np.concatenate([a.data, b.data]))
+    gradcheck(lambda a, b: cat([a, b, a], dim=0), [a, b])
+    gradcheck(lambda a, c: stack([a, c], dim=1), [a, c])
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(4, 3\)"):
+        cat([a, b], dim=1)
+    with pytest.raises(TypeError):
+        cat([], 0)
+
+
+def test_diamond_graph_topological_order(rng):
+    """A node reached by two paths runs once, after both contributions arrived."""
+    calls = []
+
+    class Count(Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            calls.append(g.copy())
+            return g * 2
+
+    x = t64(rng, 3)
+    h = Count.apply(x)
+    y = (h * h + h.exp()).sum()
+    y.backward()
+    assert len(calls) == 1
+    h0 = x.data * 2
+    np.testing.assert_allclose(x.grad, 2 * (2 * h0 + np.exp(h0)))
+
+
+def test_deep_chain_no_recursion_limit():
+    x = Tensor(np.ones(2), requires_grad=True)
+    y = x
+    for _ in range(5000):
+        y = y + 1.0
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [1, 1])
+
+
+def test_grad_accumulates_and_retain_graph(rng):
+    x = t64(rng, 3)
+    y = (x * x).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad, 4 * x.data)
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward()
+
+
+def test_no_grad_and_set_grad(rng):
+    x = t64(rng, 3)
+    with no_grad():
+        y = x * 2
+    assert not y.requires_grad and y.grad_fn is None
+
+    @no_grad()
+    def f(z):
+        return z * 3
+    assert not f(x).requires_grad
+    assert (x * 3).requires_grad
+
+
+def test_non_scalar_backward_needs_gradient(rng):
+    x = t64(rng, 3)
+    with pytest.raises(RuntimeError, match="scalar"):
+        (x * 2).backward()
+    with pytest.raises(ValueError, match=r"\(2,\)"):
+        (x * 2).backward(np.ones(2))
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        Tensor(np.ones(2)).sum().backward()
+
+
+def test_retain_grad_on_intermediate(rng):
+    x = t64(rng, 3)
+    h = x * 2
+    h.retain_grad()
+    (h * h).sum().backward()
+    np.testing.assert_allclose(h.grad, 2 * h.data)
+
+
+# ----------------------------------------------------------- in place
+def test_inplace_on_saved_tensor_raises_naming_op(rng):
+    x = t64(rng, 3)
+    y = x * 2
+    z = y * y  # MulBackward saves y
+    y += 1
+    with pytest.raises(RuntimeError, match="MulBackward.*version 1; expected version 0"):
+        z.sum().backward()
+
+
+def test_inplace_setitem_on_saved_output_raises(rng):
+    x = t64(rng, 3)
+    y = x.exp()  # ExpBackward saves its output
+    y[0] = 5.0
+    with pytest.raises(RuntimeError, match="ExpBackward"):
+        y.sum().backward()
+
+
+def test_inplace_not_saved_is_differentiated(rng):
+    x = t64(rng, 4)
+    y = x * 2  # Mul by a constant saves nothing of y
+    y += x
+    y[1:3] = 0.0
+    y *= 3
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, [9, 0, 0, 9])
+
+
+def test_inplace_on_leaf_requiring_grad_raises(rng):
+    x = t64(rng, 3)
+    with pytest.raises(RuntimeError, match="leaf"):
+        x += 1
+    with no_grad():
+        x += 1  # allowed: that is what optimizers do
+    assert x._version.value == 1
+
+
+def test_optimizer_style_update_invalidates_graph(rng):
+    w = t64(rng, 3)
+    loss = (w * w).sum()
+    with no_grad():
+        w -= 0.1
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
+
+
+# --------------------------------------------------------- memory release
+class _Probe:
+    """An object a weakref can follow, so a test can see when an array is released."""
+
+
+def test_saved_arrays_released_after_backward(rng):
+    x = t64(rng, 4)
+    y = x.exp()
+    ref = weakref.ref(y._node)
+    node = y._node
+    loss = (y * 3).sum()
+    del y
+    assert node._saved is not None
+    loss.backward()
+    assert node._saved is None  # dropped once the node's backward ran
+    del node, loss
+    gc.collect()
+    assert ref() is None
+
+
+def test_intermediates_freed_when_not_saved(rng):
+    """An intermediate that no backward needs dies as soon as the user drops it."""
+    x = t64(rng, 1000)
+    h = x + 1.0  # Add saves nothing
+    arr_ref = weakref.ref(_wrap_probe(h))
+    y = (h * 2.0).sum()  # Mul by a constant saves nothing of h
+    del h
+    gc.collect()
+    assert arr_ref() is None
+    y.backward()
+    np.testing.assert_allclose(x.grad, 2.0)
+
+
+def _wrap_probe(t):
+    # ndarray objects support weakrefs only through a subclass view; attach the probe to the Tensor
+    p = _Probe()
+    t._probe = p
+    return p
+
+
+# ---------------------------------------------------------------- gradcheck
+def test_gradcheck_catches_wrong_backward(rng):
+    class Bad(Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * x  # should be 2 * g * x
+
+    x = t64(rng, 5)
+    with pytest.raises(AssertionError, match="gradcheck failed"):
+        gradcheck(Bad.apply, [x])
+    assert gradcheck(Bad.apply, [x], raise_exception=False) is False
+
+
+def test_gradcheck_requires_float64(rng):
+    x = Tensor(rng.standard_normal(3).astype(np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(lambda x: x * 2, [x])
+
+
+def test_gradcheck_multiple_outputs(rng):
+    x = t64(rng, 3, 4)
+    gradcheck(lambda x: (x.exp(), x.sum(0), x.max(1)[0]), [x])

@@ -1,0 +1,176 @@
+"""fastconv.optim: update rules against float64 formulas written here and against torch; schedulers."""
+import math
+
+import numpy as np
+import pytest
+
+from fastconv import Tensor, optim
+
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of")
+
+
+def _param(rng, shape=(3, 4)):
+    return Tensor(rng.standard_normal(shape), requires_grad=True)
+
+
+def _sgd_reference(p, grads, lr, momentum, dampening, wd, nesterov):
+    p, buf = p.copy(), None
+    for g in grads:
+        d = g + wd * p
+        if momentum:
+            buf = d.copy() if buf is None else momentum * buf + (1 - dampening) * d
+            d = d + momentum * buf if nesterov else buf
+        p = p - lr * d
+    return p
+
+
+@pytest.mark.parametrize("momentum,dampening,wd,nesterov", [(0, 0, 0, False), (0.9, 0, 5e-4, False),
+                                                            (0.9, 0.1, 1e-2, False), (0.8, 0, 1e-3, True)])
+def test_sgd_rules(rng, momentum, dampening, wd, nesterov):
+    p = _param(rng)
+    p0 = p.data.copy()
+    grads = [rng.standard_normal(p.shape) for _ in range(4)]
+    opt = optim.SGD([p], lr=0.05, momentum=momentum, dampening=dampening, weight_decay=wd, nesterov=nesterov)
+    obj = p.data
+    for g in grads:
+        p.grad = g.copy()
+        opt.step()
+    assert p.data is obj  # updated in place
+    np.testing.assert_allclose(p.data, _sgd_reference(p0, grads, 0.05, momentum, dampening, wd, nesterov),
+                               rtol=1e-13, atol=1e-15)
+
+
+def _adam_reference(p, grads, lr, b1, b2, eps, wd, decoupled, amsgrad):
+    p = p.copy()
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    vmax = np.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mhat = m / (1 - b1 ** t)
+        vv = np.maximum(vmax, v) if amsgrad else v
+        vmax = vv
+        p = p - lr * mhat / (np.sqrt(vv / (1 - b2 ** t)) + eps)
+    return p
+
+
+@pytest.mark.parametrize("cls,wd,amsgrad", [(optim.Adam, 0.0, False), (optim.Adam, 1e-2, True),
+                                            (optim.AdamW, 1e-2, False), (optim.AdamW, 0.1, True)])
+def test_adam_rules(rng, cls, wd, amsgrad):
+    p = _param(rng)
+    p0 = p.data.copy()
+    grads = [rng.standard_normal(p.shape) for _ in range(5)]
+    opt = cls([p], lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=wd, amsgrad=amsgrad)
+    for g in grads:
+        p.grad = g.copy()
+        opt.step()
+    ref = _adam_reference(p0, grads, 1e-2, 0.8, 0.99, 1e-6, wd, cls is optim.AdamW, amsgrad)
+    np.testing.assert_allclose(p.data, ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)),
+                                     ("Adam", dict(lr=1e-2, weight_decay=1e-3)),
+                                     ("AdamW", dict(lr=1e-2, amsgrad=True))])
+def test_optimizers_match_torch(rng, torch, name, kw):
+    p = _param(rng)
+    tp = torch.tensor(p.data.copy(), requires_grad=True)
+    opt = getattr(optim, name)([p], **kw)
+    topt = getattr(torch.optim, name)([tp], **kw)
+    for _ in range(4):
+        g = rng.standard_normal(p.shape)
+        p.grad = g.copy()
+        tp.grad = torch.from_numpy(g.copy())
+        opt.step()
+        topt.step()
+    np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_optimizer_state_dict_roundtrip_and_torch_state(rng, torch):
+    p = _param(rng)
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = rng.standard_normal(p.shape)
+    opt.step()
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["params"] == [0] and "momentum_buffer" in sd["state"][0]
+    q = Tensor(p.data.copy(), requires_grad=True)
+    opt2 = optim.SGD([q], lr=0.5, momentum=0.9)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["lr"] == 0.1
+    g = rng.standard_normal(p.shape)
+    p.grad, q.grad = g.copy(), g.copy()
+    opt.step()
+    opt2.step()
+    np.testing.assert_array_equal(p.data, q.data)
+    # torch's optimizer state_dict (tensors) loads too
+    tp = torch.tensor(rng.standard_normal((2, 2)), requires_grad=True)
+    topt = torch.optim.Adam([tp], lr=1e-3)
+    tp.grad = torch.ones(2, 2, dtype=torch.float64)
+    topt.step()
+    r = Tensor(tp.detach().numpy().copy(), requires_grad=True)
+    ropt = optim.Adam([r], lr=1e-3)
+    ropt.load_state_dict(topt.state_dict())
+    r.grad = np.ones((2, 2))
+    tp.grad = torch.ones(2, 2, dtype=torch.float64)
+    ropt.step()
+    topt.step()
+    np.testing.assert_allclose(r.data, tp.detach().numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="parameter groups"):
+        opt2.load_state_dict({"state": {}, "param_groups": []})
+
+
+def test_optimizer_argument_errors(rng):
+    p = _param(rng)
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="learning rate"):
+        optim.Adam([p], lr=-1)
+    with pytest.raises(TypeError, match="single Tensor"):
+        optim.SGD(p, lr=0.1)
+
+
+def _lrs(sched, opt, n):
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("name,kw", [("StepLR", dict(step_size=3, gamma=0.5)),
+                                     ("MultiStepLR", dict(milestones=[2, 5, 6], gamma=0.3)),
+                                     ("CosineAnnealingLR", dict(T_max=7, eta_min=0.01)),
+                                     ("OneCycleLR", dict(max_lr=1.0, total_steps=20)),
+                                     ("OneCycleLR", dict(max_lr=0.5, total_steps=13, anneal_strategy="linear",
+                                                         three_phase=True, pct_start=0.25))])
+def test_schedulers_match_torch(rng, torch, name, kw):
+    p = _param(rng)
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    tp = torch.zeros(1, requires_grad=True)
+    topt = torch.optim.SGD([tp], lr=0.1, momentum=0.9)
+    n = kw.get("total_steps", 12)
+    ours = _lrs(getattr(optim, name)(opt, **kw), opt, n)
+    theirs = _lrs(getattr(torch.optim.lr_scheduler, name)(topt, **kw), topt, n)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
+    if name == "OneCycleLR":
+        assert math.isclose(opt.param_groups[0]["momentum"], topt.param_groups[0]["momentum"], rel_tol=1e-12)
+
+
+def test_schedulers_closed_forms(rng):
+    p = _param(rng)
+    opt = optim.SGD([p], lr=1.0)
+    assert _lrs(optim.StepLR(opt, 2, 0.1), opt, 5) == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    opt = optim.SGD([p], lr=1.0)
+    lrs = _lrs(optim.CosineAnnealingLR(opt, T_max=4), opt, 5)
+    assert lrs == pytest.approx([1, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 - math.cos(math.pi / 4)) / 2, 0])
+    opt = optim.SGD([p], lr=1.0, momentum=0.9)
+    oc = optim.OneCycleLR(opt, max_lr=1.0, total_steps=10)
+    lrs = _lrs(oc, opt, 10)
+    assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0, rel=0.05)
+    assert lrs[-1] == pytest.approx(1 / 25 / 1e4)

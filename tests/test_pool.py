@@ -1,0 +1,475 @@
+"""Pooling ops (fastconv.ops.pool): forward and backward against the independent
+float64 reference in tests/pool_reference.py and against torch (float64),
+finite differences, tie / NaN rules, dtypes, determinism and bad input."""
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from fastconv.ops import pool as P
+
+import pool_reference as ref
+from helpers import torch_or_skip
+
+HYP = settings(max_examples=60, derandomize=True, deadline=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def distinct(rng, shape):
+    """Tie-free values: a permutation of 0.1*k plus sub-gap noise (gaps stay > 0.05)."""
+    n = int(np.prod(shape))
+    v = rng.permutation(n).astype(np.float64) * 0.1 + rng.uniform(-0.02, 0.02, n)
+    return (v - (v.mean() if n else 0.0)).reshape(shape)
+
+
+def close(a, b, tol=1e-12):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
+    scale = max(1.0, float(np.max(np.abs(b)))) if b.size else 1.0
+    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    assert err <= tol * scale, f"max abs err {err:.3e} > {tol:.1e} * {scale:.3g}"
+
+
+# ------------------------------------------------------------ configurations
+@st.composite
+def fixed_cfg(draw, kind):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = draw(st.one_of(st.none(), st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4))))
+    pad = (draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2)))
+    dil = (1, 1) if kind == "avg" else (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    ceil_mode = draw(st.booleans())
+    H, W = draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    s = (kh, kw) if stride is None else ((stride, stride) if isinstance(stride, int) else stride)
+    P_ = ref.out_size(H, kh, s[0], pad[0], dil[0], ceil_mode)
+    Q_ = ref.out_size(W, kw, s[1], pad[1], dil[1], ceil_mode)
+    assume(P_ > 0 and Q_ > 0)
+    N, C = draw(st.integers(0, 2)), draw(st.integers(1, 3))
+    cfg = dict(kernel_size=(kh, kw), stride=stride, padding=pad, ceil_mode=ceil_mode)
+    if kind != "avg":
+        cfg["dilation"] = dil
+    else:
+        cfg["count_include_pad"] = draw(st.booleans())
+        cfg["divisor_override"] = draw(st.one_of(st.none(), st.integers(1, 7)))
+    return (N, C, H, W), cfg, draw(st.integers(0, 2**31 - 1))
+
+
+def _torch_max(torch, x, cfg, kind="max"):
+    F = torch.nn.functional
+    t = torch.from_numpy(x if kind == "max" else -x).requires_grad_()
+    y, i = F.max_pool2d(t, return_indices=True, **cfg)
+    return t, y, i
+
+
+@pytest.mark.parametrize("kind", ["max", "min"])
+@HYP
+@given(data=st.data())
+def test_maxmin_random_vs_reference(kind, data):
+    shape, cfg, seed = data.draw(fixed_cfg("max"))
+    rng = np.random.default_rng(seed)
+    x = distinct(rng, shape)
+    fwd = P.max_pool2d if kind == "max" else P.min_pool2d
+    bwd = P.max_pool2d_backward if kind == "max" else P.min_pool2d_backward
+    y, idx = fwd(x, return_indices=True, **cfg)
+    y_ref, idx_ref = ref.maxmin_pool(x, kind, **cfg)
+    assert y.dtype == np.float64 and idx.dtype == np.int64
+    close(y, y_ref, 0)
+    np.testing.assert_array_equal(idx, idx_ref)
+    np.testing.assert_array_equal(fwd(x, **cfg), y)
+    g = rng.standard_normal(y.shape)
+    dx_ref = ref.maxmin_pool_backward(g, x.shape, idx_ref)
+    close(bwd(g, x, **cfg), dx_ref)
+    close(bwd(g, x, indices=idx, **cfg), dx_ref)
+    # float32 path on the same values
+    y32, idx32 = fwd(x.astype(np.float32), return_indices=True, **cfg)
+    assert y32.dtype == np.float32
+    close(y32, y_ref.astype(np.float32), 0)
+    np.testing.assert_array_equal(idx32, idx_ref)
+    close(bwd(g.astype(np.float32), x.astype(np.float32), **cfg), dx_ref, 1e-6)
+
+
+@HYP
+@given(data=st.data())
+def test_max_random_vs_torch(data):
+    torch = torch_or_skip()
+    shape, cfg, seed = data.draw(fixed_cfg("max"))
+    rng = np.random.default_rng(seed)
+    x = distinct(rng, shape)
+    t, ty, ti = _torch_max(torch, x, cfg)
+    y, idx = P.max_pool2d(x, return_indices=True, **cfg)
+    close(y, ty.detach().numpy(), 0)
+    np.testing.assert_array_equal(idx, ti.numpy())
+    g = rng.standard_normal(y.shape)
+    ty.backward(torch.from_numpy(g))
+    close(P.max_pool2d_backward(g, x, **cfg), t.grad.numpy())
+
+
+@HYP
+@given(data=st.data())
+def test_min_is_negated_max(data):
+    shape, cfg, seed = data.draw(fixed_cfg("max"))
+    x = distinct(np.random.default_rng(seed), shape)
+    y, i = P.min_pool2d(x, return_indices=True, **cfg)
+    ym, im = P.max_pool2d(-x, return_indices=True, **cfg)
+    np.testing.assert_array_equal(y, -ym)  # windows with no tap in the image give +-inf
+    np.testing.assert_array_equal(i, im)
+
+
+@HYP
+@given(data=st.data())
+def test_avg_random_vs_reference_and_torch(data):
+    shape, cfg, seed = data.draw(fixed_cfg("avg"))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    y = P.avg_pool2d(x, **cfg)
+    close(y, ref.avg_pool(x, **cfg))
+    g = rng.standard_normal(y.shape)
+    dx = P.avg_pool2d_backward(g, x, **cfg)
+    close(dx, ref.avg_pool_backward(g, x.shape, **cfg))
+    close(P.avg_pool2d(x.astype(np.float32), **cfg), ref.avg_pool(x, **cfg), 2e-6)
+    try:
+        import torch
+    except ImportError:
+        return
+    t = torch.from_numpy(x).requires_grad_()
+    ty = torch.nn.functional.avg_pool2d(t, **cfg)
+    close(y, ty.detach().numpy())
+    ty.backward(torch.from_numpy(g))
+    close(dx, t.grad.numpy())
+
+
+def test_avg_torch_visible(torch):
+    """A fixed avg case against torch (visible skip without torch; the random one above returns quietly)."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 10))
+    for cfg in [dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+                dict(kernel_size=(4, 2), stride=(3, 1), padding=(2, 1), ceil_mode=True, divisor_override=5)]:
+        t = torch.from_numpy(x).requires_grad_()
+        ty = torch.nn.functional.avg_pool2d(t, **cfg)
+        close(P.avg_pool2d(x, **cfg), ty.detach().numpy())
+        g = np.random.default_rng(2).standard_normal(ty.shape)
+        ty.backward(torch.from_numpy(g))
+        close(P.avg_pool2d_backward(g, x, **cfg), t.grad.numpy())
+
+
+# --------------------------------------------------------------------- lp
+@pytest.mark.parametrize("norm_type", [1, 2, 3, 1.5, float("inf"), -float("inf")])
+@pytest.mark.parametrize("cfg", [dict(kernel_size=3, stride=2, ceil_mode=True), dict(kernel_size=(2, 3)),
+                                 dict(kernel_size=2, stride=1), dict(kernel_size=(3, 1), stride=(2, 3), ceil_mode=True)])
+def test_lp_pool(norm_type, cfg, rng):
+    x = distinct(rng, (2, 3, 7, 8))
+    if norm_type == 1.5:
+        x = np.abs(x) + 0.1  # fractional powers need positive input
+    y = P.lp_pool2d(x, norm_type, **cfg)
+    if np.isinf(norm_type):
+        sgn = 1 if norm_type > 0 else -1
+        y_ref = sgn * ref.maxmin_pool(np.abs(x), "max" if sgn > 0 else "min", cfg["kernel_size"],
+                                      cfg.get("stride"), 0, 1, cfg.get("ceil_mode", False))[0]
+        y_ref = np.abs(y_ref)
+    else:
+        y_ref = ref.lp_pool(x, norm_type, **cfg)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12, equal_nan=True)
+    g = rng.standard_normal(y.shape)
+    dx = P.lp_pool2d_backward(g, x, norm_type, **cfg)
+    assert dx.shape == x.shape
+    try:
+        import torch
+    except ImportError:
+        return
+    t = torch.from_numpy(x).requires_grad_()
+    ty = torch.nn.functional.lp_pool2d(t, norm_type, **cfg)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+    ty.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(dx, t.grad.numpy(), rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+def test_lp_pool_torch_visible(torch):
+    x = np.abs(distinct(np.random.default_rng(3), (1, 2, 6, 6))) + 0.1
+    t = torch.from_numpy(x).requires_grad_()
+    ty = torch.nn.functional.lp_pool2d(t, 2, 3, 2, True)
+    close(P.lp_pool2d(x, 2, 3, 2, True), ty.detach().numpy())
+    g = np.ones(ty.shape) * 0.5
+    ty.backward(torch.from_numpy(g))
+    close(P.lp_pool2d_backward(g, x, 2, 3, 2, True), t.grad.numpy())
+
+
+# --------------------------------------------------------------- adaptive
+ADAPTIVE = [((2, 3, 11, 13), 1), ((2, 3, 11, 13), (3, None)), ((1, 2, 5, 7), (9, 20)), ((1, 2, 5, 7), (5, 7)),
+            ((2, 2, 1, 1), (3, 2)), ((1, 3, 10, 10), (4, 6)), ((2, 5, 7, 7), (1, 1)), ((1, 2, 6, 37), (2, 1)),
+            ((1, 1, 1, 9), (None, 4)), ((2, 3, 9, 5), (7, 3))]
+
+
+@pytest.mark.parametrize("shape,osize", ADAPTIVE)
+def test_adaptive(shape, osize, rng):
+    x = distinct(rng, shape)
+    full = (osize, osize) if isinstance(osize, int) else osize
+    PQ = tuple(shape[2 + i] if v is None else v for i, v in enumerate(full))
+    ya = P.adaptive_avg_pool2d(x, osize)
+    close(ya, ref.adaptive_pool(x, PQ, "avg")[0])
+    ym, im = P.adaptive_max_pool2d(x, osize, return_indices=True)
+    ym_ref, im_ref = ref.adaptive_pool(x, PQ, "max")
+    close(ym, ym_ref, 0)
+    np.testing.assert_array_equal(im, im_ref)
+    close(P.adaptive_max_pool2d(x, osize), ym_ref, 0)
+    g = rng.standard_normal(ya.shape)
+    close(P.adaptive_avg_pool2d_backward(g, x), ref.adaptive_avg_backward(g, x.shape))
+    dm_ref = ref.maxmin_pool_backward(g, x.shape, im_ref)
+    close(P.adaptive_max_pool2d_backward(g, x, osize), dm_ref)
+    close(P.adaptive_max_pool2d_backward(g, x, osize, indices=im), dm_ref)
+    close(P.adaptive_avg_pool2d(x.astype(np.float32), osize), ya, 2e-6)
+
+
+@pytest.mark.parametrize("shape,osize", ADAPTIVE)
+def test_adaptive_vs_torch(shape, osize, rng, torch):
+    F = torch.nn.functional
+    x = distinct(rng, shape)
+    t = torch.from_numpy(x).requires_grad_()
+    ta = F.adaptive_avg_pool2d(t, osize)
+    close(P.adaptive_avg_pool2d(x, osize), ta.detach().numpy())
+    g = rng.standard_normal(tuple(ta.shape))
+    ta.backward(torch.from_numpy(g))
+    close(P.adaptive_avg_pool2d_backward(g, x), t.grad.numpy())
+    t.grad = None
+    tm, ti = F.adaptive_max_pool2d(t, osize, return_indices=True)
+    ym, im = P.adaptive_max_pool2d(x, osize, return_indices=True)
+    close(ym, tm.detach().numpy(), 0)
+    np.testing.assert_array_equal(im, ti.numpy())
+    tm.backward(torch.from_numpy(g))
+    close(P.adaptive_max_pool2d_backward(g, x, osize), t.grad.numpy())
+
+
+# ---------------------------------------------------------- global paths
+@pytest.mark.parametrize("shape", [(2, 37, 7, 7), (1, 3, 1, 1), (2, 3, 5, 40), (1, 2, 4, 4), (3, 2, 17, 1)])
+def test_global_paths(shape, rng):
+    x = distinct(rng, shape)
+    H, W = shape[2:]
+    mean = x.mean(axis=(2, 3), keepdims=True)
+    close(P.adaptive_avg_pool2d(x, 1), mean)
+    close(P.avg_pool2d(x, (H, W)), mean)
+    close(P.avg_pool2d(x, (H, W), divisor_override=3), x.sum(axis=(2, 3), keepdims=True) / 3)
+    flat = x.reshape(shape[0], shape[1], -1)
+    for fwd, red, arg in ((P.max_pool2d, np.max, np.argmax), (P.min_pool2d, np.min, np.argmin)):
+        y, i = fwd(x, (H, W), return_indices=True)
+        close(y[..., 0, 0], red(flat, axis=2), 0)
+        np.testing.assert_array_equal(i[..., 0, 0], arg(flat, axis=2))
+    y, i = P.adaptive_max_pool2d(x, 1, return_indices=True)
+    np.testing.assert_array_equal(i[..., 0, 0], np.argmax(flat, axis=2))
+    g = rng.standard_normal((shape[0], shape[1], 1, 1))
+    close(P.adaptive_avg_pool2d_backward(g, x), np.broadcast_to(g / (H * W), shape))
+    close(P.avg_pool2d(x.astype(np.float32), (H, W)), mean, 2e-6)
+
+
+def test_global_ties_and_nan():
+    x = np.zeros((1, 3, 5, 7))
+    x[0, 0, 1, 2] = x[0, 0, 3, 6] = x[0, 0, 4, 0] = 2.0        # tie: first in row-major order
+    x[0, 1] = -np.inf                                             # all -inf: index 0, like torch
+    x[0, 2, 0, 3] = np.nan
+    x[0, 2, 4, 5] = np.nan                                        # NaN wins; the last NaN gives the index
+    y, i = P.max_pool2d(x, (5, 7), return_indices=True)
+    assert y[0, 0, 0, 0] == 2.0 and i[0, 0, 0, 0] == 1 * 7 + 2
+    assert y[0, 1, 0, 0] == -np.inf and i[0, 1, 0, 0] == 0
+    assert np.isnan(y[0, 2, 0, 0]) and i[0, 2, 0, 0] == 4 * 7 + 5
+    ya, ia = P.adaptive_max_pool2d(x, 1, return_indices=True)
+    np.testing.assert_array_equal(ia, i)
+    assert np.isnan(P.avg_pool2d(x, (5, 7))[0, 2, 0, 0])
+
+
+# ------------------------------------------------------ ties, NaN, -inf
+def test_ties_first_in_row_major_order():
+    # 3x3 window whose maximum 5 appears at (1, 0) and (0, 2): row-major order picks (0, 2),
+    # column-major order would pick (1, 0).
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 1, 0] = x[0, 0, 0, 2] = 5.0
+    y, i = P.max_pool2d(x, 3, return_indices=True)
+    assert y.item() == 5.0 and i.item() == 2
+    x = -x
+    y, i = P.min_pool2d(x, 3, return_indices=True)
+    assert y.item() == -5.0 and i.item() == 2
+    # all-equal windows: the first tap inside the image
+    x = np.ones((1, 1, 4, 4))
+    y, i = P.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
+    np.testing.assert_array_equal(i[0, 0], [[0, 1], [4, 5]])
+    # the gradient of a tie goes to the first maximum only
+    dx = P.max_pool2d_backward(np.ones((1, 1, 2, 2)), x, 3, stride=2, padding=1)
+    np.testing.assert_array_equal(dx[0, 0], [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    _, ia = P.adaptive_max_pool2d(np.ones((1, 1, 5, 5)), 2, return_indices=True)
+    np.testing.assert_array_equal(ia[0, 0], [[0, 2], [10, 12]])
+
+
+def test_ties_match_torch(torch):
+    x = np.round(np.random.default_rng(5).standard_normal((2, 3, 9, 9)))  # many ties
+    for cfg in [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2), dict(kernel_size=3, stride=1, dilation=2)]:
+        y, i = P.max_pool2d(x, return_indices=True, **cfg)
+        ty, ti = torch.nn.functional.max_pool2d(torch.from_numpy(x), return_indices=True, **cfg)
+        close(y, ty.numpy(), 0)
+        np.testing.assert_array_equal(i, ti.numpy())
+
+
+def test_nan_and_inf_match_torch(torch):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 2, 9, 11))
+    x[0, 0, 2, 3] = np.nan
+    x[0, 0, 2, 5] = np.nan
+    x[0, 1, :4] = -np.inf
+    for cfg in [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(2, 4), stride=1, ceil_mode=True),
+                dict(kernel_size=3, stride=2, padding=1, dilation=2)]:
+        y, i = P.max_pool2d(x, return_indices=True, **cfg)
+        ty, ti = torch.nn.functional.max_pool2d(torch.from_numpy(x), return_indices=True, **cfg)
+        np.testing.assert_array_equal(y, ty.numpy())  # NaN == NaN for assert_array_equal
+        np.testing.assert_array_equal(i, ti.numpy())
+        y_ref, i_ref = ref.maxmin_pool(x, "max", **cfg)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(i, i_ref)
+    yn = P.min_pool2d(x, 3, 2, 1)
+    assert np.isnan(yn[0, 0]).any()
+    ya, ia = P.adaptive_max_pool2d(x, (3, 4), return_indices=True)
+    ta, tia = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(x), (3, 4), return_indices=True)
+    np.testing.assert_array_equal(ya, ta.numpy())
+    np.testing.assert_array_equal(ia, tia.numpy())
+
+
+# ------------------------------------------------------ finite differences
+def _fd_check(f, grad_fn, x, rng, n_dirs=3, eps=1e-6, tol=1e-7):
+    y = f(x)
+    g = rng.standard_normal(y.shape)
+    dx = grad_fn(g, x)
+    for _ in range(n_dirs):
+        v = rng.standard_normal(x.shape)
+        num = (np.sum(g * f(x + eps * v)) - np.sum(g * f(x - eps * v))) / (2 * eps)
+        ana = np.sum(dx * v)
+        assert abs(num - ana) <= tol * max(1.0, abs(ana)), f"finite difference {num} vs analytic {ana}"
+
+
+FD_CFGS = [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(2, 3), stride=1, ceil_mode=True),
+           dict(kernel_size=(3, 2), stride=(1, 3), padding=(1, 1), ceil_mode=True)]
+
+
+@pytest.mark.parametrize("cfg", FD_CFGS)
+def test_finite_differences(cfg, rng):
+    x = distinct(rng, (2, 2, 7, 8))
+    for fwd, bwd in ((P.max_pool2d, P.max_pool2d_backward), (P.min_pool2d, P.min_pool2d_backward)):
+        _fd_check(lambda a: fwd(a, dilation=(2, 1), **cfg), lambda g, a: bwd(g, a, dilation=(2, 1), **cfg), x, rng)
+    for extra in (dict(), dict(count_include_pad=False), dict(divisor_override=4)):
+        _fd_check(lambda a: P.avg_pool2d(a, **cfg, **extra), lambda g, a: P.avg_pool2d_backward(g, a, **cfg, **extra),
+                  x, rng)
+    lp = dict(kernel_size=cfg["kernel_size"], stride=cfg["stride"], ceil_mode=cfg.get("ceil_mode", False))
+    xp = np.abs(x) + 0.2
+    for p in (2, 3, 1.5):
+        _fd_check(lambda a: P.lp_pool2d(a, p, **lp), lambda g, a: P.lp_pool2d_backward(g, a, p, **lp), xp, rng,
+                  tol=1e-6)
+    for osize in ((3, 5), (9, 4), 1):
+        _fd_check(lambda a: P.adaptive_avg_pool2d(a, osize), lambda g, a: P.adaptive_avg_pool2d_backward(g, a), x, rng)
+        _fd_check(lambda a: P.adaptive_max_pool2d(a, osize),
+                  lambda g, a: P.adaptive_max_pool2d_backward(g, a, osize), x, rng)
+
+
+# ------------------------------------------------ dtypes, layout, threads
+def test_dtypes_and_unbatched(rng):
+    x = distinct(rng, (3, 9, 10))
+    for dt in (np.float16, np.float32, np.float64):
+        xd = x.astype(dt)
+        y = P.max_pool2d(xd, 3, 2, 1)
+        assert y.dtype == dt and y.shape == (3, 5, 5)
+        close(y, ref.maxmin_pool(xd[None].astype(np.float64), "max", 3, 2, 1)[0][0], 0)
+        ya = P.avg_pool2d(xd, 2)
+        assert ya.dtype == dt and ya.shape == (3, 4, 5)
+        close(ya, ref.avg_pool(xd[None].astype(np.float64), 2)[0], 1e-3 if dt == np.float16 else 1e-6)
+        assert P.adaptive_avg_pool2d(xd, 2).dtype == dt
+        g = np.ones((3, 5, 5), dt)
+        assert P.max_pool2d_backward(g, xd, 3, 2, 1).dtype == dt
+    # non-contiguous input
+    xt = distinct(rng, (2, 3, 8, 6)).transpose(0, 1, 3, 2)
+    close(P.max_pool2d(xt, 2), ref.maxmin_pool(np.ascontiguousarray(xt), "max", 2)[0], 0)
+    # empty batch
+    assert P.max_pool2d(np.zeros((0, 3, 8, 8)), 2).shape == (0, 3, 4, 4)
+    assert P.avg_pool2d_backward(np.zeros((0, 3, 4, 4)), np.zeros((0, 3, 8, 8)), 2).shape == (0, 3, 8, 8)
+
+
+def test_deterministic_across_threads(threads, rng):
+    import fastconv
+
+    x = rng.standard_normal((3, 40, 30, 33)).astype(np.float32)
+    outs = []
+    for n in (1, 2, 3):
+        fastconv.set_num_threads(n)
+        y, i = P.max_pool2d(x, 3, 2, 1, return_indices=True)
+        ya = P.avg_pool2d(x, 3, 2, 1, ceil_mode=True)
+        g = np.ones_like(ya) * 0.3
+        outs.append((y, i, ya, P.avg_pool2d_backward(g, x, 3, 2, 1, ceil_mode=True),
+                     P.max_pool2d_backward(np.ones_like(y), x, 3, 2, 1), P.adaptive_avg_pool2d(x, 1),
+                     P.adaptive_avg_pool2d_backward(rng.standard_normal((3, 40, 5, 7)).astype(np.float32) * 0 + 1, x)))
+    for o in outs[1:]:
+        for a, b in zip(outs[0], o):
+            assert np.array_equal(a, b)
+
+
+def test_resnet_like_shapes_float32(rng):
+    x = rng.standard_normal((2, 16, 56, 57)).astype(np.float32)
+    for cfg in [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2, stride=2)]:
+        close(P.max_pool2d(x, **cfg), ref.maxmin_pool(x, "max", **cfg)[0], 0)
+        close(P.avg_pool2d(x, **cfg), ref.avg_pool(x, **cfg), 2e-6)
+
+
+# ---------------------------------------------------------------- errors
+X = np.zeros((2, 3, 8, 8))
+
+
+def check(exc, fn, names, numbers=()):
+    with pytest.raises(exc) as ei:
+        fn()
+    msg = str(ei.value)
+    names = (names,) if isinstance(names, str) else names
+    assert any(re.search(n, msg, re.IGNORECASE) for n in names), f"message {msg!r} names none of {names}"
+    for n in numbers:
+        assert re.search(rf"(?<![\d.]){n}(?![\d.])", msg), f"message {msg!r} does not show {n}"
+
+
+G = np.zeros((2, 3, 4, 4))
+BAD = [
+    ("kernel_zero", ValueError, lambda: P.max_pool2d(X, 0), "kernel_size", ()),
+    ("kernel_negative", ValueError, lambda: P.avg_pool2d(X, (2, -1)), "kernel_size", ()),
+    ("kernel_float", TypeError, lambda: P.max_pool2d(X, 2.0), "kernel_size", ()),
+    ("kernel_triple", ValueError, lambda: P.max_pool2d(X, (2, 2, 2)), "kernel_size", ()),
+    ("stride_zero", ValueError, lambda: P.max_pool2d(X, 2, 0), "stride", ()),
+    ("stride_float", TypeError, lambda: P.avg_pool2d(X, 2, 1.5), "stride", ()),
+    ("dilation_zero", ValueError, lambda: P.max_pool2d(X, 2, dilation=0), "dilation", ()),
+    ("padding_negative", ValueError, lambda: P.max_pool2d(X, 3, padding=-1), "padding", ()),
+    ("padding_too_big", ValueError, lambda: P.max_pool2d(X, 3, padding=2), "padding", (2, 3)),
+    ("padding_too_big_avg", ValueError, lambda: P.avg_pool2d(X, (4, 2), padding=(1, 2)), "padding", ()),
+    ("output_too_small", ValueError, lambda: P.max_pool2d(X, 5, dilation=2), ("output", "small"), (8,)),
+    ("ndim_2", ValueError, lambda: P.max_pool2d(np.zeros((8, 8)), 2), "input", (2,)),
+    ("ndim_5", ValueError, lambda: P.avg_pool2d(np.zeros((1, 2, 3, 8, 8)), 2), "input", (5,)),
+    ("int_input", TypeError, lambda: P.max_pool2d(np.zeros((1, 1, 4, 4), np.int32), 2), ("input", "dtype"), ()),
+    ("bool_input", TypeError, lambda: P.adaptive_avg_pool2d(np.zeros((1, 1, 4, 4), bool), 2), "input", ()),
+    ("divisor_zero", ValueError, lambda: P.avg_pool2d(X, 2, divisor_override=0), "divisor_override", ()),
+    ("divisor_float", TypeError, lambda: P.avg_pool2d(X, 2, divisor_override=2.5), "divisor_override", ()),
+    ("adaptive_zero", ValueError, lambda: P.adaptive_avg_pool2d(X, 0), "output_size", ()),
+    ("adaptive_negative", ValueError, lambda: P.adaptive_max_pool2d(X, (2, -1)), "output_size", ()),
+    ("adaptive_float", TypeError, lambda: P.adaptive_avg_pool2d(X, 2.5), "output_size", ()),
+    ("adaptive_triple", ValueError, lambda: P.adaptive_avg_pool2d(X, (1, 2, 3)), "output_size", ()),
+    ("grad_shape", ValueError, lambda: P.max_pool2d_backward(np.zeros((2, 3, 4, 5)), X, 2), "grad_output", (5,)),
+    ("grad_shape_avg", ValueError, lambda: P.avg_pool2d_backward(np.zeros((2, 3, 3, 3)), X, 2), "grad_output", ()),
+    ("grad_shape_adaptive", ValueError, lambda: P.adaptive_avg_pool2d_backward(np.zeros((2, 4, 3, 3)), X),
+     "grad_output", ()),
+    ("grad_shape_adaptive_max", ValueError, lambda: P.adaptive_max_pool2d_backward(np.zeros((2, 3, 3, 3)), X, 2),
+     "grad_output", ()),
+    ("grad_int", TypeError, lambda: P.max_pool2d_backward(np.zeros((2, 3, 4, 4), np.int64), X, 2), "grad_output", ()),
+    ("grad_dtype_mismatch", TypeError, lambda: P.max_pool2d_backward(G.astype(np.float32), X, 2), "grad_output", ()),
+    ("indices_shape", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=np.zeros((2, 3, 4, 3), np.int64)),
+     "indices", ()),
+    ("indices_dtype", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=np.zeros((2, 3, 4, 4), np.int32)),
+     "indices", ()),
+    ("indices_range", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=np.full((2, 3, 4, 4), 64)),
+     "indices", (64,)),
+    ("indices_list", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=[0]), "indices", ()),
+    ("lp_norm_zero", ValueError, lambda: P.lp_pool2d(X, 0, 2), "norm_type", ()),
+    ("lp_norm_str", TypeError, lambda: P.lp_pool2d(X, "2", 2), "norm_type", ()),
+    ("empty_plane", ValueError, lambda: P.max_pool2d(np.zeros((1, 1, 0, 4)), 1), "input", ()),
+    ("ceil_mode_str", TypeError, lambda: P.max_pool2d(X, 2, ceil_mode="yes"), "ceil_mode", ()),
+]
+
+
+@pytest.mark.parametrize("name,exc,fn,names,numbers", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(name, exc, fn, names, numbers):
+    check(exc, fn, names, numbers)

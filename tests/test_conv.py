@@ -435,3 +435,16 @@ LONG_REDUCTION = [
 @pytest.mark.parametrize("spec", spec_params(LONG_REDUCTION))
 def test_long_reductions(spec, algo, isa, op, dtype, tol):
     _check_matrix(spec, op, algo, dtype, tol)
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col", "1x1", "separable"])
+def test_out_aliasing_the_input_is_still_correct(algo):
+    """out= may be the input itself (same shape when K == C and 1x1): no silent corruption."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 1, 1)).astype(np.float32)
+    expected = ops.conv2d(x, w, algo=algo)
+    xa = x.copy()
+    got = ops.conv2d(xa, w, out=xa, algo=algo)
+    assert got is xa
+    np.testing.assert_allclose(xa, expected, rtol=1e-6, atol=1e-6)

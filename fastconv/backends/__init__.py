@@ -1,44 +1,79 @@
 """Backend registry.
 
-A backend runs the kernels of one kind of array on one kind of machine:
+A backend runs the kernels of one kind of array on one kind of machine. Each
+is a Python module with the same function table (needle-style), so ops never
+care which one they call:
+
+    supports(algo, problem) -> "" or the reason it cannot
+    fprop(algo, problem, x, w, b, y, relu)     dgrad(algo, problem, dy, w, dx)
+    wgrad(algo, problem, x, dy, dw)
 
 * ``"cpu"``: the compiled C++ module (``fastconv._cpu``), NumPy arrays.
-* ``"reference"``: plain NumPy (slow; always available; float64-friendly).
+* ``"cuda-emu"``: the CUDA sources compiled for the CPU grid emulator (tests).
+* ``"numba"``: Numba ``@njit(parallel=True)`` kernels (the fallback).
+* ``"reference"``: plain NumPy (slow; always available; the in-package oracle).
 
-The CUDA, CUDA-emulator and Numba backends join with their issues.
+A backend whose module is missing or fails to import is simply unavailable;
+``available()`` says which ones this process can use.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 
-from . import reference
 from .cpu import CPU_AVAILABLE, CPU_IMPORT_ERROR
 
 log = logging.getLogger("fastconv")
 
-_ORDER = ("cpu", "reference")
+# name -> module path (relative to this package), fastest first for NumPy arrays
+_REGISTRY = {
+    "cpu": ".cpu",
+    "cuda-emu": ".cuda_emu",
+    "numba": ".numba_cpu",
+    "reference": ".reference",
+}
+_KNOWN = tuple(_REGISTRY) + ("cuda", "numba-cuda")
+_cache: dict = {}
+
+
+def _load(name):
+    if name not in _cache:
+        try:
+            mod = importlib.import_module(_REGISTRY[name], __name__)
+            ok = getattr(mod, "AVAILABLE", True)
+            why = getattr(mod, "IMPORT_ERROR", None)
+        except ImportError as exc:
+            mod, ok, why = None, False, repr(exc)
+        _cache[name] = (mod if ok else None, why)
+    return _cache[name]
 
 
 def available():
     """Names of the backends usable in this process, fastest first."""
-    names = []
-    if CPU_AVAILABLE:
-        names.append("cpu")
-    names.append("reference")
-    return names
+    return [n for n in _REGISTRY if _load(n)[0] is not None]
+
+
+def module(name):
+    """The function table of an available backend."""
+    mod, why = _load(name)
+    if mod is None:
+        raise ValueError(f"backend {name!r} is not available in this build: {why}; available: {available()}")
+    return mod
 
 
 def resolve(name):
-    """Backend name to use for NumPy arrays: ``None`` means the fastest available."""
+    """Backend name to use for NumPy arrays: ``None`` means the fastest general one."""
     if name is None:
-        return "cpu" if CPU_AVAILABLE else "reference"
+        return "cpu" if CPU_AVAILABLE else ("numba" if _load("numba")[0] is not None else "reference")
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string or None, got {name!r}")
-    if name not in _ORDER and name not in ("cuda", "cuda-emu", "numba", "numba-cuda"):
-        raise ValueError(f"backend must be one of {list(_ORDER)} (or None), got {name!r}")
-    if name not in available():
-        why = f": {CPU_IMPORT_ERROR}" if name == "cpu" and CPU_IMPORT_ERROR else ""
-        raise ValueError(f"backend {name!r} is not available in this build{why}; available: {available()}")
+    if name not in _KNOWN:
+        raise ValueError(f"backend must be one of {list(_KNOWN)} (or None), got {name!r}")
+    if name not in _REGISTRY or _load(name)[0] is None:
+        why = _load(name)[1] if name in _REGISTRY else "not part of this build yet"
+        if name == "cpu" and CPU_IMPORT_ERROR:
+            why = CPU_IMPORT_ERROR
+        raise ValueError(f"backend {name!r} is not available: {why}; available: {available()}")
     return name
 
 

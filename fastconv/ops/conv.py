@@ -15,8 +15,6 @@ import time
 import numpy as np
 
 from .. import backends
-from ..backends import cpu as _cpu_backend
-from ..backends import reference as _reference
 from ..problem import ConvProblem, _is_int, make_problem
 
 ALGORITHMS = ("auto", "direct", "im2col", "1x1", "separable")
@@ -58,7 +56,7 @@ def _prepare(arr, dtype):
 
 
 def _backend_module(name):
-    return _cpu_backend if name == "cpu" else _reference
+    return backends.module(name)
 
 
 # ------------------------------------------------------------- algorithms
@@ -218,7 +216,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     result_shape = p.output_shape[1:] if unbatched else p.output_shape
     result_dtype = x.dtype
     y = _output_buffer(out, result_shape, result_dtype, dtype)
-    y_kernel = y if y.dtype == dtype else np.empty(result_shape, dtype)
+    # the kernels read their inputs while writing the output: an `out` that
+    # overlaps input/weight/bias is computed into a temporary first
+    aliased = out is not None and any(np.may_share_memory(y, a) for a in (x, w, b) if a is not None)
+    y_kernel = y if (y.dtype == dtype and not aliased) else np.empty(result_shape, dtype)
     if p.N > 0:
         args = (_prepare(x4, dtype), _prepare(w, dtype), None if b is None else _prepare(b, dtype),
                 y_kernel.reshape(p.output_shape), activation == "relu")

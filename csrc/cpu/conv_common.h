@@ -15,17 +15,48 @@ namespace detail {
 // output columns [j0, j0 + nt): row (c, r, s), column j = p*Q + q holds
 // input[c, p*stride_h - pad_h + r*dil_h, q*stride_w - pad_w + s*dil_w] or 0.
 // `xg` points at the group's first input channel; `col` is row-major (ld nt).
+// `ld` is the row stride of `col` (defaults to nt; larger when several images
+// share one column block side by side).
 template <typename T>
 void im2col_rows(const ConvProblem& p, const T* xg, int64_t j0, int64_t nt, int64_t row0,
-                 int64_t row1, T* col) {
+                 int64_t row1, T* col, int64_t ld = -1) {
+  if (ld < 0) ld = nt;
   const int64_t HW = p.H * p.W, RS = p.R * p.S;
+  if (j0 == 0 && nt == p.P * p.Q) {
+    // Whole image (the common case for small images): walk output rows
+    // directly, no divisions per segment, no memcpy calls for short rows.
+    for (int64_t row = row0; row < row1; ++row) {
+      const int64_t c = row / RS, r = (row % RS) / p.S, s = row % p.S;
+      const T* xc = xg + c * HW;
+      const int64_t hoff = r * p.dil_h - p.pad_h, woff = s * p.dil_w - p.pad_w;
+      const int64_t qa = std::min(p.Q, first_valid(woff, p.stride_w));
+      const int64_t qb = std::max(qa, end_valid(woff, p.stride_w, p.W, p.Q));
+      T* dst = col + row * ld;
+      for (int64_t pp = 0; pp < p.P; ++pp, dst += p.Q) {
+        const int64_t ih = pp * p.stride_h + hoff;
+        if (ih < 0 || ih >= p.H) {
+          for (int64_t q = 0; q < p.Q; ++q) dst[q] = T(0);
+          continue;
+        }
+        const T* xr = xc + ih * p.W + woff;
+        for (int64_t q = 0; q < qa; ++q) dst[q] = T(0);
+        if (p.stride_w == 1) {
+          for (int64_t q = qa; q < qb; ++q) dst[q] = xr[q];
+        } else {
+          for (int64_t q = qa; q < qb; ++q) dst[q] = xr[q * p.stride_w];
+        }
+        for (int64_t q = qb; q < p.Q; ++q) dst[q] = T(0);
+      }
+    }
+    return;
+  }
   for (int64_t row = row0; row < row1; ++row) {
     const int64_t c = row / RS, r = (row % RS) / p.S, s = row % p.S;
     const T* xc = xg + c * HW;
     const int64_t hoff = r * p.dil_h - p.pad_h, woff = s * p.dil_w - p.pad_w;
     const int64_t qa = first_valid(woff, p.stride_w);
     const int64_t qb = std::max(qa, end_valid(woff, p.stride_w, p.W, p.Q));
-    T* dst = col + row * nt;
+    T* dst = col + row * ld;
     int64_t j = j0;
     const int64_t jend = j0 + nt;
     while (j < jend) {

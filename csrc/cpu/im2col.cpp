@@ -4,11 +4,19 @@
 // Dgrad:  dcol (CgRS x PQ)        = weight[g]^T . grad_output[n, g], then a
 //         gather-style col2im: each grad_input row pulls its taps (no atomics).
 // Wgrad:  grad_weight[g]         += grad_output[n, g] . col[n, g]^T, summed over
-//         n and column tiles in a fixed order (see reduce_weight_grad).
-// The column matrix is never materialized for the whole batch: it is built one
-// tile of output columns at a time, at most kIm2colTileBytes (16 MiB) per
-// thread (a tile is never narrower than 64 columns, so for CgRS > 65536 the
-// bound is CgRS * 64 * sizeof(T)).
+//         images and column blocks in a fixed order (see reduce_weight_grad).
+//
+// Column blocks. The GEMM's N dimension is a block of output columns: a tile
+// of one image's P*Q pixels when the image is large, or several WHOLE images
+// side by side when P*Q is small (late ResNet/VGG layers: 7x7, 14x14), so that
+// the GEMM stays wide enough to amortize packing the weight (which is
+// repacked for every GEMM call). Batched blocks go through small scratch
+// copies of the output / grad_output (Kg x block), cheap next to the GEMM.
+//
+// Workspace bound: the column matrix is never materialized for the whole
+// batch; one block holds at most kIm2colTileBytes (16 MiB) of columns per
+// thread (a block is never narrower than 64 columns, so for CgRS > 65536 the
+// bound is CgRS * 64 * sizeof(T)), plus Kg x block for batched blocks.
 #include "conv_common.h"
 
 namespace fastconv {
@@ -18,53 +26,152 @@ using detail::im2col_tile_cols;
 
 std::string im2col_supports(const ConvProblem&) { return ""; }
 
-template <typename T>
-void im2col_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu) {
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
-  const int64_t CRS = Cg * p.R * p.S;
-  const int64_t nt = im2col_tile_cols(CRS, PQ, sizeof(T));
-  const int64_t tiles = (PQ + nt - 1) / nt;
-  const int64_t items = p.N * p.groups * tiles;
-  const int threads = max_threads();
+namespace {
 
-  auto run_item = [&](int64_t item, T* col, bool par) {
-    const int64_t t = item % tiles, ng = item / tiles;
-    const int64_t g = ng % p.groups, n = ng / p.groups;
-    const int64_t j0 = t * nt, ncols = std::min(nt, PQ - j0);
-    const T* xg = x + (n * p.C + g * Cg) * HW;
-    if (par) {
-#pragma omp parallel for schedule(static)
-      for (int64_t row = 0; row < CRS; ++row) im2col_rows(p, xg, j0, ncols, row, row + 1, col);
-    } else {
-      im2col_rows(p, xg, j0, ncols, 0, CRS, col);
-    }
-    GemmEpilogue<T> ep;
-    ep.row_bias = bias ? bias + g * Kg : nullptr;
-    ep.relu = relu;
-    gemm<T>(Kg, ncols, CRS, w + g * Kg * CRS, CRS, 1, col, ncols, 1, T(0),
-            y + (n * p.K + g * Kg) * PQ + j0, PQ, par, ep);
-  };
+// Below this many output pixels per image, whole images are batched.
+constexpr int64_t kMinBlockCols = 512;
 
-  if (threads > 1 && items >= 2 * threads) {
-#pragma omp parallel
-    {
-      AlignedBuffer<T> col(CRS * nt);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t item = 0; item < items; ++item) run_item(item, col.data(), false);
-    }
+struct Blocking {
+  int64_t nb;      // images per block (1: single-image tiles)
+  int64_t nt;      // columns per tile of one image (== PQ when nb > 1)
+  int64_t tiles;   // tiles per image (1 when nb > 1)
+  int64_t blocks;  // column blocks per group
+  int64_t cols;    // max columns in a block
+};
+
+Blocking blocking(const ConvProblem& p, int64_t rows, int64_t elem) {
+  const int64_t PQ = p.P * p.Q;
+  const int64_t max_cols = im2col_tile_cols(rows, std::max<int64_t>(PQ, p.N * PQ), elem);
+  Blocking b;
+  if (PQ < kMinBlockCols && p.N > 1 && max_cols >= 2 * PQ) {
+    b.nb = std::min<int64_t>(p.N, std::min(max_cols / PQ, (kMinBlockCols * 2 + PQ - 1) / PQ));
+    b.blocks = (p.N + b.nb - 1) / b.nb;
+    b.nb = (p.N + b.blocks - 1) / b.blocks;  // even out the blocks (8 -> 4+4, not 6+2)
+    b.nt = PQ;
+    b.tiles = 1;
+    b.cols = b.nb * PQ;
   } else {
-    AlignedBuffer<T> col(CRS * nt);
-    for (int64_t item = 0; item < items; ++item) run_item(item, col.data(), threads > 1);
+    b.nb = 1;
+    b.nt = std::min(max_cols, PQ);
+    b.tiles = (PQ + b.nt - 1) / b.nt;
+    b.blocks = p.N * b.tiles;
+    b.cols = b.nt;
+  }
+  return b;
+}
+
+// One column block of group g: images [n0, n0 + nimg), and within a single
+// image the pixel tile [j0, j0 + ncols).
+struct Block {
+  int64_t n0, nimg, j0, ncols, width;  // width = columns of the block = ld of col
+};
+
+Block block_at(const ConvProblem& p, const Blocking& b, int64_t index) {
+  const int64_t PQ = p.P * p.Q;
+  Block k;
+  if (b.nb > 1) {
+    k.n0 = index * b.nb;
+    k.nimg = std::min(b.nb, p.N - k.n0);
+    k.j0 = 0;
+    k.ncols = PQ;
+    k.width = k.nimg * PQ;
+  } else {
+    k.n0 = index / b.tiles;
+    k.nimg = 1;
+    k.j0 = (index % b.tiles) * b.nt;
+    k.ncols = std::min(b.nt, PQ - k.j0);
+    k.width = k.ncols;
+  }
+  return k;
+}
+
+// col (CRS x width) for one block of group g
+template <typename T>
+void build_columns(const ConvProblem& p, const T* x, int64_t g, const Block& k, T* col, bool par) {
+  const int64_t Cg = p.Cg(), HW = p.H * p.W, CRS = Cg * p.R * p.S;
+  const int64_t units = k.nimg * CRS;
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t i = u / CRS, row = u % CRS;
+    const T* xg = x + ((k.n0 + i) * p.C + g * Cg) * HW;
+    im2col_rows(p, xg, k.j0, k.ncols, row, row + 1, col + i * k.ncols, k.width);
   }
 }
 
-// col2im as a gather for output rows [p0, p1): grad_input rows of channels
-// [c0, c1) pull every tap (r, s) that lands on them from the dcol tile.
+// (Kg x width) block of a NKPQ tensor <-> contiguous scratch
 template <typename T>
-static void col2im_gather_rows(const ConvProblem& p, const T* dcol, int64_t p0, int64_t p1,
-                               int64_t cg_row0, int64_t cg_row1, T* dxg) {
-  const int64_t HW = p.H * p.W, RS = p.R * p.S, ncols = (p1 - p0) * p.Q;
-  for (int64_t item = cg_row0; item < cg_row1; ++item) {  // item = c * H + h
+void gather_block(const ConvProblem& p, const T* t, int64_t g, const Block& k, T* dst) {
+  const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
+  for (int64_t kk = 0; kk < Kg; ++kk)
+    for (int64_t i = 0; i < k.nimg; ++i)
+      std::memcpy(dst + kk * k.width + i * PQ, t + ((k.n0 + i) * p.K + g * Kg + kk) * PQ,
+                  sizeof(T) * PQ);
+}
+template <typename T>
+void scatter_block(const ConvProblem& p, const T* src, int64_t g, const Block& k, T* t) {
+  const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
+  for (int64_t kk = 0; kk < Kg; ++kk)
+    for (int64_t i = 0; i < k.nimg; ++i)
+      std::memcpy(t + ((k.n0 + i) * p.K + g * Kg + kk) * PQ, src + kk * k.width + i * PQ,
+                  sizeof(T) * PQ);
+}
+
+// run body(item, scratch, parallel) over items: in parallel with serial GEMMs
+// when there are enough items, else one after another with parallel GEMMs.
+template <typename T, typename Body>
+void for_items(int64_t items, int64_t scratch_elems, int64_t min_items, Body&& body) {
+  const int threads = max_threads();
+  if (threads > 1 && items >= min_items * threads) {
+#pragma omp parallel
+    {
+      AlignedBuffer<T> scratch(scratch_elems);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), false);
+    }
+  } else {
+    AlignedBuffer<T> scratch(scratch_elems);
+    for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), threads > 1);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void im2col_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu) {
+  const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
+  const int64_t CRS = p.Cg() * p.R * p.S;
+  const Blocking b = blocking(p, CRS, sizeof(T));
+  const int64_t out_scratch = b.nb > 1 ? Kg * b.cols : 0;
+  for_items<T>(p.groups * b.blocks, CRS * b.cols + out_scratch, 2, [&](int64_t item, T* scratch,
+                                                                          bool par) {
+    const int64_t g = item % p.groups;
+    const Block k = block_at(p, b, item / p.groups);
+    T* col = scratch;
+    build_columns(p, x, g, k, col, par);
+    GemmEpilogue<T> ep;
+    ep.row_bias = bias ? bias + g * Kg : nullptr;
+    ep.relu = relu;
+    if (b.nb > 1) {
+      T* out = scratch + CRS * b.cols;
+      gemm<T>(Kg, k.width, CRS, w + g * Kg * CRS, CRS, 1, col, k.width, 1, T(0), out, k.width, par,
+              ep);
+      scatter_block(p, out, g, k, y);
+    } else {
+      gemm<T>(Kg, k.ncols, CRS, w + g * Kg * CRS, CRS, 1, col, k.ncols, 1, T(0),
+              y + (k.n0 * p.K + g * Kg) * PQ + k.j0, PQ, par, ep);
+    }
+  });
+}
+
+// col2im as a gather for output rows [p0, p1) of one image: grad_input rows
+// `item` in [row0, row1) (item = c * H + h) pull every tap (r, s) that lands
+// on them. `dcol` holds the block's columns for this image, row stride ld,
+// column 0 = output pixel (p0, 0).
+template <typename T>
+static void col2im_gather_rows(const ConvProblem& p, const T* dcol, int64_t ld, int64_t p0,
+                               int64_t p1, int64_t row0, int64_t row1, T* dxg) {
+  const int64_t HW = p.H * p.W, RS = p.R * p.S;
+  for (int64_t item = row0; item < row1; ++item) {
     const int64_t c = item / p.H, h = item % p.H;
     T* dxr = dxg + c * HW + h * p.W;
     for (int64_t r = 0; r < p.R; ++r) {
@@ -73,7 +180,7 @@ static void col2im_gather_rows(const ConvProblem& p, const T* dcol, int64_t p0, 
       const int64_t pp = num / p.stride_h;
       if (pp < p0 || pp >= p1) continue;
       for (int64_t s = 0; s < p.S; ++s) {
-        const T* src = dcol + (c * RS + r * p.S + s) * ncols + (pp - p0) * p.Q;
+        const T* src = dcol + (c * RS + r * p.S + s) * ld + (pp - p0) * p.Q;
         const int64_t woff = s * p.dil_w - p.pad_w;
         const int64_t q0 = first_valid(woff, p.stride_w);
         const int64_t q1 = end_valid(woff, p.stride_w, p.W, p.Q);
@@ -93,13 +200,35 @@ template <typename T>
 void im2col_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
   const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
   const int64_t CRS = Cg * p.R * p.S;
-  // tile over whole output rows so a tile's taps map to a band of input rows
-  const int64_t rows_per_tile =
-      std::max<int64_t>(1, std::min<int64_t>(p.P, im2col_tile_cols(CRS, PQ, sizeof(T)) / p.Q));
-  const int64_t items = p.N * p.groups;
-  const int threads = max_threads();
-
-  auto run_item = [&](int64_t item, T* dcol, bool par) {
+  const Blocking b = blocking(p, CRS, sizeof(T));
+  if (b.nb > 1) {
+    // whole images per block: dcol = weight^T . grad_output block, then each
+    // image's grad_input is gathered from its own columns of dcol
+    for_items<T>(p.groups * b.blocks, CRS * b.cols + Kg * b.cols, 1, [&](int64_t item, T* scratch,
+                                                                          bool par) {
+      const int64_t g = item % p.groups;
+      const Block k = block_at(p, b, item / p.groups);
+      T* dcol = scratch;
+      T* dyb = scratch + CRS * b.cols;
+      gather_block(p, dy, g, k, dyb);
+      gemm<T>(CRS, k.width, Kg, w + g * Kg * CRS, 1, CRS, dyb, k.width, 1, T(0), dcol, k.width, par);
+      const int64_t rows = k.nimg * Cg * p.H;
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t u = 0; u < rows; ++u) {
+        const int64_t i = u / (Cg * p.H), row = u % (Cg * p.H);
+        T* dxg = dx + ((k.n0 + i) * p.C + g * Cg) * HW;
+        const int64_t c = row / p.H, h = row % p.H;
+        T* dxr = dxg + c * HW + h * p.W;
+        for (int64_t q = 0; q < p.W; ++q) dxr[q] = T(0);
+        col2im_gather_rows(p, dcol + i * PQ, k.width, 0, p.P, row, row + 1, dxg);
+      }
+    });
+    return;
+  }
+  // large images: tile over whole output rows so a tile's taps map to a band
+  // of input rows; grad_input accumulates over the tiles in order
+  const int64_t rows_per_tile = std::max<int64_t>(1, std::min<int64_t>(p.P, b.nt / p.Q));
+  for_items<T>(p.N * p.groups, CRS * rows_per_tile * p.Q, 1, [&](int64_t item, T* dcol, bool par) {
     const int64_t g = item % p.groups, n = item / p.groups;
     T* dxg = dx + (n * p.C + g * Cg) * HW;
     std::memset(dxg, 0, sizeof(T) * Cg * HW);
@@ -108,55 +237,38 @@ void im2col_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
       // dcol = weight[g]^T (CRS x Kg) . grad_output tile (Kg x ncols)
       gemm<T>(CRS, ncols, Kg, w + g * Kg * CRS, 1, CRS, dy + (n * p.K + g * Kg) * PQ + p0 * p.Q,
               PQ, 1, T(0), dcol, ncols, par);
-      if (par) {
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < Cg * p.H; ++i) col2im_gather_rows(p, dcol, p0, p1, i, i + 1, dxg);
-      } else {
-        col2im_gather_rows(p, dcol, p0, p1, 0, Cg * p.H, dxg);
-      }
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t i = 0; i < Cg * p.H; ++i)
+        col2im_gather_rows(p, dcol, ncols, p0, p1, i, i + 1, dxg);
     }
-  };
-
-  if (threads > 1 && items >= threads) {
-#pragma omp parallel
-    {
-      AlignedBuffer<T> dcol(CRS * rows_per_tile * p.Q);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t item = 0; item < items; ++item) run_item(item, dcol.data(), false);
-    }
-  } else {
-    AlignedBuffer<T> dcol(CRS * rows_per_tile * p.Q);
-    for (int64_t item = 0; item < items; ++item) run_item(item, dcol.data(), threads > 1);
-  }
+  });
 }
 
 template <typename T>
 void im2col_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
-  const int64_t CRS = Cg * p.R * p.S;
-  const int64_t nt = im2col_tile_cols(CRS, PQ, sizeof(T));
-  const int64_t tiles = (PQ + nt - 1) / nt;
-  // items ordered (n, tile) within each group; groups are independent slices
-  const int64_t items = p.N * tiles * p.groups;
-  const int64_t welems = p.K * CRS;
-  // one column buffer per thread, created lazily inside the body
-  detail::reduce_weight_grad<T>(items, welems, dw, [&](int64_t item, T* acc, bool par) {
-    thread_local AlignedBuffer<T> col;
-    col.resize(CRS * nt);
-    const int64_t g = item % p.groups, nt_item = item / p.groups;
-    const int64_t t = nt_item % tiles, n = nt_item / tiles;
-    const int64_t j0 = t * nt, ncols = std::min(nt, PQ - j0);
-    const T* xg = x + (n * p.C + g * Cg) * HW;
-    T* colp = col.data();
-    if (par) {
-#pragma omp parallel for schedule(static)
-      for (int64_t row = 0; row < CRS; ++row) im2col_rows(p, xg, j0, ncols, row, row + 1, colp);
+  const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
+  const int64_t CRS = p.Cg() * p.R * p.S;
+  const Blocking b = blocking(p, CRS, sizeof(T));
+  // items ordered (block, group); groups are independent slices of dw
+  const int64_t items = b.blocks * p.groups;
+  const int64_t scratch = CRS * b.cols + (b.nb > 1 ? Kg * b.cols : 0);
+  detail::reduce_weight_grad<T>(items, p.K * CRS, dw, [&](int64_t item, T* acc, bool par) {
+    thread_local AlignedBuffer<T> buf;
+    buf.resize(scratch);
+    const int64_t g = item % p.groups;
+    const Block k = block_at(p, b, item / p.groups);
+    T* col = buf.data();
+    build_columns(p, x, g, k, col, par);
+    // acc[g] (Kg x CRS) += grad_output block (Kg x width) . col^T (width x CRS)
+    if (b.nb > 1) {
+      T* dyb = col + CRS * b.cols;
+      gather_block(p, dy, g, k, dyb);
+      gemm<T>(Kg, CRS, k.width, dyb, k.width, 1, col, 1, k.width, T(1), acc + g * Kg * CRS, CRS,
+              par);
     } else {
-      im2col_rows(p, xg, j0, ncols, 0, CRS, colp);
+      gemm<T>(Kg, CRS, k.ncols, dy + (k.n0 * p.K + g * Kg) * PQ + k.j0, PQ, 1, col, 1, k.ncols,
+              T(1), acc + g * Kg * CRS, CRS, par);
     }
-    // acc[g] (Kg x CRS) += grad_output tile (Kg x ncols) . col^T (ncols x CRS)
-    gemm<T>(Kg, CRS, ncols, dy + (n * p.K + g * Kg) * PQ + j0, PQ, 1, colp, 1, ncols, T(1),
-            acc + g * Kg * CRS, CRS, par);
   });
 }
 

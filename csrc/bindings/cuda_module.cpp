@@ -1,15 +1,113 @@
 // pybind11 bindings of the CUDA module. Importing it never requires a GPU:
 // without a driver/device, runtime_info() says why and the backend reports
 // itself unavailable.
+//
+// The convolution entry points take objects exposing __cuda_array_interface__
+// (CuPy arrays, torch CUDA tensors, Numba device arrays): C-contiguous float32
+// or float64 device buffers, checked against the ConvProblem here, launched on
+// the caller's stream with the GIL released. Launch failures raise
+// RuntimeError with CUDA's error string.
+//
+// Status: these bindings are compiled in CI but have never been run on a GPU
+// (no machine of this project has one); the kernels behind them are the ones
+// the "cuda-emu" backend executes and tests on the CPU.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fastconv/conv_cuda.h"
 #include "fastconv/cuda_api.h"
+#include "fastconv/problem.h"
 
 namespace py = pybind11;
+using fastconv::ConvProblem;
+
+namespace {
+
+struct DeviceArray {
+  void* ptr = nullptr;
+  int64_t elems = 1;
+  int itemsize = 0;
+  bool readonly = false;
+  py::object stream;  // the producer's stream entry (None when absent)
+};
+
+// Reads and checks one __cuda_array_interface__ (v2/v3).
+DeviceArray device_array(py::handle obj, const char* name) {
+  const std::string n(name);
+  if (!py::hasattr(obj, "__cuda_array_interface__"))
+    throw py::type_error(n + ": expected a GPU array with __cuda_array_interface__ (CuPy array, torch CUDA tensor), got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::dict d = obj.attr("__cuda_array_interface__");
+  DeviceArray a;
+  const std::string typestr = d["typestr"].cast<std::string>();
+  if (typestr == "<f4") a.itemsize = 4;
+  else if (typestr == "<f8") a.itemsize = 8;
+  else throw py::type_error(n + ": dtype must be float32 or float64, got typestr " + typestr);
+  const auto shape = d["shape"].cast<std::vector<int64_t>>();
+  for (int64_t s : shape) a.elems *= s;
+  if (d.contains("strides") && !d["strides"].is_none()) {
+    const auto strides = d["strides"].cast<std::vector<int64_t>>();
+    int64_t expect = a.itemsize;
+    for (size_t i = shape.size(); i-- > 0;) {
+      if (shape[i] > 1 && strides[i] != expect) throw py::value_error(n + ": must be C-contiguous");
+      expect *= shape[i];
+    }
+  }
+  if (d.contains("mask") && !d["mask"].is_none()) throw py::value_error(n + ": masked arrays are not supported");
+  const py::tuple data = d["data"];
+  a.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  a.readonly = data[1].cast<bool>();
+  a.stream = d.contains("stream") ? py::object(d["stream"]) : py::object(py::none());
+  if (a.elems > 0 && a.ptr == nullptr) throw py::value_error(n + ": null device pointer");
+  return a;
+}
+
+void expect(const DeviceArray& a, const char* name, int64_t elems, int itemsize, bool output) {
+  if (a.itemsize != itemsize) throw py::type_error(std::string(name) + ": dtype does not match the input's");
+  if (a.elems != elems)
+    throw py::value_error(std::string(name) + ": has " + std::to_string(a.elems) + " elements, the problem needs " +
+                          std::to_string(elems));
+  if (output && a.readonly) throw py::value_error(std::string(name) + ": is read-only");
+}
+
+// Explicit stream (an int cudaStream_t, e.g. cupy.cuda.get_current_stream().ptr)
+// wins; otherwise the stream the output's producer exported (CuPy exports its
+// current stream in interface v3); otherwise the legacy default stream.
+void* pick_stream(py::object stream, const DeviceArray& out) {
+  if (!stream.is_none()) return reinterpret_cast<void*>(stream.cast<uintptr_t>());
+  if (!out.stream.is_none()) return reinterpret_cast<void*>(out.stream.cast<uintptr_t>());
+  return nullptr;
+}
+
+bool use_igemm(const std::string& algo) {
+  if (algo == "direct") return false;
+  if (algo == "im2col") return true;
+  throw py::value_error("cuda: unknown algorithm '" + algo + "' (this backend has 'direct' and 'im2col')");
+}
+
+void check(bool igemm, const ConvProblem& p) {
+  try {
+    fastconv::check_problem(p);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  if (igemm) {
+    const std::string why = fastconv::cuda::igemm_supports(p);
+    if (!why.empty()) throw py::value_error(why);
+  }
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "fastconv compiled CUDA module";
+  m.doc() =
+      "fastconv compiled CUDA module. Convolution entry points take __cuda_array_interface__ arrays; "
+      "compiled but not yet run on a GPU by this project (the same kernels are tested on the CPU "
+      "through the 'cuda-emu' backend).";
   m.def("runtime_info", [] {
     const auto info = fastconv::cuda::runtime_info();
     py::dict d;
@@ -19,4 +117,97 @@ PYBIND11_MODULE(_cuda, m) {
     d["error"] = info.error;
     return d;
   });
+
+  py::class_<ConvProblem>(m, "ConvProblem", py::module_local())
+      .def(py::init([](int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t P,
+                       int64_t Q, int64_t pad_h, int64_t pad_w, int64_t stride_h, int64_t stride_w, int64_t dil_h,
+                       int64_t dil_w, int64_t groups) {
+             ConvProblem p;
+             p.N = N; p.C = C; p.H = H; p.W = W; p.K = K; p.R = R; p.S = S; p.P = P; p.Q = Q;
+             p.pad_h = pad_h; p.pad_w = pad_w; p.stride_h = stride_h; p.stride_w = stride_w;
+             p.dil_h = dil_h; p.dil_w = dil_w; p.groups = groups;
+             return p;
+           }),
+           py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("R"), py::arg("S"),
+           py::arg("P"), py::arg("Q"), py::arg("pad_h"), py::arg("pad_w"), py::arg("stride_h"),
+           py::arg("stride_w"), py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"));
+
+  m.def("supports", [](const std::string& algo, const ConvProblem& p) {
+    return use_igemm(algo) ? fastconv::cuda::igemm_supports(p) : std::string();
+  }, "Empty string if the algorithm can take the problem, else the reason.");
+
+  m.def("fprop", [](const std::string& algo, const ConvProblem& p, py::object x, py::object w, py::object bias,
+                    py::object y, bool relu, py::object stream) {
+    const bool ig = use_igemm(algo);
+    check(ig, p);
+    const DeviceArray xa = device_array(x, "input"), wa = device_array(w, "weight"), ya = device_array(y, "output");
+    const int es = xa.itemsize;
+    expect(xa, "input", p.input_elems(), es, false);
+    expect(wa, "weight", p.weight_elems(), es, false);
+    expect(ya, "output", p.output_elems(), es, true);
+    const void* bp = nullptr;
+    if (!bias.is_none()) {
+      const DeviceArray ba = device_array(bias, "bias");
+      expect(ba, "bias", p.K, es, false);
+      bp = ba.ptr;
+    }
+    void* s = pick_stream(stream, ya);
+    if (p.N == 0) return;
+    py::gil_scoped_release release;
+    if (es == 4) {
+      auto f = ig ? fastconv::cuda::igemm_fprop<float> : fastconv::cuda::direct_fprop<float>;
+      f(p, static_cast<const float*>(xa.ptr), static_cast<const float*>(wa.ptr), static_cast<const float*>(bp),
+        static_cast<float*>(ya.ptr), relu, s);
+    } else {
+      // the implicit GEMM is float32 only (double would spill): float64 runs the direct kernel
+      fastconv::cuda::direct_fprop<double>(p, static_cast<const double*>(xa.ptr), static_cast<const double*>(wa.ptr), static_cast<const double*>(bp),
+        static_cast<double*>(ya.ptr), relu, s);
+    }
+  }, py::arg("algo"), py::arg("problem"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
+     py::arg("relu") = false, py::arg("stream") = py::none(),
+     "Fprop on device arrays. 'direct': one output element per thread; 'im2col': implicit GEMM "
+     "(float32; float64 runs the direct kernel).");
+
+  m.def("dgrad", [](const std::string& algo, const ConvProblem& p, py::object dy, py::object w, py::object dx,
+                    py::object stream) {
+    check(use_igemm(algo), p);
+    const DeviceArray da = device_array(dy, "grad_output"), wa = device_array(w, "weight"),
+                      xa = device_array(dx, "grad_input");
+    const int es = da.itemsize;
+    expect(da, "grad_output", p.output_elems(), es, false);
+    expect(wa, "weight", p.weight_elems(), es, false);
+    expect(xa, "grad_input", p.input_elems(), es, true);
+    void* s = pick_stream(stream, xa);
+    if (p.N == 0) return;
+    py::gil_scoped_release release;
+    if (es == 4)
+      fastconv::cuda::direct_dgrad<float>(p, static_cast<const float*>(da.ptr), static_cast<const float*>(wa.ptr),
+                                          static_cast<float*>(xa.ptr), s);
+    else
+      fastconv::cuda::direct_dgrad<double>(p, static_cast<const double*>(da.ptr), static_cast<const double*>(wa.ptr),
+                                           static_cast<double*>(xa.ptr), s);
+  }, py::arg("algo"), py::arg("problem"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
+     py::arg("stream") = py::none(), "Dgrad as a gather (both algorithms run the direct kernel).");
+
+  m.def("wgrad", [](const std::string& algo, const ConvProblem& p, py::object x, py::object dy, py::object dw,
+                    py::object stream) {
+    check(use_igemm(algo), p);
+    const DeviceArray xa = device_array(x, "input"), da = device_array(dy, "grad_output"),
+                      wa = device_array(dw, "grad_weight");
+    const int es = xa.itemsize;
+    expect(xa, "input", p.input_elems(), es, false);
+    expect(da, "grad_output", p.output_elems(), es, false);
+    expect(wa, "grad_weight", p.weight_elems(), es, true);
+    if (p.N == 0) throw py::value_error("wgrad with N == 0: zero grad_weight on the caller's side");
+    void* s = pick_stream(stream, wa);
+    py::gil_scoped_release release;
+    if (es == 4)
+      fastconv::cuda::direct_wgrad<float>(p, static_cast<const float*>(xa.ptr), static_cast<const float*>(da.ptr),
+                                          static_cast<float*>(wa.ptr), s);
+    else
+      fastconv::cuda::direct_wgrad<double>(p, static_cast<const double*>(xa.ptr), static_cast<const double*>(da.ptr),
+                                           static_cast<double*>(wa.ptr), s);
+  }, py::arg("algo"), py::arg("problem"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"),
+     py::arg("stream") = py::none(),
+     "Wgrad, one weight element per block with a fixed-order tree reduction (both algorithms).");
 }

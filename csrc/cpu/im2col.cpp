@@ -136,8 +136,200 @@ void for_items(int64_t items, int64_t scratch_elems, int64_t min_items, Body&& b
 
 }  // namespace
 
+// ---------------------------------------------------------------------------
+// Padded-width columns for small stride-1 problems.
+//
+// With stride 1, output pixel (p, q) of tap (c, r, s) reads padded-input
+// element (p + r*dil_h, q + s*dil_w). Indexing output columns by j = p*Wp + q
+// over the PADDED width Wp = Q + dil_w*(S-1), the whole im2col row of a tap is
+// one contiguous slice of the padded image starting at r*dil_h*Wp + s*dil_w:
+// one copy per (tap, image) instead of one short copy per output row, which
+// is what dominates small layers (LeNet, 14x14 feature maps). The GEMM then
+// also computes the Wp - Q columns that straddle two rows; they are dropped
+// when the result is compacted (at most kMaxWaste extra work). Dgrad adds each
+// dcol row back as one contiguous slice; Wgrad sees zero grad_output there.
+namespace {
+
+constexpr double kMaxWaste = 1.5;  // Wp / Q
+
+struct Padded {
+  int64_t Hp, Wp, ncols, span;  // span = P*Wp columns per image, ncols of them valid
+};
+
+Padded padded_geometry(const ConvProblem& p) {
+  Padded g;
+  g.Hp = p.P + p.dil_h * (p.R - 1);
+  g.Wp = p.Q + p.dil_w * (p.S - 1);
+  g.span = p.P * g.Wp;
+  g.ncols = (p.P - 1) * g.Wp + p.Q;
+  return g;
+}
+
+bool padded_ok(const ConvProblem& p) {
+  return p.stride_h == 1 && p.stride_w == 1 && p.P * p.Q < kMinBlockCols &&
+         double(p.Q + p.dil_w * (p.S - 1)) <= kMaxWaste * double(p.Q);
+}
+
+// padded plane(s) of one image/group: (Cg x Hp x Wp); the input itself when no
+// padding is needed
+template <typename T>
+const T* padded_input(const ConvProblem& p, const Padded& g, const T* xg, T* buf) {
+  const int64_t Cg = p.Cg();
+  if (p.pad_h == 0 && p.pad_w == 0 && g.Hp == p.H && g.Wp == p.W) return xg;
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t h = 0; h < g.Hp; ++h) {
+      T* d = buf + (c * g.Hp + h) * g.Wp;
+      const int64_t ih = h - p.pad_h;
+      for (int64_t w = 0; w < g.Wp; ++w) {
+        const int64_t iw = w - p.pad_w;
+        d[w] = (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) ? xg[(c * p.H + ih) * p.W + iw] : T(0);
+      }
+    }
+  return buf;
+}
+
+// col rows for image i of a block: row (c, r, s) = contiguous slice, gap zeroed
+template <typename T>
+void padded_columns(const ConvProblem& p, const Padded& g, const T* xp, int64_t i, int64_t width,
+                    T* col) {
+  const int64_t CRS = p.Cg() * p.R * p.S, RS = p.R * p.S;
+  for (int64_t row = 0; row < CRS; ++row) {
+    const int64_t c = row / RS, r = (row % RS) / p.S, s = row % p.S;
+    const T* src = xp + c * g.Hp * g.Wp + r * p.dil_h * g.Wp + s * p.dil_w;
+    T* dst = col + row * width + i * g.span;
+    std::memcpy(dst, src, sizeof(T) * g.ncols);
+    for (int64_t j = g.ncols; j < g.span; ++j) dst[j] = T(0);
+  }
+}
+
+int64_t padded_block_images(const ConvProblem& p, const Padded& g) {
+  const int64_t CRS = p.Cg() * p.R * p.S;
+  int64_t nb = std::max<int64_t>(1, (2 * kMinBlockCols + g.span - 1) / g.span);
+  nb = std::min(nb, std::max<int64_t>(1, kIm2colTileBytes / int64_t(sizeof(float) * CRS * g.span)));
+  nb = std::min(nb, p.N);
+  const int64_t blocks = (p.N + nb - 1) / nb;
+  return (p.N + blocks - 1) / blocks;
+}
+
+template <typename T>
+void padded_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
+  const int64_t CRS = Cg * p.R * p.S;
+  const Padded g = padded_geometry(p);
+  const int64_t nb = padded_block_images(p, g), blocks = (p.N + nb - 1) / nb;
+  const int64_t width_max = nb * g.span;
+  const int64_t scratch = CRS * width_max + Kg * width_max + Cg * g.Hp * g.Wp;
+  for_items<T>(p.groups * blocks, scratch, 2, [&](int64_t item, T* buf, bool par) {
+    const int64_t grp = item % p.groups, n0 = (item / p.groups) * nb;
+    const int64_t nimg = std::min(nb, p.N - n0), width = nimg * g.span;
+    T* col = buf;
+    T* out = col + CRS * width_max;
+    T* xpbuf = out + Kg * width_max;
+    for (int64_t i = 0; i < nimg; ++i) {
+      const T* xp = padded_input(p, g, x + ((n0 + i) * p.C + grp * Cg) * HW, xpbuf);
+      padded_columns(p, g, xp, i, width, col);
+    }
+    GemmEpilogue<T> ep;
+    ep.row_bias = bias ? bias + grp * Kg : nullptr;
+    ep.relu = relu;
+    gemm<T>(Kg, width, CRS, w + grp * Kg * CRS, CRS, 1, col, width, 1, T(0), out, width, par, ep);
+    for (int64_t i = 0; i < nimg; ++i)
+      for (int64_t kk = 0; kk < Kg; ++kk) {
+        T* yk = y + ((n0 + i) * p.K + grp * Kg + kk) * PQ;
+        const T* src = out + kk * width + i * g.span;
+        for (int64_t pp = 0; pp < p.P; ++pp)
+          std::memcpy(yk + pp * p.Q, src + pp * g.Wp, sizeof(T) * p.Q);
+      }
+  });
+}
+
+// grad_output of a block in padded-width layout (Kg x width), gap columns 0
+template <typename T>
+void padded_grad_output(const ConvProblem& p, const Padded& g, const T* dy, int64_t grp,
+                        int64_t n0, int64_t nimg, int64_t width, T* dst) {
+  const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
+  for (int64_t kk = 0; kk < Kg; ++kk)
+    for (int64_t i = 0; i < nimg; ++i) {
+      const T* src = dy + ((n0 + i) * p.K + grp * Kg + kk) * PQ;
+      T* d = dst + kk * width + i * g.span;
+      for (int64_t pp = 0; pp < p.P; ++pp) {
+        std::memcpy(d + pp * g.Wp, src + pp * p.Q, sizeof(T) * p.Q);
+        for (int64_t j = p.Q; j < g.Wp; ++j) d[pp * g.Wp + j] = T(0);
+      }
+    }
+}
+
+template <typename T>
+void padded_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), HW = p.H * p.W, RS = p.R * p.S;
+  const int64_t CRS = Cg * RS;
+  const Padded g = padded_geometry(p);
+  const int64_t nb = padded_block_images(p, g), blocks = (p.N + nb - 1) / nb;
+  const int64_t width_max = nb * g.span, plane = g.Hp * g.Wp;
+  const int64_t scratch = CRS * width_max + Kg * width_max + Cg * plane;
+  for_items<T>(p.groups * blocks, scratch, 1, [&](int64_t item, T* buf, bool par) {
+    const int64_t grp = item % p.groups, n0 = (item / p.groups) * nb;
+    const int64_t nimg = std::min(nb, p.N - n0), width = nimg * g.span;
+    T* dcol = buf;
+    T* dyb = dcol + CRS * width_max;
+    T* dxp = dyb + Kg * width_max;
+    padded_grad_output(p, g, dy, grp, n0, nimg, width, dyb);
+    gemm<T>(CRS, width, Kg, w + grp * Kg * CRS, 1, CRS, dyb, width, 1, T(0), dcol, width, par);
+    for (int64_t i = 0; i < nimg; ++i) {
+      // each channel's padded gradient sums its taps' slices in (r, s) order
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t c = 0; c < Cg; ++c) {
+        T* d = dxp + c * plane;
+        for (int64_t e = 0; e < plane; ++e) d[e] = T(0);
+        for (int64_t rs = 0; rs < RS; ++rs) {
+          const int64_t r = rs / p.S, s = rs % p.S;
+          T* dst = d + r * p.dil_h * g.Wp + s * p.dil_w;
+          const T* src = dcol + (c * RS + rs) * width + i * g.span;
+#pragma omp simd
+          for (int64_t j = 0; j < g.ncols; ++j) dst[j] += src[j];
+        }
+        T* dxc = dx + ((n0 + i) * p.C + grp * Cg + c) * HW;
+        for (int64_t h = 0; h < p.H; ++h)
+          for (int64_t x = 0; x < p.W; ++x) {
+            const int64_t hp = h + p.pad_h, wp = x + p.pad_w;
+            dxc[h * p.W + x] = (hp < g.Hp && wp < g.Wp) ? d[hp * g.Wp + wp] : T(0);
+          }
+      }
+    }
+  });
+}
+
+template <typename T>
+void padded_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), HW = p.H * p.W;
+  const int64_t CRS = Cg * p.R * p.S;
+  const Padded g = padded_geometry(p);
+  const int64_t nb = padded_block_images(p, g), blocks = (p.N + nb - 1) / nb;
+  const int64_t width_max = nb * g.span;
+  const int64_t scratch = CRS * width_max + Kg * width_max + Cg * g.Hp * g.Wp;
+  detail::reduce_weight_grad<T>(blocks * p.groups, p.K * CRS, dw, [&](int64_t item, T* acc,
+                                                                        bool par) {
+    thread_local AlignedBuffer<T> buf;
+    buf.resize(scratch);
+    const int64_t grp = item % p.groups, n0 = (item / p.groups) * nb;
+    const int64_t nimg = std::min(nb, p.N - n0), width = nimg * g.span;
+    T* col = buf.data();
+    T* dyb = col + CRS * width_max;
+    T* xpbuf = dyb + Kg * width_max;
+    for (int64_t i = 0; i < nimg; ++i) {
+      const T* xp = padded_input(p, g, x + ((n0 + i) * p.C + grp * Cg) * HW, xpbuf);
+      padded_columns(p, g, xp, i, width, col);
+    }
+    padded_grad_output(p, g, dy, grp, n0, nimg, width, dyb);
+    gemm<T>(Kg, CRS, width, dyb, width, 1, col, 1, width, T(1), acc + grp * Kg * CRS, CRS, par);
+  });
+}
+
+}  // namespace
+
 template <typename T>
 void im2col_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu) {
+  if (padded_ok(p)) return padded_fprop(p, x, w, bias, y, relu);
   const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
   const int64_t CRS = p.Cg() * p.R * p.S;
   const Blocking b = blocking(p, CRS, sizeof(T));
@@ -198,6 +390,7 @@ static void col2im_gather_rows(const ConvProblem& p, const T* dcol, int64_t ld, 
 
 template <typename T>
 void im2col_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
+  if (padded_ok(p)) return padded_dgrad(p, dy, w, dx);
   const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
   const int64_t CRS = Cg * p.R * p.S;
   const Blocking b = blocking(p, CRS, sizeof(T));
@@ -246,6 +439,7 @@ void im2col_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
 
 template <typename T>
 void im2col_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
+  if (padded_ok(p)) return padded_wgrad(p, x, dy, dw);
   const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
   const int64_t CRS = p.Cg() * p.R * p.S;
   const Blocking b = blocking(p, CRS, sizeof(T));

@@ -1,0 +1,196 @@
+// pybind11 bindings of the CUDA kernels compiled for the CPU grid emulator
+// (module fastconv._emu, backend "cuda-emu"). The kernels are the very
+// csrc/cuda/*.cu sources of the GPU module, compiled by g++ against
+// csrc/emu/emu.h; "device pointers" are NumPy buffers. Same function names and
+// checks as the CPU module (cpu_module.cpp), so a test can run any CUDA kernel
+// here and compare it with the C++ CPU path.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <type_traits>
+
+#include "fastconv/conv_cuda.h"
+#include "fastconv/problem.h"
+// after pybind11: the emulator's CUDA keyword macros must not reach its headers
+#include "emu/emu.h"
+
+namespace py = pybind11;
+using fastconv::ConvProblem;
+
+namespace {
+
+// "direct": direct kernels for all three operators. "im2col": the implicit
+// GEMM for Fprop; Dgrad and Wgrad of "im2col" run the direct kernels (the
+// gather Dgrad and the tree-reduction Wgrad) until implicit-GEMM versions exist.
+enum class Algo { Direct, Im2col };
+
+Algo parse_algo(const std::string& name) {
+  if (name == "direct") return Algo::Direct;
+  if (name == "im2col") return Algo::Im2col;
+  throw py::value_error("cuda-emu: unknown algorithm '" + name + "' (this backend has 'direct' and 'im2col')");
+}
+
+std::string supports(Algo a, const ConvProblem& p) {
+  return a == Algo::Im2col ? fastconv::cuda::igemm_supports(p) : std::string();
+}
+
+void check(Algo a, const ConvProblem& p) {
+  try {
+    fastconv::check_problem(p);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  const std::string why = supports(a, p);
+  if (!why.empty()) throw py::value_error(why);
+}
+
+template <typename T>
+const T* in_ptr(py::array& a, const char* name, int64_t expect) {
+  if (!py::isinstance<py::array_t<T>>(a) || a.itemsize() != py::ssize_t(sizeof(T)))
+    throw py::type_error(std::string(name) + ": dtype does not match the kernel's");
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + ": must be C-contiguous");
+  if (a.size() != expect)
+    throw py::value_error(std::string(name) + ": has " + std::to_string(a.size()) + " elements, the problem needs " +
+                          std::to_string(expect));
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* out_ptr(py::array& a, const char* name, int64_t expect) {
+  in_ptr<T>(a, name, expect);
+  if (!a.writeable()) throw py::value_error(std::string(name) + ": is read-only");
+  return static_cast<T*>(a.mutable_data());
+}
+
+bool is_f64(py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 8; }
+
+template <typename T>
+void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::object bias, py::array& y, bool relu) {
+  const T* xp = in_ptr<T>(x, "input", p.input_elems());
+  const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
+  const T* bp = nullptr;
+  py::array b;
+  if (!bias.is_none()) {
+    b = bias.cast<py::array>();
+    bp = in_ptr<T>(b, "bias", p.K);
+  }
+  T* yp = out_ptr<T>(y, "output", p.output_elems());
+  if (p.N == 0) return;
+  py::gil_scoped_release release;
+  // the implicit GEMM is float32 only (double would spill): float64 runs the direct kernel
+  if constexpr (std::is_same_v<T, float>) {
+    if (a == Algo::Im2col) {
+      fastconv::cuda::igemm_fprop<float>(p, xp, wp, bp, yp, relu, nullptr);
+      return;
+    }
+  }
+  fastconv::cuda::direct_fprop<T>(p, xp, wp, bp, yp, relu, nullptr);
+}
+
+template <typename T>
+void dgrad_t(const ConvProblem& p, py::array& dy, py::array& w, py::array& dx) {
+  const T* dyp = in_ptr<T>(dy, "grad_output", p.output_elems());
+  const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
+  T* dxp = out_ptr<T>(dx, "grad_input", p.input_elems());
+  if (p.N == 0) return;
+  py::gil_scoped_release release;
+  fastconv::cuda::direct_dgrad<T>(p, dyp, wp, dxp, nullptr);
+}
+
+template <typename T>
+void wgrad_t(const ConvProblem& p, py::array& x, py::array& dy, py::array& dw) {
+  const T* xp = in_ptr<T>(x, "input", p.input_elems());
+  const T* dyp = in_ptr<T>(dy, "grad_output", p.output_elems());
+  T* dwp = out_ptr<T>(dw, "grad_weight", p.weight_elems());
+  py::gil_scoped_release release;
+  if (p.N == 0) {
+    for (int64_t i = 0; i < p.weight_elems(); ++i) dwp[i] = T(0);
+    return;
+  }
+  fastconv::cuda::direct_wgrad<T>(p, xp, dyp, dwp, nullptr);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_emu, m) {
+  m.doc() =
+      "fastconv CUDA kernels (csrc/cuda/*.cu) compiled for the CPU grid emulator (csrc/emu/emu.h): "
+      "backend 'cuda-emu', NumPy arrays, for tests. Slow by design: every block's threads are OS "
+      "threads that hand a baton around between barriers. It checks results and barrier placement, "
+      "not timing, coalescing, bank conflicts or warp-synchronous code.";
+
+  // module_local: the CPU module binds the same C++ type
+  py::class_<ConvProblem>(m, "ConvProblem", py::module_local())
+      .def(py::init([](int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t P,
+                       int64_t Q, int64_t pad_h, int64_t pad_w, int64_t stride_h, int64_t stride_w, int64_t dil_h,
+                       int64_t dil_w, int64_t groups) {
+             ConvProblem p;
+             p.N = N; p.C = C; p.H = H; p.W = W; p.K = K; p.R = R; p.S = S; p.P = P; p.Q = Q;
+             p.pad_h = pad_h; p.pad_w = pad_w; p.stride_h = stride_h; p.stride_w = stride_w;
+             p.dil_h = dil_h; p.dil_w = dil_w; p.groups = groups;
+             return p;
+           }),
+           py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("R"), py::arg("S"),
+           py::arg("P"), py::arg("Q"), py::arg("pad_h"), py::arg("pad_w"), py::arg("stride_h"),
+           py::arg("stride_w"), py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"))
+      .def_readonly("N", &ConvProblem::N).def_readonly("C", &ConvProblem::C)
+      .def_readonly("H", &ConvProblem::H).def_readonly("W", &ConvProblem::W)
+      .def_readonly("K", &ConvProblem::K).def_readonly("R", &ConvProblem::R)
+      .def_readonly("S", &ConvProblem::S).def_readonly("P", &ConvProblem::P)
+      .def_readonly("Q", &ConvProblem::Q).def_readonly("groups", &ConvProblem::groups);
+
+  m.def("supports", [](const std::string& algo, const ConvProblem& p) { return supports(parse_algo(algo), p); },
+        "Empty string if the algorithm can take the problem, else the reason.");
+
+  m.def("fprop", [](const std::string& algo, const ConvProblem& p, py::array x, py::array w, py::object bias,
+                    py::array y, bool relu) {
+    const Algo a = parse_algo(algo);
+    check(a, p);
+    if (is_f64(x)) fprop_t<double>(a, p, x, w, bias, y, relu);
+    else fprop_t<float>(a, p, x, w, bias, y, relu);
+  }, py::arg("algo"), py::arg("problem"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
+     py::arg("relu") = false,
+     "Fprop. 'direct': one output element per thread; 'im2col': the implicit GEMM (64x64 tiles, "
+     "float32; float64 runs the direct kernel).");
+
+  m.def("dgrad", [](const std::string& algo, const ConvProblem& p, py::array dy, py::array w, py::array dx) {
+    check(parse_algo(algo), p);
+    if (is_f64(dy)) dgrad_t<double>(p, dy, w, dx);
+    else dgrad_t<float>(p, dy, w, dx);
+  }, py::arg("algo"), py::arg("problem"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
+     "Dgrad as a gather (one input element per thread). 'im2col' runs this direct kernel too.");
+
+  m.def("wgrad", [](const std::string& algo, const ConvProblem& p, py::array x, py::array dy, py::array dw) {
+    check(parse_algo(algo), p);
+    if (is_f64(x)) wgrad_t<double>(p, x, dy, dw);
+    else wgrad_t<float>(p, x, dy, dw);
+  }, py::arg("algo"), py::arg("problem"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"),
+     "Wgrad, one weight element per block with a fixed-order tree reduction. 'im2col' runs it too.");
+
+  m.def("set_schedule", [](const std::string& name, uint64_t seed) {
+    namespace emu = fastconv::emu;
+    if (name == "random") emu::set_schedule(emu::Schedule::Random, seed);
+    else if (name == "concurrent") emu::set_schedule(emu::Schedule::Concurrent, seed);
+    else throw py::value_error("schedule must be 'random' or 'concurrent', got '" + name + "'");
+  }, py::arg("name"), py::arg("seed") = 0x5eedf00dULL,
+     "'random' (default): the threads of a block run one at a time between barriers, in a seeded "
+     "random order per phase (a missing __syncthreads() reads stale shared memory); 'concurrent': all "
+     "threads of a block run at once under the OS scheduler.");
+  m.def("get_schedule", [] {
+    return fastconv::emu::config().schedule == fastconv::emu::Schedule::Random ? "random" : "concurrent";
+  });
+
+  m.def("_igemm_fprop_without_barrier", [](const ConvProblem& p, py::array x, py::array w, py::array y) {
+    check(Algo::Im2col, p);
+    const float* xp = in_ptr<float>(x, "input", p.input_elems());
+    const float* wp = in_ptr<float>(w, "weight", p.weight_elems());
+    float* yp = out_ptr<float>(y, "output", p.output_elems());
+    py::gil_scoped_release release;
+    fastconv::cuda::igemm_fprop_without_barrier(p, xp, wp, yp);
+  }, py::arg("problem"), py::arg("input"), py::arg("weight"), py::arg("output"),
+     "TEST ONLY: the implicit-GEMM Fprop (float32, no bias) with its __syncthreads() removed. Its "
+     "result is wrong under the 'random' schedule; a test uses it to show the emulator catches a "
+     "missing barrier.");
+}

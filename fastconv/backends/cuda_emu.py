@@ -1,0 +1,74 @@
+"""The CUDA kernels run on the CPU grid emulator (``fastconv._emu``, backend ``"cuda-emu"``).
+
+``csrc/cuda/*.cu`` compiled by g++ against ``csrc/emu/emu.h``: the very kernels
+of the GPU module, executed with every block's threads as OS threads and real
+barriers, on NumPy arrays. It exists so that tests can run every CUDA kernel
+without a GPU and compare it with the C++ CPU path; it is slow by design and
+checks results and barrier placement, never speed (see ``emu.h``).
+
+Algorithms (the ops layer passes any of ``direct``/``im2col``/``1x1``/``separable``):
+
+* ``direct``: direct Fprop (one output element per thread, bias + ReLU fused),
+  Dgrad as a gather, Wgrad with one weight element per block.
+* ``im2col``: the implicit-GEMM Fprop (64x64 tiles, 8x8 per thread, double
+  buffered; float32 only: float64 runs the direct Fprop). Dgrad and Wgrad of ``im2col`` run the direct kernels (there are
+  no implicit-GEMM Dgrad/Wgrad kernels yet).
+* ``1x1`` and ``separable`` have no CUDA kernels of their own yet: they run
+  the ``im2col`` kernels, which are exact for those problems too.
+"""
+from __future__ import annotations
+
+try:
+    from .. import _emu  # type: ignore[attr-defined]
+
+    AVAILABLE = True
+    IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - exercised when the module was not built
+    _emu = None
+    AVAILABLE = False
+    IMPORT_ERROR = repr(exc)
+
+# ops-layer algorithm -> the kernel family of this backend that runs it
+KERNEL_OF = {"direct": "direct", "im2col": "im2col", "1x1": "im2col", "separable": "im2col"}
+
+
+def _need():
+    if _emu is None:
+        raise RuntimeError(f"the CUDA emulator module is not available: {IMPORT_ERROR}")
+    return _emu
+
+
+def _kernel(algo):
+    try:
+        return KERNEL_OF[algo]
+    except KeyError:
+        raise ValueError(f"cuda-emu: unknown algorithm {algo!r}; known: {sorted(KERNEL_OF)}") from None
+
+
+def _problem(problem):
+    return _need().ConvProblem(**problem.kernel_args())
+
+
+def supports(algo: str, problem) -> str:
+    return _need().supports(_kernel(algo), _problem(problem))
+
+
+def fprop(algo, problem, x, w, b, y, relu=False):
+    _need().fprop(_kernel(algo), _problem(problem), x, w, b, y, relu)
+
+
+def dgrad(algo, problem, dy, w, dx):
+    _need().dgrad(_kernel(algo), _problem(problem), dy, w, dx)
+
+
+def wgrad(algo, problem, x, dy, dw):
+    _need().wgrad(_kernel(algo), _problem(problem), x, dy, dw)
+
+
+def set_schedule(name: str = "random", seed: int = 0x5EEDF00D) -> None:
+    """``"random"`` (default: one thread at a time between barriers, seeded random order) or ``"concurrent"``."""
+    _need().set_schedule(name, int(seed))
+
+
+def get_schedule() -> str:
+    return _need().get_schedule()

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 from . import backends, ops  # noqa: E402
 from .backends import cpu as _cpu_backend  # noqa: E402
+from .backends import set_backend  # noqa: E402,F401
 from .problem import ConvProblem, out_size  # noqa: E402
 
 __all__ = ["ops", "backends", "info", "set_num_threads", "get_num_threads", "ConvProblem", "out_size",
@@ -46,6 +47,7 @@ def info() -> dict:
         "threads": get_num_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "backends": backends.available(),
+        "default_backend": backends.default_backend(),
         "algorithms": list(ops.ALGORITHMS[1:]),
         "cuda_built": backends.cuda_built(),
     }

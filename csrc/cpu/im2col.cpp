@@ -165,17 +165,23 @@ Padded padded_geometry(const ConvProblem& p) {
   return g;
 }
 
+// Worth it when the im2col copies cost more than the extra GEMM columns: a
+// column element costs about as much to gather as ~25 multiply-adds, and the
+// GEMM spends Kg multiply-adds on it, so the relative im2col overhead is about
+// 25 / Kg; the padded layout adds (Wp - Q) / Q to the GEMM.
 bool padded_ok(const ConvProblem& p) {
+  const double waste = double(p.dil_w * (p.S - 1)) / double(p.Q);
   return p.stride_h == 1 && p.stride_w == 1 && p.P * p.Q < kMinBlockCols &&
-         double(p.Q + p.dil_w * (p.S - 1)) <= kMaxWaste * double(p.Q);
+         1.0 + waste <= kMaxWaste && waste * double(p.Kg()) < 20.0;
 }
 
 // padded plane(s) of one image/group: (Cg x Hp x Wp); the input itself when no
 // padding is needed
 template <typename T>
-const T* padded_input(const ConvProblem& p, const Padded& g, const T* xg, T* buf) {
+const T* padded_input(const ConvProblem& p, const Padded& g, const T* xg, T* buf, bool par) {
   const int64_t Cg = p.Cg();
   if (p.pad_h == 0 && p.pad_w == 0 && g.Hp == p.H && g.Wp == p.W) return xg;
+#pragma omp parallel for schedule(static) if (par)
   for (int64_t c = 0; c < Cg; ++c)
     for (int64_t h = 0; h < g.Hp; ++h) {
       T* d = buf + (c * g.Hp + h) * g.Wp;
@@ -191,8 +197,9 @@ const T* padded_input(const ConvProblem& p, const Padded& g, const T* xg, T* buf
 // col rows for image i of a block: row (c, r, s) = contiguous slice, gap zeroed
 template <typename T>
 void padded_columns(const ConvProblem& p, const Padded& g, const T* xp, int64_t i, int64_t width,
-                    T* col) {
+                    T* col, bool par) {
   const int64_t CRS = p.Cg() * p.R * p.S, RS = p.R * p.S;
+#pragma omp parallel for schedule(static) if (par)
   for (int64_t row = 0; row < CRS; ++row) {
     const int64_t c = row / RS, r = (row % RS) / p.S, s = row % p.S;
     const T* src = xp + c * g.Hp * g.Wp + r * p.dil_h * g.Wp + s * p.dil_w;
@@ -226,15 +233,17 @@ void padded_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T
     T* out = col + CRS * width_max;
     T* xpbuf = out + Kg * width_max;
     for (int64_t i = 0; i < nimg; ++i) {
-      const T* xp = padded_input(p, g, x + ((n0 + i) * p.C + grp * Cg) * HW, xpbuf);
-      padded_columns(p, g, xp, i, width, col);
+      const T* xp = padded_input(p, g, x + ((n0 + i) * p.C + grp * Cg) * HW, xpbuf, par);
+      padded_columns(p, g, xp, i, width, col, par);
     }
     GemmEpilogue<T> ep;
     ep.row_bias = bias ? bias + grp * Kg : nullptr;
     ep.relu = relu;
     gemm<T>(Kg, width, CRS, w + grp * Kg * CRS, CRS, 1, col, width, 1, T(0), out, width, par, ep);
-    for (int64_t i = 0; i < nimg; ++i)
-      for (int64_t kk = 0; kk < Kg; ++kk) {
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t ik = 0; ik < nimg * Kg; ++ik) {
+      const int64_t i = ik / Kg, kk = ik % Kg;
+      {
         T* yk = y + ((n0 + i) * p.K + grp * Kg + kk) * PQ;
         const T* src = out + kk * width + i * g.span;
         for (int64_t pp = 0; pp < p.P; ++pp)
@@ -246,8 +255,9 @@ void padded_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T
 // grad_output of a block in padded-width layout (Kg x width), gap columns 0
 template <typename T>
 void padded_grad_output(const ConvProblem& p, const Padded& g, const T* dy, int64_t grp,
-                        int64_t n0, int64_t nimg, int64_t width, T* dst) {
+                        int64_t n0, int64_t nimg, int64_t width, T* dst, bool par) {
   const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
+#pragma omp parallel for schedule(static) if (par)
   for (int64_t kk = 0; kk < Kg; ++kk)
     for (int64_t i = 0; i < nimg; ++i) {
       const T* src = dy + ((n0 + i) * p.K + grp * Kg + kk) * PQ;
@@ -273,7 +283,7 @@ void padded_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
     T* dcol = buf;
     T* dyb = dcol + CRS * width_max;
     T* dxp = dyb + Kg * width_max;
-    padded_grad_output(p, g, dy, grp, n0, nimg, width, dyb);
+    padded_grad_output(p, g, dy, grp, n0, nimg, width, dyb, par);
     gemm<T>(CRS, width, Kg, w + grp * Kg * CRS, 1, CRS, dyb, width, 1, T(0), dcol, width, par);
     for (int64_t i = 0; i < nimg; ++i) {
       // each channel's padded gradient sums its taps' slices in (r, s) order
@@ -317,10 +327,10 @@ void padded_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
     T* dyb = col + CRS * width_max;
     T* xpbuf = dyb + Kg * width_max;
     for (int64_t i = 0; i < nimg; ++i) {
-      const T* xp = padded_input(p, g, x + ((n0 + i) * p.C + grp * Cg) * HW, xpbuf);
-      padded_columns(p, g, xp, i, width, col);
+      const T* xp = padded_input(p, g, x + ((n0 + i) * p.C + grp * Cg) * HW, xpbuf, par);
+      padded_columns(p, g, xp, i, width, col, par);
     }
-    padded_grad_output(p, g, dy, grp, n0, nimg, width, dyb);
+    padded_grad_output(p, g, dy, grp, n0, nimg, width, dyb, par);
     gemm<T>(Kg, CRS, width, dyb, width, 1, col, 1, width, T(1), acc + grp * Kg * CRS, CRS, par);
   });
 }

@@ -15,11 +15,21 @@ care which one they call:
 
 A backend whose module is missing or fails to import is simply unavailable;
 ``available()`` says which ones this process can use.
+
+The default for NumPy arrays (``backend=None``) is, in order: the name given to
+``set_backend(name)``, else the ``FASTCONV_BACKEND`` environment variable, else
+the fastest available (compiled CPU, then numba, then reference). The choice
+is logged once at DEBUG level on the ``"fastconv"`` logger and shown by
+``fastconv.info()["default_backend"]``. When the compiled module fails to
+import, importing fastconv warns once, naming the import error, and runs on
+numba.
 """
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+import warnings
 
 from .cpu import CPU_AVAILABLE, CPU_IMPORT_ERROR
 
@@ -40,8 +50,9 @@ def _load(name):
     if name not in _cache:
         try:
             mod = importlib.import_module(_REGISTRY[name], __name__)
-            ok = getattr(mod, "AVAILABLE", True)
-            why = getattr(mod, "IMPORT_ERROR", None)
+            # cpu.py names its flags CPU_AVAILABLE / CPU_IMPORT_ERROR
+            ok = getattr(mod, "AVAILABLE", getattr(mod, "CPU_AVAILABLE", True))
+            why = getattr(mod, "IMPORT_ERROR", getattr(mod, "CPU_IMPORT_ERROR", None))
         except ImportError as exc:
             mod, ok, why = None, False, repr(exc)
         _cache[name] = (mod if ok else None, why)
@@ -61,10 +72,46 @@ def module(name):
     return mod
 
 
+_default = {"name": None}  # set_backend(); None: FASTCONV_BACKEND, else automatic
+_logged: set = set()
+
+
+def _automatic():
+    return "cpu" if CPU_AVAILABLE else ("numba" if _load("numba")[0] is not None else "reference")
+
+
+def set_backend(name=None):
+    """Default backend for NumPy arrays (``None``: back to FASTCONV_BACKEND / automatic).
+
+    The name is checked now: an unknown or unavailable backend raises ValueError.
+    """
+    if name is not None:
+        resolve(name)
+    _default["name"] = name
+
+
+def default_backend() -> str:
+    """The backend ``backend=None`` resolves to now."""
+    return resolve(None)
+
+
 def resolve(name):
-    """Backend name to use for NumPy arrays: ``None`` means the fastest general one."""
+    """Backend name to use for NumPy arrays: ``None`` means the default (see the module doc)."""
     if name is None:
-        return "cpu" if CPU_AVAILABLE else ("numba" if _load("numba")[0] is not None else "reference")
+        if _default["name"] is not None:
+            name, why = _default["name"], "set_backend()"
+        elif os.environ.get("FASTCONV_BACKEND"):
+            name, why = os.environ["FASTCONV_BACKEND"], "FASTCONV_BACKEND"
+            try:
+                resolve(name)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"environment variable FASTCONV_BACKEND={name!r}: {exc}") from None
+        else:
+            name, why = _automatic(), "automatic: fastest available"
+        if (name, why) not in _logged:
+            _logged.add((name, why))
+            log.debug("fastconv: default backend %r (%s; available: %s)", name, why, available())
+        return name
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string or None, got {name!r}")
     if name not in _KNOWN:
@@ -75,6 +122,19 @@ def resolve(name):
             why = CPU_IMPORT_ERROR
         raise ValueError(f"backend {name!r} is not available: {why}; available: {available()}")
     return name
+
+
+def _warn_if_compiled_missing():
+    # One warning per process (this module runs once): without it a broken
+    # wheel would silently run 3-30x slower on the fallback.
+    if CPU_AVAILABLE:
+        return
+    fallback = _automatic()
+    warnings.warn(f"fastconv: the compiled CPU module failed to import ({CPU_IMPORT_ERROR}); "
+                  f"running on the {fallback!r} backend", RuntimeWarning, stacklevel=3)
+
+
+_warn_if_compiled_missing()
 
 
 def cuda_built() -> bool:

@@ -1,0 +1,472 @@
+"""Numba CPU backend: the fallback where the compiled module is missing.
+
+Same function table as :mod:`fastconv.backends.cpu`::
+
+    supports(algo, problem) -> "" or the reason
+    fprop(algo, p, x, w, b, y, relu)   dgrad(algo, p, dy, w, dx)   wgrad(algo, p, x, dy, dw)
+
+The ops layer hands over C-contiguous arrays of the compute dtype (float32 or
+float64); every kernel is generic over the two (Numba specializes per dtype).
+
+Algorithms
+----------
+* ``direct``: loops straight from the definition. Fprop parallel over output
+  rows (n, k, p); Dgrad a gather, parallel over input rows (n, c, h), each row
+  summing its own contributions; Wgrad parallel over (k, c) filter slices.
+* ``im2col``: one panel of ``NR`` output columns is gathered at a time (never
+  the whole column matrix) into the packed layout the GEMM micro-kernel reads,
+  and multiplied with the packed filter by the blocked GEMM below (not numpy's
+  BLAS). Dgrad computes the column gradient for a bounded chunk of channels
+  and folds it back with a gather (one input pixel per iteration: no races).
+  Wgrad is a GEMM over N*P*Q, tiled over filter outputs.
+* ``1x1`` and ``separable`` run the im2col path (with R == S == 1 the column
+  panel is a plain strided copy of the input). Their ``supports`` rules mirror
+  the compiled backend's so that the same tests and ``auto`` choices apply.
+
+Determinism: every output element is summed by exactly one iteration in a
+fixed order, so results are bit-identical for any Numba thread count.
+``fastmath=False`` everywhere: no reassociation, no FMA contraction.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+    from numba import njit, prange
+
+    AVAILABLE = True
+    IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - exercised where numba is not installed
+    numba = None
+    AVAILABLE = False
+    IMPORT_ERROR = repr(exc)
+
+ALGOS = ("direct", "im2col", "1x1", "separable")
+
+# Micro-tile: MR filter rows x NR output columns. With fastmath off, LLVM's loop
+# vectorizer (numba leaves the SLP vectorizer off) handles the j loop of the
+# micro-kernel; MR=6, NR=64 measured fastest among 2..8 x 16..128 on AVX-512.
+MR = 6
+NR = 64
+# Bounds on the temporary buffers (elements): Dgrad's column-gradient chunk and
+# Wgrad's reduction chunk along P*Q.
+DCOL_MAX_ELEMS = 4 << 20
+PQ_CHUNK = 2048
+
+
+def supports(algo: str, p) -> str:
+    if algo in ("direct", "im2col"):
+        return ""
+    if algo == "1x1":
+        if p.R != 1 or p.S != 1:
+            return f"the 1x1 algorithm needs a 1x1 kernel, got {p.R}x{p.S}"
+        if p.pad_h or p.pad_w or getattr(p, "pad_bottom", 0) or getattr(p, "pad_right", 0):
+            return "the 1x1 algorithm needs zero padding"
+        return ""
+    if algo == "separable":
+        if p.groups != 1:
+            return f"the separable algorithm needs groups == 1, got groups={p.groups}"
+        if p.R != 1 and p.S != 1:
+            return f"the separable algorithm needs a 1xn or nx1 kernel, got {p.R}x{p.S}"
+        return ""
+    return f"unknown algorithm {algo!r}; the numba backend has {ALGOS}"
+
+
+def _check(algo, p):
+    why = supports(algo, p)
+    if why:
+        raise ValueError(f"numba backend: algo={algo!r} cannot run this problem: {why}")
+    if not AVAILABLE:
+        raise RuntimeError(f"the numba backend is not available: {IMPORT_ERROR}")
+
+
+if AVAILABLE:
+    _PAR = dict(parallel=True, cache=True, fastmath=False)
+    _SEQ = dict(cache=True, fastmath=False)
+
+    @njit(**_SEQ)
+    def _qrange(off, sw, W, Q):
+        """Output columns q with 0 <= q*sw + off < W, as [q0, q1)."""
+        q0 = 0 if off >= 0 else (-off + sw - 1) // sw
+        if W - 1 - off < 0:
+            return q0, q0
+        q1 = min(Q, (W - 1 - off) // sw + 1)
+        return q0, max(q0, q1)
+
+    # ------------------------------------------------------------ direct
+    @njit(**_PAR)
+    def _direct_fprop(x, w, b, y, relu, sh, sw, pt, pl, dh, dw, G):
+        N, C, H, W = x.shape
+        K, Cg, R, S = w.shape
+        P, Q = y.shape[2], y.shape[3]
+        Kg = K // G
+        zero = y.dtype.type(0)
+        for t in prange(N * K * P):
+            n = t // (K * P)
+            k = (t // P) % K
+            p = t - (t // P) * P
+            g = k // Kg
+            row = y[n, k, p]
+            for q in range(Q):
+                row[q] = zero
+            for c in range(Cg):
+                ci = g * Cg + c
+                for r in range(R):
+                    h = p * sh - pt + r * dh
+                    if h < 0 or h >= H:
+                        continue
+                    xrow = x[n, ci, h]
+                    for s in range(S):
+                        wv = w[k, c, r, s]
+                        off = s * dw - pl
+                        q0, q1 = _qrange(off, sw, W, Q)
+                        for q in range(q0, q1):
+                            row[q] += wv * xrow[q * sw + off]
+            bk = b[k]
+            for q in range(Q):
+                v = row[q] + bk
+                if relu and v < zero:
+                    v = zero
+                row[q] = v
+
+    @njit(**_PAR)
+    def _direct_dgrad(dy, w, dx, sh, sw, pt, pl, dh, dw, G):
+        N, C, H, W = dx.shape
+        K, Cg, R, S = w.shape
+        P, Q = dy.shape[2], dy.shape[3]
+        Kg = K // G
+        zero = dx.dtype.type(0)
+        for t in prange(N * C * H):
+            n = t // (C * H)
+            c = (t // H) % C
+            h = t - (t // H) * H
+            g = c // Cg
+            cl = c - g * Cg
+            drow = dx[n, c, h]
+            for i in range(W):
+                drow[i] = zero
+            for kk in range(Kg):
+                k = g * Kg + kk
+                for r in range(R):
+                    ph = h + pt - r * dh
+                    if ph < 0 or ph % sh != 0:
+                        continue
+                    p = ph // sh
+                    if p >= P:
+                        continue
+                    dyrow = dy[n, k, p]
+                    for s in range(S):
+                        wv = w[k, cl, r, s]
+                        off = s * dw - pl
+                        q0, q1 = _qrange(off, sw, W, Q)
+                        for q in range(q0, q1):
+                            drow[q * sw + off] += wv * dyrow[q]
+
+    @njit(**_PAR)
+    def _direct_wgrad(x, dy, dwt, sh, sw, pt, pl, dh, dw, G):
+        N, C, H, W = x.shape
+        K, Cg, R, S = dwt.shape
+        P, Q = dy.shape[2], dy.shape[3]
+        Kg = K // G
+        for t in prange(K * Cg):
+            k = t // Cg
+            c = t - k * Cg
+            ci = (k // Kg) * Cg + c
+            for r in range(R):
+                for s in range(S):
+                    off = s * dw - pl
+                    q0, q1 = _qrange(off, sw, W, Q)
+                    acc = dwt.dtype.type(0)
+                    for n in range(N):
+                        for p in range(P):
+                            h = p * sh - pt + r * dh
+                            if h < 0 or h >= H:
+                                continue
+                            xrow = x[n, ci, h]
+                            dyrow = dy[n, k, p]
+                            for q in range(q0, q1):
+                                acc += dyrow[q] * xrow[q * sw + off]
+                    dwt[k, c, r, s] = acc
+
+    # -------------------------------------------------------------- GEMM
+    @njit(**_SEQ)
+    def _micro(Ap, ip, Bp, Kd, Ct, accumulate):
+        """Ct[MR, NR] (+)= A panel ip (Kd x MR, packed) times Bp (Kd x NR, packed).
+
+        The j loop runs over NR contiguous elements of Bp and Ct: that is the
+        loop LLVM vectorizes; the reduction over Kd stays in order.
+        """
+        if not accumulate:
+            for i in range(MR):
+                for j in range(NR):
+                    Ct[i, j] = 0
+        for p in range(Kd):
+            for i in range(MR):
+                a = Ap[ip, p, i]
+                for j in range(NR):
+                    Ct[i, j] += a * Bp[p, j]
+
+    @njit(**_SEQ)
+    def _pack_rows(src, Ap):
+        """Ap[ip, kd, i] = src[ip*MR + i, kd] (rows past src's end are zero)."""
+        M, Kd = src.shape
+        nMp = Ap.shape[0]
+        for ip in range(nMp):
+            for i in range(MR):
+                m = ip * MR + i
+                if m < M:
+                    for kd in range(Kd):
+                        Ap[ip, kd, i] = src[m, kd]
+                else:
+                    for kd in range(Kd):
+                        Ap[ip, kd, i] = 0
+
+    # ------------------------------------------------------------ im2col
+    @njit(**_PAR)
+    def _gemm_fprop(x, Ap, b, y3, relu, R, S, P, Q, sh, sw, pt, pl, dh, dw, G):
+        """y3 (N, K, P*Q) = packed filter (G, nMp, Kd, MR) x column panels of x."""
+        N, C, H, W = x.shape
+        K = y3.shape[1]
+        Cg = C // G
+        Kg = K // G
+        RS = R * S
+        Kd = Cg * RS
+        nMp = Ap.shape[1]
+        PQ = P * Q
+        nNp = (PQ + NR - 1) // NR
+        zero = y3.dtype.type(0)
+        for t in prange(N * G * nNp):
+            n = t // (G * nNp)
+            g = (t // nNp) % G
+            jp = t - (t // nNp) * nNp
+            j0 = jp * NR
+            nj = min(NR, PQ - j0)
+            Bp = np.empty((Kd, NR), y3.dtype)
+            for kd in range(Kd):
+                c = kd // RS
+                r = (kd // S) % R
+                s = kd - (kd // S) * S
+                plane = x[n, g * Cg + c]
+                hoff = r * dh - pt
+                woff = s * dw - pl
+                p = j0 // Q
+                q = j0 - p * Q
+                for j in range(NR):
+                    v = zero
+                    if j < nj:
+                        h = p * sh + hoff
+                        wi = q * sw + woff
+                        if h >= 0 and h < H and wi >= 0 and wi < W:
+                            v = plane[h, wi]
+                        q += 1
+                        if q == Q:
+                            q = 0
+                            p += 1
+                    Bp[kd, j] = v
+            Ct = np.empty((MR, NR), y3.dtype)
+            Ag = Ap[g]
+            for ip in range(nMp):
+                _micro(Ag, ip, Bp, Kd, Ct, False)
+                for i in range(MR):
+                    kl = ip * MR + i
+                    if kl >= Kg:
+                        break
+                    k = g * Kg + kl
+                    bk = b[k]
+                    out = y3[n, k]
+                    for j in range(nj):
+                        v = Ct[i, j] + bk
+                        if relu and v < zero:
+                            v = zero
+                        out[j0 + j] = v
+
+    @njit(**_PAR)
+    def _gemm_dgrad(dy3, wt, dx, R, S, P, Q, sh, sw, pt, pl, dh, dw, G, chunk_c):
+        """dx = col2im(W^T x dy), a bounded chunk of channels at a time.
+
+        wt: (G, Cg*R*S, Kg), the transposed filter of each group.
+        """
+        N, C, H, W = dx.shape
+        K = dy3.shape[1]
+        Cg = C // G
+        Kg = K // G
+        RS = R * S
+        PQ = P * Q
+        nNp = (PQ + NR - 1) // NR
+        zero = dx.dtype.type(0)
+        for n in range(N):
+            for g in range(G):
+                for c0 in range(0, Cg, chunk_c):
+                    c1 = min(Cg, c0 + chunk_c)
+                    rows = (c1 - c0) * RS
+                    nMp = (rows + MR - 1) // MR
+                    Ap = np.empty((nMp, Kg, MR), dx.dtype)
+                    _pack_rows(wt[g, c0 * RS:c1 * RS], Ap)
+                    dcol = np.empty((rows, PQ), dx.dtype)
+                    for jp in prange(nNp):
+                        j0 = jp * NR
+                        nj = min(NR, PQ - j0)
+                        Bp = np.empty((Kg, NR), dx.dtype)
+                        for kk in range(Kg):
+                            src = dy3[n, g * Kg + kk]
+                            for j in range(NR):
+                                Bp[kk, j] = src[j0 + j] if j < nj else zero
+                        Ct = np.empty((MR, NR), dx.dtype)
+                        for ip in range(nMp):
+                            _micro(Ap, ip, Bp, Kg, Ct, False)
+                            for i in range(MR):
+                                m = ip * MR + i
+                                if m >= rows:
+                                    break
+                                for j in range(nj):
+                                    dcol[m, j0 + j] = Ct[i, j]
+                    for t in prange((c1 - c0) * H):
+                        cl = t // H
+                        h = t - cl * H
+                        out = dx[n, g * Cg + c0 + cl, h]
+                        for wi in range(W):
+                            out[wi] = zero
+                        for r in range(R):
+                            ph = h + pt - r * dh
+                            if ph < 0 or ph % sh != 0:
+                                continue
+                            p = ph // sh
+                            if p >= P:
+                                continue
+                            for s in range(S):
+                                drow = dcol[(cl * R + r) * S + s]
+                                off = s * dw - pl
+                                q0, q1 = _qrange(off, sw, W, Q)
+                                for q in range(q0, q1):
+                                    out[q * sw + off] += drow[p * Q + q]
+
+    @njit(**_PAR)
+    def _gemm_wgrad(x, dy3, dw2, R, S, P, Q, sh, sw, pt, pl, dh, dw, G, ib_size):
+        """dw2 (K, Cg*R*S) = sum over n, pq of dy x columns^T, tiled over outputs."""
+        N, C, H, W = x.shape
+        K = dy3.shape[1]
+        Cg = C // G
+        Kg = K // G
+        RS = R * S
+        Kd = Cg * RS
+        PQ = P * Q
+        nMp = (Kg + MR - 1) // MR
+        nNp = (Kd + NR - 1) // NR
+        nIb = (nMp + ib_size - 1) // ib_size
+        zero = dw2.dtype.type(0)
+        for t in prange(G * nNp * nIb):
+            g = t // (nNp * nIb)
+            jp = (t // nIb) % nNp
+            ib = t - (t // nIb) * nIb
+            ip0 = ib * ib_size
+            ni = min(nMp, ip0 + ib_size) - ip0
+            j0 = jp * NR
+            nj = min(NR, Kd - j0)
+            # per column j of the panel: its channel and tap offsets
+            cj = np.zeros(NR, np.int64)
+            hj = np.zeros(NR, np.int64)
+            wj = np.zeros(NR, np.int64)
+            for j in range(nj):
+                kd = j0 + j
+                c = kd // RS
+                r = (kd // S) % R
+                s = kd - (kd // S) * S
+                cj[j] = g * Cg + c
+                hj[j] = r * dh - pt
+                wj[j] = s * dw - pl
+            Acc = np.empty((ni, MR, NR), dw2.dtype)
+            Ap = np.empty((ni, PQ_CHUNK, MR), dw2.dtype)
+            Bp = np.empty((PQ_CHUNK, NR), dw2.dtype)
+            first = True
+            for n in range(N):
+                for pq0 in range(0, PQ, PQ_CHUNK):
+                    L = min(PQ_CHUNK, PQ - pq0)
+                    for li in range(ni):
+                        for i in range(MR):
+                            kl = (ip0 + li) * MR + i
+                            if kl < Kg:
+                                src = dy3[n, g * Kg + kl]
+                                for u in range(L):
+                                    Ap[li, u, i] = src[pq0 + u]
+                            else:
+                                for u in range(L):
+                                    Ap[li, u, i] = zero
+                    p = pq0 // Q
+                    q = pq0 - p * Q
+                    for u in range(L):
+                        for j in range(NR):
+                            v = zero
+                            if j < nj:
+                                h = p * sh + hj[j]
+                                wi = q * sw + wj[j]
+                                if h >= 0 and h < H and wi >= 0 and wi < W:
+                                    v = x[n, cj[j], h, wi]
+                            Bp[u, j] = v
+                        q += 1
+                        if q == Q:
+                            q = 0
+                            p += 1
+                    for li in range(ni):
+                        _micro(Ap, li, Bp, L, Acc[li], not first)
+                    first = False
+            for li in range(ni):
+                for i in range(MR):
+                    kl = (ip0 + li) * MR + i
+                    if kl >= Kg:
+                        break
+                    for j in range(nj):
+                        dw2[g * Kg + kl, j0 + j] = Acc[li, i, j]
+
+
+def _geom(p):
+    return (p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w, p.groups)
+
+
+def _packed_filter(w, G):
+    """(G, nMp, Kd, MR): each group's filter rows in MR-row panels, zero-padded."""
+    K = w.shape[0]
+    Kg, Kd = K // G, w[0].size
+    nMp = -(-Kg // MR)
+    a = np.zeros((G, nMp * MR, Kd), w.dtype)
+    a[:, :Kg] = w.reshape(G, Kg, Kd)
+    return np.ascontiguousarray(a.reshape(G, nMp, MR, Kd).transpose(0, 1, 3, 2))
+
+
+def fprop(algo, p, x, w, b, y, relu=False):
+    _check(algo, p)
+    if b is None:
+        b = np.zeros(p.K, y.dtype)
+    sh, sw, pt, pl, dh, dw, G = _geom(p)
+    if algo == "direct":
+        _direct_fprop(x, w, b, y, bool(relu), sh, sw, pt, pl, dh, dw, G)
+    else:
+        _gemm_fprop(x, _packed_filter(w, G), b, y.reshape(p.N, p.K, p.P * p.Q), bool(relu),
+                    p.R, p.S, p.P, p.Q, sh, sw, pt, pl, dh, dw, G)
+
+
+def dgrad(algo, p, dy, w, dx):
+    _check(algo, p)
+    sh, sw, pt, pl, dh, dw, G = _geom(p)
+    if algo == "direct":
+        _direct_dgrad(dy, w, dx, sh, sw, pt, pl, dh, dw, G)
+        return
+    Kg, Cg = p.K // G, p.C // G
+    wt = np.ascontiguousarray(w.reshape(G, Kg, Cg * p.R * p.S).transpose(0, 2, 1))
+    per_channel = p.R * p.S * p.P * p.Q
+    chunk_c = int(max(1, min(Cg, DCOL_MAX_ELEMS // max(per_channel, 1))))
+    _gemm_dgrad(dy.reshape(p.N, p.K, p.P * p.Q), wt, dx, p.R, p.S, p.P, p.Q, sh, sw, pt, pl, dh, dw,
+                G, chunk_c)
+
+
+def wgrad(algo, p, x, dy, dw_out):
+    _check(algo, p)
+    sh, sw, pt, pl, dh, dw, G = _geom(p)
+    if algo == "direct":
+        _direct_wgrad(x, dy, dw_out, sh, sw, pt, pl, dh, dw, G)
+        return
+    Kd = (p.C // G) * p.R * p.S
+    # filter-row panels per task: enough tasks for the threads, few enough that
+    # each task reuses its gathered column panel over many rows
+    _gemm_wgrad(x, dy.reshape(p.N, p.K, p.P * p.Q), dw_out.reshape(p.K, Kd), p.R, p.S, p.P, p.Q,
+                sh, sw, pt, pl, dh, dw, G, 8)

@@ -1,0 +1,139 @@
+"""The Numba CPU backend (fastconv/backends/numba_cpu.py) on the shared shape
+catalog, against the independent float64 reference in tests/reference.py.
+
+Same problems as tests/test_conv.py, through backend="numba": every supported
+algorithm, Fprop (with and without bias), Dgrad and Wgrad, float32 and float64.
+Skipped visibly when numba is not installed. The first run pays the JIT
+compile (~1 min on 2 cores); cache=True makes later runs fast.
+"""
+import numpy as np
+import pytest
+
+from fastconv import backends, ops
+
+from helpers import OPS, TOL32, TOL64, bench_params, check_close, problem, run_op, spec_params
+from shapes import TEST_SHAPES
+
+pytestmark = pytest.mark.skipif("numba" not in backends.available(),
+                                reason="numba is not installed: numba backend unavailable")
+ALGOS = ("auto", "direct", "im2col", "1x1", "separable")
+
+
+def _supported(spec):
+    return ops.algorithms_for(spec.input_shape, spec.weight_shape, **spec.kwargs())
+
+
+def _run(spec, op, algo, dtype, tol):
+    x, w, b, g, refs = problem(spec, dtype)
+    if algo != "auto" and algo not in _supported(spec):
+        with pytest.raises(ValueError, match=algo):
+            run_op(op, spec, x, w, b, g, algo=algo, backend="numba")
+        return
+    out = run_op(op, spec, x, w, b, g, algo=algo, backend="numba")
+    check_close(out, refs[op], tol, dtype, f"numba {spec.name} {op} algo={algo}")
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("spec", spec_params())
+def test_test_shapes_float32(spec, algo, op):
+    _run(spec, op, algo, np.float32, TOL32)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("spec", spec_params())
+def test_test_shapes_float64(spec, algo, op):
+    _run(spec, op, algo, np.float64, TOL64)
+
+
+# BENCH_LAYERS at batch 1 (cropped where large). "auto" everywhere; the direct
+# kernel only where it is quick (its scalar Wgrad reduction is slow on big layers).
+_BENCH = [p for p in bench_params(with_skips=False) if not p.id.endswith(("_N64", "_N8", "_N16"))]
+DIRECT_MAX_MACS = 3e6
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("algo", ["auto", "im2col", "direct"])
+@pytest.mark.parametrize("spec", _BENCH)
+def test_bench_layers_float32(spec, algo, op):
+    from helpers import macs
+
+    if algo == "direct" and macs(spec) > DIRECT_MAX_MACS:
+        pytest.skip(f"direct on {spec.name} ({macs(spec):.1e} MACs) is slow in the suite; "
+                    f"direct is covered by the TEST_SHAPES matrix")
+    _run(spec, op, algo, np.float32, TOL32)
+
+
+@pytest.mark.parametrize("spec", spec_params([s for s in TEST_SHAPES if s.name.startswith(("moderate", "groups"))]))
+def test_bench_style_float64_im2col(spec):
+    for op in OPS:
+        _run(spec, op, "im2col", np.float64, TOL64)
+
+
+def test_supports_mirrors_ops_rules():
+    from fastconv.backends import numba_cpu
+    from fastconv.problem import make_problem
+
+    for spec in TEST_SHAPES:
+        p = make_problem(spec.input_shape, spec.weight_shape, **spec.kwargs())
+        for a in ALGOS[1:]:
+            assert (numba_cpu.supports(a, p) == "") == (a in _supported(spec)), (spec.name, a)
+    assert "unknown algorithm" in numba_cpu.supports("winograd", p)
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("spec", spec_params([s for s in TEST_SHAPES if s.name in (
+    "moderate_3x3", "moderate_odd_channels", "groups3_dil2", "nonsquare_all")]))
+def test_bit_identical_across_thread_counts(spec, algo):
+    import numba
+
+    x, w, b, g, _ = problem(spec, np.float32)
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for n in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(n)
+            outs.append([run_op(op, spec, x, w, b, g, algo=algo, backend="numba") for op in OPS])
+    finally:
+        numba.set_num_threads(before)
+    for a, c in zip(outs[0], outs[-1]):
+        assert np.array_equal(a, c)
+
+
+def test_relu_epilogue_and_out_buffer():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 5, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((7, 5, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    import reference as ref
+
+    want = np.maximum(ref.conv2d(x, w, b, pads=(1, 1, 1, 1)), 0)
+    for algo in ("direct", "im2col"):
+        out = np.full((2, 7, 9, 7), np.nan, np.float32)
+        got = ops.conv2d(x, w, b, padding=1, algo=algo, backend="numba", out=out, activation="relu")
+        assert got is out
+        check_close(got, want, TOL32, np.float32, f"relu {algo}")
+        assert (got == 0).any() and (got > 0).any()
+
+
+def test_large_reduction_chunks():
+    """Wgrad P*Q beyond one reduction chunk and Dgrad beyond one channel chunk."""
+    from fastconv.backends import numba_cpu
+    import reference as ref
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 3, 50, 60))
+    w = rng.standard_normal((4, 3, 3, 3))
+    g = rng.standard_normal((1, 4, 50, 60))
+    assert 50 * 60 > numba_cpu.PQ_CHUNK
+    kw = dict(pads=(1, 1, 1, 1))
+    dw = ops.conv2d_weight(x, w.shape, g, padding=1, algo="im2col", backend="numba")
+    check_close(dw, ref.conv2d_weight(x, w.shape, g, **kw), TOL64, np.float64, "wgrad chunks")
+    old = numba_cpu.DCOL_MAX_ELEMS
+    numba_cpu.DCOL_MAX_ELEMS = 9 * 50 * 60  # one channel per chunk
+    try:
+        dx = ops.conv2d_input(x.shape, w, g, padding=1, algo="im2col", backend="numba")
+    finally:
+        numba_cpu.DCOL_MAX_ELEMS = old
+    check_close(dx, ref.conv2d_input(x.shape, w, g, **kw), TOL64, np.float64, "dgrad chunks")

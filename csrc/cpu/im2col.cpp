@@ -243,12 +243,11 @@ void padded_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t ik = 0; ik < nimg * Kg; ++ik) {
       const int64_t i = ik / Kg, kk = ik % Kg;
-      {
-        T* yk = y + ((n0 + i) * p.K + grp * Kg + kk) * PQ;
-        const T* src = out + kk * width + i * g.span;
-        for (int64_t pp = 0; pp < p.P; ++pp)
-          std::memcpy(yk + pp * p.Q, src + pp * g.Wp, sizeof(T) * p.Q);
-      }
+      T* yk = y + ((n0 + i) * p.K + grp * Kg + kk) * PQ;
+      const T* src = out + kk * width + i * g.span;
+      for (int64_t pp = 0; pp < p.P; ++pp)
+        std::memcpy(yk + pp * p.Q, src + pp * g.Wp, sizeof(T) * p.Q);
+    }
   });
 }
 

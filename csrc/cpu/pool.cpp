@@ -311,6 +311,23 @@ void adaptive_pool2d_bwd(PoolKind kind, const AdaptiveProblem& p, const T* dy, c
                          const int64_t* idx, T* dx) {
   if (p.planes == 0) return;
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  if (P == 1 && Q == 1 && (kind == PoolKind::Avg || idx != nullptr)) {
+    // Global pooling (the end of every ResNet/GoogLeNet): a broadcast per
+    // plane for avg, one store per plane for max/min with saved indices.
+    const int64_t HW = H * W;
+#pragma omp parallel for schedule(static) if (p.planes * HW > kParallelMin)
+    for (int64_t plane = 0; plane < p.planes; ++plane) {
+      T* d = dx + plane * HW;
+      if (kind == PoolKind::Avg) {
+        const T v = dy[plane] / T(HW);
+        for (int64_t i = 0; i < HW; ++i) d[i] = v;
+      } else {
+        for (int64_t i = 0; i < HW; ++i) d[i] = T(0);
+        d[idx[plane]] = dy[plane];
+      }
+    }
+    return;
+  }
   std::vector<int64_t> own;
   if (kind != PoolKind::Avg && idx == nullptr) {
     own.resize(static_cast<size_t>(p.planes * P * Q));

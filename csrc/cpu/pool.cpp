@@ -243,6 +243,22 @@ void pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x, co
     pool2d_fwd<T>(kind, p, x, ytmp.data(), own.data());
     idx = own.data();
   }
+  if (kind != PoolKind::Avg) {
+    // max/min: each plane is owned by one thread, zeroed, then every output
+    // adds its gradient at its argmax in output order (a fixed order, so
+    // overlapping windows accumulate deterministically). Indices were range
+    // checked by the caller (fastconv.ops.pool) or computed just above.
+    const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
+#pragma omp parallel for schedule(static) if (p.planes * (HW + PQ) > kParallelMin)
+    for (int64_t plane = 0; plane < p.planes; ++plane) {
+      T* d = dx + plane * HW;
+      const T* g = dy + plane * PQ;
+      const int64_t* ix = idx + plane * PQ;
+      for (int64_t i = 0; i < HW; ++i) d[i] = T(0);
+      for (int64_t o = 0; o < PQ; ++o) d[ix[o]] += g[o];
+    }
+    return;
+  }
   const int64_t items = p.planes * p.H;
   const int64_t scr = bwd_scratch(p);
 #pragma omp parallel if (p.planes * (p.H * p.W + p.P * p.Q) > kParallelMin)

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ._arrays import float_array as _array
 from .. import backends
 from ..problem import ConvProblem, _is_int, make_problem
 
@@ -25,20 +26,6 @@ __all__ = ["conv2d", "conv2d_input", "conv2d_weight", "ALGORITHMS", "algorithms_
 
 
 # ----------------------------------------------------------------- arguments
-def _array(value, name):
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        if hasattr(value, "__cuda_array_interface__"):
-            raise TypeError(f"{name}: GPU arrays need the CUDA backend, which is not built into this module")
-        try:
-            arr = np.asarray(value)
-        except Exception as exc:  # noqa: BLE001 - any conversion failure is a type problem
-            raise TypeError(f"{name} must be an array, got {type(value).__name__}: {exc}") from None
-    if arr.dtype.kind != "f":
-        raise TypeError(f"{name} must be a floating-point array (float16/32/64), got dtype {arr.dtype}"
-                        f" with shape {arr.shape}")
-    return arr
 
 
 def _compute_dtype(*arrays_and_names):

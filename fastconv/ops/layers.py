@@ -17,6 +17,7 @@ import numbers
 
 import numpy as np
 
+from ._arrays import float_array as _float_array
 from ..backends import cpu as _cpu_backend
 
 __all__ = [
@@ -34,20 +35,6 @@ def _k():
     return _cpu_backend._need()
 
 
-def _float_array(value, name):
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        if hasattr(value, "__cuda_array_interface__"):
-            raise TypeError(f"{name}: GPU arrays need the CUDA backend, which is not built into this module")
-        try:
-            arr = np.asarray(value)
-        except Exception as exc:  # noqa: BLE001 - any conversion failure is a type problem
-            raise TypeError(f"{name} must be an array, got {type(value).__name__}: {exc}") from None
-    if arr.dtype.kind != "f":
-        raise TypeError(f"{name} must be a floating-point array (float16/32/64), got dtype {arr.dtype} "
-                        f"with shape {arr.shape}")
-    return arr
 
 
 def _compute_dtype(*named):

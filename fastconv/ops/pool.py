@@ -33,6 +33,7 @@ import numbers
 
 import numpy as np
 
+from ._arrays import float_array as _array
 from ..backends import cpu as _cpu_backend
 from ..problem import _is_int
 
@@ -50,20 +51,6 @@ def _kernel():
     return _cpu_backend._need()
 
 
-def _array(value, name):
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        if hasattr(value, "__cuda_array_interface__"):
-            raise TypeError(f"{name}: GPU arrays need the CUDA backend, which has no pooling kernels yet")
-        try:
-            arr = np.asarray(value)
-        except Exception as exc:  # noqa: BLE001 - any conversion failure is a type problem
-            raise TypeError(f"{name} must be an array, got {type(value).__name__}: {exc}") from None
-    if arr.dtype.kind != "f":
-        raise TypeError(f"{name} must be a floating-point array (float16/32/64), got dtype {arr.dtype} "
-                        f"with shape {arr.shape}")
-    return arr
 
 
 def _compute_dtype(arr):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -22,11 +23,15 @@ __all__ = ["ops", "backends", "info", "set_num_threads", "get_num_threads", "Con
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the compiled CPU kernels (OpenMP); OMP_NUM_THREADS sets the default."""
+    """Threads used by the CPU kernels: the compiled module (OpenMP) and, once it
+    is loaded, Numba (capped at NUMBA_NUM_THREADS). OMP_NUM_THREADS sets the default."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     if _cpu_backend.CPU_AVAILABLE:
         _cpu_backend._cpu.set_num_threads(n)
 
@@ -34,7 +39,8 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     if _cpu_backend.CPU_AVAILABLE:
         return _cpu_backend._cpu.get_num_threads()
-    return 1
+    numba = sys.modules.get("numba")
+    return numba.get_num_threads() if numba is not None else 1
 
 
 def info() -> dict:

@@ -104,3 +104,17 @@ def test_cli_info(tmp_path):
     isa = fastconv.info()["isa"]
     assert isa in p.stdout, p.stdout
     assert fastconv.info()["version"] in p.stdout
+
+
+def test_numba_run_keeps_the_thread_count(threads):
+    """Numba's OpenMP threading layer used to reset the compiled kernels' thread count."""
+    if "numba" not in fastconv.backends.available():
+        pytest.skip("numba backend not available")
+    fastconv.set_num_threads(1)
+    x = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
+    w = np.random.default_rng(1).random((4, 3, 3, 3)).astype(np.float32)
+    ops.conv2d(x, w, backend="numba")
+    assert fastconv.get_num_threads() == 1
+    fastconv.set_num_threads(2)
+    ops.conv2d(x, w, backend="numba")
+    assert fastconv.get_num_threads() == 2

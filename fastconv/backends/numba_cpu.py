@@ -29,11 +29,20 @@ fixed order, so results are bit-identical for any Numba thread count.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 try:
     import numba
     from numba import njit, prange
+
+    # Numba's "omp" threading layer shares libgomp with the compiled module and
+    # calls omp_set_num_threads() on every parallel launch, which silently
+    # reset fastconv.set_num_threads() for the C++ kernels. The workqueue layer
+    # leaves OpenMP alone. A user's NUMBA_THREADING_LAYER still wins.
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
 
     AVAILABLE = True
     IMPORT_ERROR = None

@@ -717,11 +717,14 @@ FC_TGT void maxmin_bwd_range(const PoolProblem& p, const T* __restrict dy, const
   }
 }
 
-// Whole-plane reductions (global pooling): 16 independent lanes, then a
-// fixed pairwise combination, so the order never depends on threads.
+// Whole-plane reductions (global pooling): independent lanes, a scalar tail,
+// then a fixed combination, so the order never depends on threads. 8 lanes,
+// not 16: ResNet/GoogLeNet planes are 7x7 = 49 elements, where a 16-lane
+// tree and masked tail cost more than the data (16x2048x7x7: 0.72 -> 0.22 ms
+// on one thread).
 template <class Op, typename T>
 FC_TGT void global_rows(const T* __restrict x, int64_t HW, T* __restrict y, T div, int64_t b, int64_t e) {
-  constexpr int L = 16;
+  constexpr int L = 8;
   for (int64_t pl = b; pl < e; ++pl) {
     const T* __restrict xp = x + pl * HW;
     T acc[L];
@@ -729,10 +732,12 @@ FC_TGT void global_rows(const T* __restrict x, int64_t HW, T* __restrict y, T di
     int64_t i = 0;
     for (; i + L <= HW; i += L)
       for (int j = 0; j < L; ++j) acc[j] = Op::comb(acc[j], xp[i + j]);
-    for (int j = 0; i + j < HW; ++j) acc[j] = Op::comb(acc[j], xp[i + j]);
-    for (int w = L / 2; w > 0; w /= 2)
-      for (int j = 0; j < w; ++j) acc[j] = Op::comb(acc[j], acc[j + w]);
-    y[pl] = Op::avg ? acc[0] / div : acc[0];
+    T tail = Op::id();
+    for (; i < HW; ++i) tail = Op::comb(tail, xp[i]);
+    const T t = Op::comb(Op::comb(Op::comb(acc[0], acc[4]), Op::comb(acc[1], acc[5])),
+                         Op::comb(Op::comb(acc[2], acc[6]), Op::comb(acc[3], acc[7])));
+    const T r = Op::comb(t, tail);
+    y[pl] = Op::avg ? r / div : r;
   }
 }
 

@@ -12,8 +12,9 @@ as do mixed dtypes. Any strides are accepted (non-contiguous inputs are copied).
 """
 from __future__ import annotations
 
-import os
+import math
 import numbers
+import os
 
 import numpy as np
 
@@ -84,8 +85,8 @@ def _split(shape, dim):
     """(outer, D, inner) of `shape` around axis `dim`."""
     if len(shape) == 0:
         return 1, 1, 1
-    outer = int(np.prod(shape[:dim], dtype=np.int64))
-    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
+    outer = math.prod(shape[:dim])
+    inner = math.prod(shape[dim + 1:])
     return outer, int(shape[dim]), inner
 
 
@@ -95,7 +96,7 @@ def _bn_view(x):
         raise ValueError(f"input must be 2-D (N, C), 3-D (N, C, L), 4-D (N, C, H, W) or 5-D, got "
                          f"{x.ndim}-D with shape {x.shape}")
     N, C = x.shape[0], x.shape[1]
-    L = int(np.prod(x.shape[2:], dtype=np.int64))
+    L = math.prod(x.shape[2:])
     return N, C, L
 
 
@@ -243,7 +244,7 @@ def _lrn_args(x, size, alpha, beta, k):
     beta = _real(beta, "beta")
     k = _real(k, "k")
     N, C = x.shape[0], x.shape[1]
-    L = int(np.prod(x.shape[2:], dtype=np.int64))
+    L = math.prod(x.shape[2:])
     return size, alpha, beta, k, N, C, L
 
 
@@ -513,7 +514,7 @@ def _linear_args(x, w, in_name="input"):
                          f"{w.shape[1]} (shape {w.shape})")
     I = w.shape[1]
     O = w.shape[0]
-    M = int(np.prod(x.shape[:-1], dtype=np.int64))
+    M = math.prod(x.shape[:-1])
     return M, I, O
 
 

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from ._arrays import float_array as _array
 from .. import backends
 from ..problem import ConvProblem, _is_int, make_problem
+from ._arrays import float_array as _array
 
 ALGORITHMS = ("auto", "direct", "im2col", "1x1", "separable")
 log = logging.getLogger("fastconv")

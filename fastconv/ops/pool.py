@@ -33,9 +33,9 @@ import numbers
 
 import numpy as np
 
-from ._arrays import float_array as _array
 from ..backends import cpu as _cpu_backend
-from ..problem import _is_int
+from ..problem import _is_int, out_size
+from ._arrays import float_array as _array
 
 __all__ = [
     "max_pool2d", "min_pool2d", "avg_pool2d", "lp_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
@@ -96,10 +96,14 @@ def _bool(value, name):
 
 
 def pool_output_size(in_size, kernel, stride, pad, dilation, ceil_mode):
-    """torch's pooling output size along one dimension (may be <= 0: callers raise)."""
-    num = in_size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
-    out = num // stride + 1
-    if ceil_mode and (out - 1) * stride >= in_size + pad:
+    """torch's pooling output size along one dimension (<= 0 when nothing fits: callers raise).
+
+    The convolution formula (:func:`fastconv.problem.out_size`, the project's one output-size
+    function); ceil mode is stride-1 extra padding at the high end, minus a last window that
+    would start inside the right padding (torch's rule).
+    """
+    out = out_size(in_size, pad, pad + (stride - 1 if ceil_mode else 0), kernel, stride, dilation)
+    if ceil_mode and out > 0 and (out - 1) * stride >= in_size + pad:
         out -= 1
     return out
 

@@ -224,35 +224,9 @@ def test_simple_cnn_matches_torch(torch, rng):
 def test_resnet18_matches_torch_layout(torch, rng):
     """Our ResNet-18 with torchvision's state_dict names and order, checked against a torch
     ResNet-18 written here (BasicBlock, stride on conv1, 1x1 projection shortcuts)."""
-    tnn = torch.nn
+    from torch_twins import torch_models
 
-    class TBlock(tnn.Module):
-        def __init__(self, cin, c, s):
-            super().__init__()
-            self.conv1, self.bn1 = tnn.Conv2d(cin, c, 3, s, 1, bias=False), tnn.BatchNorm2d(c)
-            self.conv2, self.bn2 = tnn.Conv2d(c, c, 3, 1, 1, bias=False), tnn.BatchNorm2d(c)
-            self.downsample = (tnn.Sequential(tnn.Conv2d(cin, c, 1, s, bias=False), tnn.BatchNorm2d(c))
-                               if s != 1 or cin != c else None)
-
-        def forward(self, x):
-            o = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-            return torch.relu(o + (self.downsample(x) if self.downsample is not None else x))
-
-    class TResNet(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.bn1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False), tnn.BatchNorm2d(64)
-            cin, layers = 64, []
-            for c, s in ((64, 1), (128, 2), (256, 2), (512, 2)):
-                layers.append(tnn.Sequential(TBlock(cin, c, s), TBlock(c, c, 1)))
-                cin = c
-            self.layer1, self.layer2, self.layer3, self.layer4 = layers
-            self.fc = tnn.Linear(512, 10)
-
-        def forward(self, x):
-            x = tnn.functional.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(x.mean((2, 3)))
+    TResNet = torch_models(torch)["resnet18"]
 
     m, t = models.resnet18(num_classes=10), TResNet()
     assert list(m.state_dict()) == list(t.state_dict())

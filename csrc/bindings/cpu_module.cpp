@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "common.h"
 #include "fastconv/conv_cpu.h"
 #include "fastconv/gemm.h"
 #include "fastconv/parallel.h"
@@ -16,6 +17,9 @@
 
 namespace py = pybind11;
 using fastconv::ConvProblem;
+using fastconv::bindings::in_ptr;
+using fastconv::bindings::is_f64;
+using fastconv::bindings::out_ptr;
 
 namespace {
 
@@ -39,33 +43,6 @@ std::string supports(Algo a, const ConvProblem& p) {
   return "unknown algorithm";
 }
 
-template <typename T>
-T* checked(py::array& a, const char* name, int64_t expect_elems) {
-  if (!py::isinstance<py::array_t<T>>(a) || a.dtype().kind() != 'f' ||
-      a.itemsize() != static_cast<py::ssize_t>(sizeof(T)))
-    throw py::type_error(std::string(name) + ": dtype does not match the kernel's");
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + ": must be C-contiguous");
-  if (a.size() != expect_elems)
-    throw py::value_error(std::string(name) + ": has " + std::to_string(a.size()) +
-                          " elements, the problem needs " + std::to_string(expect_elems));
-  if (!a.writeable() && std::string(name).rfind("out", 0) == 0)
-    throw py::value_error(std::string(name) + ": is read-only");
-  return static_cast<T*>(a.mutable_data());
-}
-
-template <typename T>
-const T* checked_in(py::array& a, const char* name, int64_t expect_elems) {
-  if (!py::isinstance<py::array_t<T>>(a) || a.itemsize() != static_cast<py::ssize_t>(sizeof(T)))
-    throw py::type_error(std::string(name) + ": dtype does not match the kernel's");
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + ": must be C-contiguous");
-  if (a.size() != expect_elems)
-    throw py::value_error(std::string(name) + ": has " + std::to_string(a.size()) +
-                          " elements, the problem needs " + std::to_string(expect_elems));
-  return static_cast<const T*>(a.data());
-}
-
 void check(const Algo a, const ConvProblem& p) {
   try {
     fastconv::check_problem(p);
@@ -79,15 +56,15 @@ void check(const Algo a, const ConvProblem& p) {
 template <typename T>
 void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::object bias, py::array& y,
              bool relu) {
-  const T* xp = checked_in<T>(x, "input", p.input_elems());
-  const T* wp = checked_in<T>(w, "weight", p.weight_elems());
+  const T* xp = in_ptr<T>(x, "input", p.input_elems());
+  const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
   const T* bp = nullptr;
   py::array b;
   if (!bias.is_none()) {
     b = bias.cast<py::array>();
-    bp = checked_in<T>(b, "bias", p.K);
+    bp = in_ptr<T>(b, "bias", p.K);
   }
-  T* yp = checked<T>(y, "output", p.output_elems());
+  T* yp = out_ptr<T>(y, "output", p.output_elems());
   if (p.N == 0) return;
   py::gil_scoped_release release;
   switch (a) {
@@ -100,9 +77,9 @@ void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::objec
 
 template <typename T>
 void dgrad_t(Algo a, const ConvProblem& p, py::array& dy, py::array& w, py::array& dx) {
-  const T* dyp = checked_in<T>(dy, "grad_output", p.output_elems());
-  const T* wp = checked_in<T>(w, "weight", p.weight_elems());
-  T* dxp = checked<T>(dx, "grad_input", p.input_elems());
+  const T* dyp = in_ptr<T>(dy, "grad_output", p.output_elems());
+  const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
+  T* dxp = out_ptr<T>(dx, "grad_input", p.input_elems());
   if (p.N == 0) return;
   py::gil_scoped_release release;
   switch (a) {
@@ -115,9 +92,9 @@ void dgrad_t(Algo a, const ConvProblem& p, py::array& dy, py::array& w, py::arra
 
 template <typename T>
 void wgrad_t(Algo a, const ConvProblem& p, py::array& x, py::array& dy, py::array& dw) {
-  const T* xp = checked_in<T>(x, "input", p.input_elems());
-  const T* dyp = checked_in<T>(dy, "grad_output", p.output_elems());
-  T* dwp = checked<T>(dw, "grad_weight", p.weight_elems());
+  const T* xp = in_ptr<T>(x, "input", p.input_elems());
+  const T* dyp = in_ptr<T>(dy, "grad_output", p.output_elems());
+  T* dwp = out_ptr<T>(dw, "grad_weight", p.weight_elems());
   py::gil_scoped_release release;
   if (p.N == 0) {
     for (int64_t i = 0; i < p.weight_elems(); ++i) dwp[i] = T(0);
@@ -130,8 +107,6 @@ void wgrad_t(Algo a, const ConvProblem& p, py::array& x, py::array& dy, py::arra
     case Algo::Separable: fastconv::separable_wgrad<T>(p, xp, dyp, dwp); break;
   }
 }
-
-bool is_f64(py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 8; }
 
 // C = beta*C + A.B over arbitrary (element) strides: exposes the GEMM itself
 // to tests and benchmarks. A (M x K), B (K x N), C (M x N) C-contiguous rows.
@@ -169,26 +144,7 @@ void register_layers(py::module_& m);  // cpu_layers.cpp
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastconv compiled CPU kernels (C++, OpenMP, AVX-512/AVX2 dispatch)";
 
-  py::class_<ConvProblem>(m, "ConvProblem")
-      .def(py::init([](int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
-                       int64_t P, int64_t Q, int64_t pad_h, int64_t pad_w, int64_t stride_h,
-                       int64_t stride_w, int64_t dil_h, int64_t dil_w, int64_t groups) {
-             ConvProblem p;
-             p.N = N; p.C = C; p.H = H; p.W = W; p.K = K; p.R = R; p.S = S; p.P = P; p.Q = Q;
-             p.pad_h = pad_h; p.pad_w = pad_w; p.stride_h = stride_h; p.stride_w = stride_w;
-             p.dil_h = dil_h; p.dil_w = dil_w; p.groups = groups;
-             return p;
-           }),
-           py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("R"),
-           py::arg("S"), py::arg("P"), py::arg("Q"), py::arg("pad_h"), py::arg("pad_w"),
-           py::arg("stride_h"), py::arg("stride_w"), py::arg("dil_h"), py::arg("dil_w"),
-           py::arg("groups"))
-      .def_readonly("N", &ConvProblem::N).def_readonly("C", &ConvProblem::C)
-      .def_readonly("H", &ConvProblem::H).def_readonly("W", &ConvProblem::W)
-      .def_readonly("K", &ConvProblem::K).def_readonly("R", &ConvProblem::R)
-      .def_readonly("S", &ConvProblem::S).def_readonly("P", &ConvProblem::P)
-      .def_readonly("Q", &ConvProblem::Q).def_readonly("groups", &ConvProblem::groups)
-      .def("flops", &ConvProblem::flops);
+  fastconv::bindings::bind_conv_problem(m, /*module_local=*/false);
 
   m.def("out_size", &fastconv::out_size, py::arg("in_size"), py::arg("pad_lo"), py::arg("pad_hi"),
         py::arg("kernel"), py::arg("stride"), py::arg("dilation"),

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
 #include "fastconv/conv_cuda.h"
 #include "fastconv/cuda_api.h"
 #include "fastconv/problem.h"
@@ -118,19 +119,7 @@ PYBIND11_MODULE(_cuda, m) {
     return d;
   });
 
-  py::class_<ConvProblem>(m, "ConvProblem", py::module_local())
-      .def(py::init([](int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t P,
-                       int64_t Q, int64_t pad_h, int64_t pad_w, int64_t stride_h, int64_t stride_w, int64_t dil_h,
-                       int64_t dil_w, int64_t groups) {
-             ConvProblem p;
-             p.N = N; p.C = C; p.H = H; p.W = W; p.K = K; p.R = R; p.S = S; p.P = P; p.Q = Q;
-             p.pad_h = pad_h; p.pad_w = pad_w; p.stride_h = stride_h; p.stride_w = stride_w;
-             p.dil_h = dil_h; p.dil_w = dil_w; p.groups = groups;
-             return p;
-           }),
-           py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("R"), py::arg("S"),
-           py::arg("P"), py::arg("Q"), py::arg("pad_h"), py::arg("pad_w"), py::arg("stride_h"),
-           py::arg("stride_w"), py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"));
+  fastconv::bindings::bind_conv_problem(m, /*module_local=*/true);
 
   m.def("supports", [](const std::string& algo, const ConvProblem& p) {
     return use_igemm(algo) ? fastconv::cuda::igemm_supports(p) : std::string();

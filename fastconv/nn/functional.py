@@ -245,43 +245,29 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
 
 
 # -------------------------------------------------------------- activations
-class _Relu(Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = _layers().relu(x)
-        ctx.save_for_backward(y)  # the output, so the input can be freed
-        return y
+def _output_saving_activation(op):
+    """Function class for an elementwise op whose backward needs only its output
+    (relu, sigmoid, tanh: `<op>_backward(grad, output)`), so the input can be freed."""
 
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return _layers().relu_backward(g, y)
+    class _Act(Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = getattr(_layers(), op)(x)
+            ctx.save_for_backward(y)
+            return y
 
+        @staticmethod
+        def backward(ctx, g):
+            (y,) = ctx.saved_tensors
+            return getattr(_layers(), op + "_backward")(g, y)
 
-class _Sigmoid(Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = _layers().sigmoid(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return _layers().sigmoid_backward(g, y)
+    _Act.__name__ = _Act.__qualname__ = "_" + op.capitalize()
+    return _Act
 
 
-class _Tanh(Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = _layers().tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return _layers().tanh_backward(g, y)
+_Relu = _output_saving_activation("relu")
+_Sigmoid = _output_saving_activation("sigmoid")
+_Tanh = _output_saving_activation("tanh")
 
 
 def relu(input, inplace=False):

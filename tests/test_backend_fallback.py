@@ -166,3 +166,32 @@ def test_choice_is_logged(restore_backend, caplog):
     msgs = [r.getMessage() for r in caplog.records if "default backend 'reference'" in r.getMessage()]
     assert len(msgs) == 1, msgs  # once per distinct choice, not once per op call
     assert "set_backend()" in msgs[0]
+
+
+# ----------------------------------------------- pooling / layer kernel table
+def test_layer_ops_take_backend_and_fall_back_per_kernel(caplog):
+    """Every pooling / layer op takes ``backend=``; a backend without a kernel runs it elsewhere, logged."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 6))
+    want = ops.max_pool2d(x, 3, 2, 1)
+    # "reference" has no pooling kernels of its own: the kernel falls back to the fastest that has it
+    kernel, runs_on = backends.layer_kernel("pool2d_forward", "reference")
+    assert runs_on != "reference" and callable(kernel)
+    backends._logged.discard(("reference", "pool2d_forward"))  # logged once per process: forget it
+    with caplog.at_level(logging.DEBUG, logger="fastconv"):
+        got = ops.max_pool2d(x, 3, 2, 1, backend="reference")
+    np.testing.assert_array_equal(got, want)
+    assert any("has no pool2d_forward kernel" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.relu(x, backend="tpu")
+    with pytest.raises(TypeError, match="backend must be a string"):
+        ops.softmax(x, 1, backend=3)
+
+
+def test_every_public_layer_op_has_a_backend_keyword():
+    import inspect
+
+    from fastconv.ops import layers, pool
+    names = [n for n in pool.__all__ + layers.__all__ if n not in ("pool_output_size", "Generator")]
+    missing = [n for n in names if "backend" not in inspect.signature(getattr(ops, n)).parameters]
+    assert not missing, f"ops without backend=: {missing}"

@@ -8,6 +8,18 @@ care which one they call:
     fprop(algo, problem, x, w, b, y, relu)     dgrad(algo, problem, dy, w, dx)
     wgrad(algo, problem, x, dy, dw)
 
+Pooling and the layer kernels (``fastconv.ops.pool`` / ``fastconv.ops.layers``)
+use a second table, looked up per kernel by :func:`layer_kernel`: a backend
+module that has them defines ``layer_kernel(name) -> callable or None`` with
+the names and argument lists of the compiled module's functions
+(``pool2d_forward``, ``pool2d_backward``, ``adaptive_pool2d_forward``,
+``adaptive_pool2d_backward``, ``bn_stats``, ``bn_apply``, ``bn_backward``,
+``lrn``, ``activation``, ``softmax``, ``cross_entropy``, ``dropout``,
+``dropout_backward``, ``linear``, ``linear_backward``; see
+``csrc/bindings/cpu_pool.cpp`` and ``cpu_layers.cpp`` for the arguments).
+A backend that lacks a kernel falls back, for that kernel only, to the
+fastest available backend that has it (logged once at DEBUG level).
+
 * ``"cpu"``: the compiled C++ module (``fastconv._cpu``), NumPy arrays.
 * ``"cuda-emu"``: the CUDA sources compiled for the CPU grid emulator (tests).
 * ``"numba"``: Numba ``@njit(parallel=True)`` kernels (the fallback).
@@ -122,6 +134,27 @@ def resolve(name):
             why = CPU_IMPORT_ERROR
         raise ValueError(f"backend {name!r} is not available: {why}; available: {available()}")
     return name
+
+
+_FALLBACK_ORDER = ("cpu", "numba", "reference")
+
+
+def layer_kernel(name: str, backend=None):
+    """The pooling / layer kernel ``name`` of ``backend`` (None: the default), with per-kernel fallback.
+
+    Returns ``(callable, backend_name_that_runs_it)``.
+    """
+    chosen = resolve(backend)
+    for cand in (chosen,) + tuple(b for b in _FALLBACK_ORDER if b != chosen):
+        mod = _load(cand)[0] if cand in _REGISTRY else None
+        fn = getattr(mod, "layer_kernel", None) if mod is not None else None
+        kernel = fn(name) if fn is not None else None
+        if kernel is not None:
+            if cand != chosen and (chosen, name) not in _logged:
+                _logged.add((chosen, name))
+                log.debug("fastconv: backend %r has no %s kernel; running it on %r", chosen, name, cand)
+            return kernel, cand
+    raise ValueError(f"no available backend has the {name} kernel (asked for {chosen!r}; available: {available()})")
 
 
 def _warn_if_compiled_missing():

@@ -18,6 +18,19 @@ def _need():
     return _cpu
 
 
+_LAYER_KERNELS = frozenset((
+    "pool2d_forward", "pool2d_backward", "adaptive_pool2d_forward", "adaptive_pool2d_backward",
+    "bn_stats", "bn_apply", "bn_backward", "lrn", "activation", "softmax", "cross_entropy",
+    "dropout", "dropout_backward", "linear", "linear_backward"))
+
+
+def layer_kernel(name):
+    """Pooling / layer kernel ``name`` of the compiled module (see ``fastconv.backends.layer_kernel``)."""
+    if _cpu is None or name not in _LAYER_KERNELS:
+        return None
+    return getattr(_cpu, name)
+
+
 def available_isas():
     """GEMM micro-kernels this CPU can run, slowest first."""
     m = _need()

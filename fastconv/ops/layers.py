@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from ._arrays import float_array as _float_array
-from ..backends import cpu as _cpu_backend
+from .. import backends as _backends
 
 __all__ = [
     "batch_norm", "batch_norm_forward_train", "batch_norm_backward",
@@ -32,8 +32,8 @@ __all__ = [
 
 
 # ----------------------------------------------------------------- helpers
-def _k():
-    return _cpu_backend._need()
+def _k(name, backend):
+    return _backends.layer_kernel(name, backend)[0]
 
 
 
@@ -110,7 +110,7 @@ def _channel_vec(v, name, C, x_shape):
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5):
+               eps=1e-5, *, backend=None):
     """As ``torch.nn.functional.batch_norm``: normalizes over every axis but 1.
 
     training=True: normalizes with the batch mean and the biased batch variance and, when the
@@ -132,7 +132,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             raise ValueError("running_mean and running_var are required when training=False")
         mean = np.ascontiguousarray(rm, dtype=np.float64)
         invstd = 1.0 / np.sqrt(np.asarray(rv, dtype=np.float64) + eps)
-        return _bn_apply(x, dtype, N, C, L, mean, invstd, w, b)
+        return _bn_apply(x, dtype, N, C, L, mean, invstd, w, b, backend)
     if momentum is None:
         raise ValueError("momentum=None (cumulative moving average) is not supported; pass a float")
     momentum = _real(momentum, "momentum")
@@ -141,7 +141,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             raise ValueError(f"{n} must be a writeable numpy array: it is updated in place")
     if N * L <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-    y, mean, invstd, var = _bn_train(x, dtype, N, C, L, w, b, eps)
+    y, mean, invstd, var = _bn_train(x, dtype, N, C, L, w, b, eps, backend)
     count = N * L
     if rm is not None:
         rm[...] = (1.0 - momentum) * rm.astype(np.float64) + momentum * mean
@@ -150,25 +150,25 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return y
 
 
-def _bn_apply(x, dtype, N, C, L, mean, invstd, w, b):
+def _bn_apply(x, dtype, N, C, L, mean, invstd, w, b, backend):
     y = np.empty(x.shape, dtype)
-    _k().bn_apply(_c(x, dtype), N, C, L, np.ascontiguousarray(mean, np.float64),
+    _k("bn_apply", backend)(_c(x, dtype), N, C, L, np.ascontiguousarray(mean, np.float64),
                   np.ascontiguousarray(invstd, np.float64), _c(w, dtype), _c(b, dtype), y)
     return y.astype(x.dtype, copy=False)
 
 
-def _bn_train(x, dtype, N, C, L, w, b, eps):
+def _bn_train(x, dtype, N, C, L, w, b, eps, backend):
     xc = _c(x, dtype)
     mean = np.empty(C, np.float64)
     var = np.empty(C, np.float64)
-    _k().bn_stats(xc, N, C, L, mean, var)
+    _k("bn_stats", backend)(xc, N, C, L, mean, var)
     invstd = 1.0 / np.sqrt(var + eps)
     y = np.empty(x.shape, dtype)
-    _k().bn_apply(xc, N, C, L, mean, invstd, _c(w, dtype), _c(b, dtype), y)
+    _k("bn_apply", backend)(xc, N, C, L, mean, invstd, _c(w, dtype), _c(b, dtype), y)
     return y.astype(x.dtype, copy=False), mean, invstd, var
 
 
-def batch_norm_forward_train(input, weight=None, bias=None, eps=1e-5):
+def batch_norm_forward_train(input, weight=None, bias=None, eps=1e-5, *, backend=None):
     """Training-mode batch norm without running statistics.
 
     Returns ``(output, save_mean, save_invstd)``; the saved statistics (float64, shape (C,)) are
@@ -182,12 +182,12 @@ def batch_norm_forward_train(input, weight=None, bias=None, eps=1e-5):
     dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
     if N * L <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-    y, mean, invstd, _ = _bn_train(x, dtype, N, C, L, w, b, eps)
+    y, mean, invstd, _ = _bn_train(x, dtype, N, C, L, w, b, eps, backend)
     return y, mean, invstd
 
 
 def batch_norm_backward(grad_output, input, weight, save_mean=None, save_invstd=None, training=True, *,
-                        running_mean=None, running_var=None, eps=1e-5):
+                        running_mean=None, running_var=None, eps=1e-5, backend=None):
     """Gradients of batch norm: ``(grad_input, grad_weight, grad_bias)``.
 
     training=True: ``save_mean`` / ``save_invstd`` are the batch statistics from
@@ -227,7 +227,7 @@ def batch_norm_backward(grad_output, input, weight, save_mean=None, save_invstd=
         dw[...] = 0
         db[...] = 0
     else:
-        _k().bn_backward(_c(dy, dtype), _c(x, dtype), N, C, L, np.ascontiguousarray(mean, np.float64),
+        _k("bn_backward", backend)(_c(dy, dtype), _c(x, dtype), N, C, L, np.ascontiguousarray(mean, np.float64),
                          np.ascontiguousarray(invstd, np.float64), _c(w, dtype), bool(training), dx, dw, db)
     od = x.dtype
     return dx.astype(od, copy=False), dw.astype(od, copy=False), db.astype(od, copy=False)
@@ -248,7 +248,7 @@ def _lrn_args(x, size, alpha, beta, k):
     return size, alpha, beta, k, N, C, L
 
 
-def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, *, backend=None):
     """As ``torch.nn.functional.local_response_norm``.
 
     ``y = x / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]} x_{c'}^2) ** beta``,
@@ -258,11 +258,11 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0):
     size, alpha, beta, k, N, C, L = _lrn_args(x, size, alpha, beta, k)
     dtype = _compute_dtype((x, "input"))
     y = np.empty(x.shape, dtype)
-    _k().lrn(None, _c(x, dtype), N, C, L, size, alpha, beta, k, y)
+    _k("lrn", backend)(None, _c(x, dtype), N, C, L, size, alpha, beta, k, y)
     return y.astype(x.dtype, copy=False)
 
 
-def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75, k=1.0):
+def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75, k=1.0, *, backend=None):
     """Gradient of :func:`local_response_norm` with respect to its input."""
     x = _float_array(input, "input")
     dy = _float_array(grad_output, "grad_output")
@@ -270,7 +270,7 @@ def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75
     size, alpha, beta, k, N, C, L = _lrn_args(x, size, alpha, beta, k)
     dtype = _compute_dtype((x, "input"), (dy, "grad_output"))
     dx = np.empty(x.shape, dtype)
-    _k().lrn(_c(dy, dtype), _c(x, dtype), N, C, L, size, alpha, beta, k, dx)
+    _k("lrn", backend)(_c(dy, dtype), _c(x, dtype), N, C, L, size, alpha, beta, k, dx)
     return dx.astype(x.dtype, copy=False)
 
 
@@ -278,65 +278,65 @@ def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75
 _KIND = {"relu": 0, "sigmoid": 1, "tanh": 2}
 
 
-def _act(kind, input):
+def _act(kind, input, backend):
     x = _float_array(input, "input")
     dtype = _compute_dtype((x, "input"))
     y = np.empty(x.shape, dtype)
-    _k().activation(_KIND[kind], None, _c(x, dtype), y)
+    _k("activation", backend)(_KIND[kind], None, _c(x, dtype), y)
     return y.astype(x.dtype, copy=False)
 
 
-def _act_bwd(kind, grad_output, y_or_x, name):
+def _act_bwd(kind, grad_output, y_or_x, name, backend):
     dy = _float_array(grad_output, "grad_output")
     y = _float_array(y_or_x, name)
     _same_shape(dy, "grad_output", y, name)
     dtype = _compute_dtype((dy, "grad_output"), (y, name))
     dx = np.empty(y.shape, dtype)
-    _k().activation(_KIND[kind], _c(dy, dtype), _c(y, dtype), dx)
+    _k("activation", backend)(_KIND[kind], _c(dy, dtype), _c(y, dtype), dx)
     return dx.astype(y.dtype, copy=False)
 
 
-def relu(input):
+def relu(input, *, backend=None):
     """max(x, 0) (NaN stays NaN), as ``torch.relu``."""
-    return _act("relu", input)
+    return _act("relu", input, backend)
 
 
-def sigmoid(input):
+def sigmoid(input, *, backend=None):
     """1 / (1 + exp(-x)), computed without overflow, as ``torch.sigmoid``."""
-    return _act("sigmoid", input)
+    return _act("sigmoid", input, backend)
 
 
-def tanh(input):
+def tanh(input, *, backend=None):
     """As ``torch.tanh``."""
-    return _act("tanh", input)
+    return _act("tanh", input, backend)
 
 
-def relu_backward(grad_output, output):
+def relu_backward(grad_output, output, *, backend=None):
     """``grad_output * (output > 0)``; the forward's input works as well as its output."""
-    return _act_bwd("relu", grad_output, output, "output")
+    return _act_bwd("relu", grad_output, output, "output", backend)
 
 
-def sigmoid_backward(grad_output, output):
+def sigmoid_backward(grad_output, output, *, backend=None):
     """``grad_output * y * (1 - y)`` with y the forward output."""
-    return _act_bwd("sigmoid", grad_output, output, "output")
+    return _act_bwd("sigmoid", grad_output, output, "output", backend)
 
 
-def tanh_backward(grad_output, output):
+def tanh_backward(grad_output, output, *, backend=None):
     """``grad_output * (1 - y**2)`` with y the forward output."""
-    return _act_bwd("tanh", grad_output, output, "output")
+    return _act_bwd("tanh", grad_output, output, "output", backend)
 
 
-def _softmax(input, dim, log):
+def _softmax(input, dim, log, backend):
     x = _float_array(input, "input")
     d = _dim(dim, x.ndim)
     dtype = _compute_dtype((x, "input"))
     outer, D, inner = _split(x.shape, d)
     y = np.empty(x.shape, dtype)
-    _k().softmax(log, outer, D, inner, None, _c(x, dtype), y)
+    _k("softmax", backend)(log, outer, D, inner, None, _c(x, dtype), y)
     return y.astype(x.dtype, copy=False)
 
 
-def _softmax_bwd(grad_output, output, dim, log):
+def _softmax_bwd(grad_output, output, dim, log, backend):
     dy = _float_array(grad_output, "grad_output")
     y = _float_array(output, "output")
     _same_shape(dy, "grad_output", y, "output")
@@ -344,32 +344,32 @@ def _softmax_bwd(grad_output, output, dim, log):
     dtype = _compute_dtype((dy, "grad_output"), (y, "output"))
     outer, D, inner = _split(y.shape, d)
     dx = np.empty(y.shape, dtype)
-    _k().softmax(log, outer, D, inner, _c(dy, dtype), _c(y, dtype), dx)
+    _k("softmax", backend)(log, outer, D, inner, _c(dy, dtype), _c(y, dtype), dx)
     return dx.astype(y.dtype, copy=False)
 
 
-def softmax(input, dim):
+def softmax(input, dim, *, backend=None):
     """exp(x - max) / sum exp(x - max) along ``dim`` (any axis, negative allowed)."""
-    return _softmax(input, dim, False)
+    return _softmax(input, dim, False, backend)
 
 
-def log_softmax(input, dim):
+def log_softmax(input, dim, *, backend=None):
     """x - max - log(sum exp(x - max)) along ``dim``."""
-    return _softmax(input, dim, True)
+    return _softmax(input, dim, True, backend)
 
 
-def softmax_backward(grad_output, output, dim):
+def softmax_backward(grad_output, output, dim, *, backend=None):
     """``y * (g - sum(g * y))`` along ``dim``, with y the softmax output."""
-    return _softmax_bwd(grad_output, output, dim, False)
+    return _softmax_bwd(grad_output, output, dim, False, backend)
 
 
-def log_softmax_backward(grad_output, output, dim):
+def log_softmax_backward(grad_output, output, dim, *, backend=None):
     """``g - exp(y) * sum(g)`` along ``dim``, with y the log_softmax output."""
-    return _softmax_bwd(grad_output, output, dim, True)
+    return _softmax_bwd(grad_output, output, dim, True, backend)
 
 
 # ------------------------------------------------------------ cross entropy
-def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_index=-100):
+def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_index=-100, *, backend=None):
     """Fused cross entropy from logits: returns ``(loss, grad_input)``.
 
     ``input``: logits (N, C); ``target``: integer class indices (N,). Semantics of
@@ -409,7 +409,7 @@ def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_i
     scale = 1.0 / count if (reduction == "mean" and count > 0) else 1.0
     rows = np.empty(N, np.float64)
     grad = np.empty(z.shape, dtype)
-    _k().cross_entropy(_c(z, dtype), t64, N, C, ignore_index, eps, scale, rows, grad)
+    _k("cross_entropy", backend)(_c(z, dtype), t64, N, C, ignore_index, eps, scale, rows, grad)
     od = z.dtype
     if reduction == "none":
         loss = rows.astype(od)
@@ -457,7 +457,7 @@ def _dropout_p(p):
     return p
 
 
-def dropout(input, p=0.5, training=True, seed=None):
+def dropout(input, p=0.5, training=True, seed=None, *, backend=None):
     """As ``torch.nn.functional.dropout``, returning ``(output, mask)``.
 
     ``seed``: None (a fresh random seed), an int (the same int always gives the same mask for the
@@ -483,11 +483,11 @@ def dropout(input, p=0.5, training=True, seed=None):
     threshold = min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1)
     y = np.empty(x.shape, dtype)
     mask = np.empty(x.shape, np.uint8)
-    _k().dropout(_c(x, dtype), s, off, threshold, 1.0 / (1.0 - p), y, mask)
+    _k("dropout", backend)(_c(x, dtype), s, off, threshold, 1.0 / (1.0 - p), y, mask)
     return y.astype(x.dtype, copy=False), mask.view(bool)
 
 
-def dropout_backward(grad_output, mask, p):
+def dropout_backward(grad_output, mask, p, *, backend=None):
     """``grad_output * mask / (1 - p)`` (zeros when p == 1)."""
     dy = _float_array(grad_output, "grad_output")
     m = np.asarray(mask)
@@ -499,7 +499,7 @@ def dropout_backward(grad_output, mask, p):
         return np.zeros_like(dy)
     dtype = _compute_dtype((dy, "grad_output"))
     dx = np.empty(dy.shape, dtype)
-    _k().dropout_backward(_c(dy, dtype), np.ascontiguousarray(m).view(np.uint8), 1.0 / (1.0 - p), dx)
+    _k("dropout_backward", backend)(_c(dy, dtype), np.ascontiguousarray(m).view(np.uint8), 1.0 / (1.0 - p), dx)
     return dx.astype(dy.dtype, copy=False)
 
 
@@ -518,7 +518,7 @@ def _linear_args(x, w, in_name="input"):
     return M, I, O
 
 
-def linear(input, weight, bias=None):
+def linear(input, weight, bias=None, *, backend=None):
     """``input @ weight.T + bias`` as ``torch.nn.functional.linear`` (input (..., in), weight (out, in)),
     on fastconv's GEMM."""
     x = _float_array(input, "input")
@@ -529,11 +529,11 @@ def linear(input, weight, bias=None):
         raise ValueError(f"bias must have shape ({O},) for weight shape {w.shape}, got {b.shape}")
     dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
     y = np.empty(x.shape[:-1] + (O,), dtype)
-    _k().linear(_c(x, dtype), _c(w, dtype), _c(b, dtype), M, I, O, y)
+    _k("linear", backend)(_c(x, dtype), _c(w, dtype), _c(b, dtype), M, I, O, y)
     return y.astype(x.dtype, copy=False)
 
 
-def linear_backward(grad_output, input, weight, needs=(True, True, True)):
+def linear_backward(grad_output, input, weight, needs=(True, True, True), *, backend=None):
     """``(grad_input, grad_weight, grad_bias)`` of :func:`linear`; entries of ``needs`` that are
     False come back as None (and are not computed)."""
     x = _float_array(input, "input")
@@ -555,6 +555,6 @@ def linear_backward(grad_output, input, weight, needs=(True, True, True)):
         for a in (dx, dw, db):
             if a is not None:
                 a[...] = 0
-    _k().linear_backward(_c(dy, dtype), _c(x, dtype), _c(w, dtype), M, I, O, dx, dw, db)
+    _k("linear_backward", backend)(_c(dy, dtype), _c(x, dtype), _c(w, dtype), M, I, O, dx, dw, db)
     od = x.dtype
     return tuple(None if a is None else a.astype(od, copy=False) for a in (dx, dw, db))

@@ -33,7 +33,7 @@ import numbers
 
 import numpy as np
 
-from ..backends import cpu as _cpu_backend
+from .. import backends as _backends
 from ..problem import _is_int, out_size
 from ._arrays import float_array as _array
 
@@ -47,8 +47,8 @@ _MAX, _MIN, _AVG = 0, 1, 2
 
 
 # ----------------------------------------------------------------- arguments
-def _kernel():
-    return _cpu_backend._need()
+def _kernel(name, backend):
+    return _backends.layer_kernel(name, backend)[0]
 
 
 
@@ -192,7 +192,7 @@ def _check_indices(indices, x, expect_shape4, H, W):
 
 
 # ------------------------------------------------------------- max / min
-def _maxmin_forward(kind, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+def _maxmin_forward(kind, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
     x = _array(input, "input")
     x4, unbatched = _as4d(x, "input")
     g = _Geom(x4.shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -200,7 +200,7 @@ def _maxmin_forward(kind, input, kernel_size, stride, padding, dilation, ceil_mo
     dtype = _compute_dtype(x)
     y = np.empty((g.N * g.C, g.P, g.Q), dtype)
     idx = np.empty((g.N * g.C, g.P, g.Q), np.int64) if want_idx else None
-    _kernel().pool2d_forward(kind, _planes(x4, dtype), y, idx, count_include_pad=True, divisor_override=0,
+    _kernel("pool2d_forward", backend)(kind, _planes(x4, dtype), y, idx, count_include_pad=True, divisor_override=0,
                              **g.kernel_args())
     out = _finish(y, g.out_shape, unbatched, x.dtype)
     if want_idx:
@@ -208,17 +208,19 @@ def _maxmin_forward(kind, input, kernel_size, stride, padding, dilation, ceil_mo
     return out
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
+               *, backend=None):
     """Max pooling, as ``torch.nn.functional.max_pool2d`` (ties: first maximum in row-major window order)."""
-    return _maxmin_forward(_MAX, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return _maxmin_forward(_MAX, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
 
 
-def min_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+def min_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
+               *, backend=None):
     """Min pooling (``-max_pool2d(-x)`` up to ties): +inf padding, first minimum in row-major order wins."""
-    return _maxmin_forward(_MIN, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return _maxmin_forward(_MIN, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
 
 
-def _maxmin_backward(kind, grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices):
+def _maxmin_backward(kind, grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices, backend):
     x = _array(input, "input")
     x4, unbatched = _as4d(x, "input")
     geo = _Geom(x4.shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -227,26 +229,28 @@ def _maxmin_backward(kind, grad_output, input, kernel_size, stride, padding, dil
     idx = None if indices is None else _check_indices(indices, x, geo.out_shape, geo.H, geo.W)
     dx = np.empty((geo.N * geo.C, geo.H, geo.W), dtype)
     gy4 = gy[None] if unbatched else gy
-    _kernel().pool2d_backward(kind, _planes(gy4, dtype), None if idx is not None else _planes(x4, dtype), idx,
+    _kernel("pool2d_backward", backend)(kind, _planes(gy4, dtype), None if idx is not None else _planes(x4, dtype), idx,
                               dx, count_include_pad=True, divisor_override=0, **geo.kernel_args())
     return _finish(dx, x4.shape, unbatched, x.dtype)
 
 
 def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                        indices=None):
+                        indices=None, *, backend=None):
     """grad_input of :func:`max_pool2d` (``indices`` from ``return_indices=True``, or None to recompute)."""
-    return _maxmin_backward(_MAX, grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices)
+    return _maxmin_backward(_MAX, grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices,
+                           backend)
 
 
 def min_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                        indices=None):
+                        indices=None, *, backend=None):
     """grad_input of :func:`min_pool2d`."""
-    return _maxmin_backward(_MIN, grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices)
+    return _maxmin_backward(_MIN, grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices,
+                           backend)
 
 
 # -------------------------------------------------------------------- avg
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None):
+               divisor_override=None, *, backend=None):
     """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
     x = _array(input, "input")
     x4, unbatched = _as4d(x, "input")
@@ -255,13 +259,13 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     div = _divisor(divisor_override)
     dtype = _compute_dtype(x)
     y = np.empty((g.N * g.C, g.P, g.Q), dtype)
-    _kernel().pool2d_forward(_AVG, _planes(x4, dtype), y, None, count_include_pad=cip, divisor_override=div,
+    _kernel("pool2d_forward", backend)(_AVG, _planes(x4, dtype), y, None, count_include_pad=cip, divisor_override=div,
                              **g.kernel_args())
     return _finish(y, g.out_shape, unbatched, x.dtype)
 
 
 def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False,
-                        count_include_pad=True, divisor_override=None):
+                        count_include_pad=True, divisor_override=None, *, backend=None):
     """grad_input of :func:`avg_pool2d` (``input`` gives the shape and dtype)."""
     x = _array(input, "input")
     x4, unbatched = _as4d(x, "input")
@@ -272,7 +276,7 @@ def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
     dtype = _compute_dtype(x)
     dx = np.empty((geo.N * geo.C, geo.H, geo.W), dtype)
     gy4 = gy[None] if unbatched else gy
-    _kernel().pool2d_backward(_AVG, _planes(gy4, dtype), None, None, dx, count_include_pad=cip,
+    _kernel("pool2d_backward", backend)(_AVG, _planes(gy4, dtype), None, None, dx, count_include_pad=cip,
                               divisor_override=div, **geo.kernel_args())
     return _finish(dx, x4.shape, unbatched, x.dtype)
 
@@ -287,7 +291,7 @@ def _norm(norm_type):
     return p
 
 
-def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
+def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False, *, backend=None):
     """Power-average pooling, as ``torch.nn.functional.lp_pool2d``.
 
     Like torch: ``(sign(a) * relu(|a|) * kh*kw) ** (1/p)`` with ``a = avg_pool2d(x**p)``
@@ -301,19 +305,19 @@ def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
     if math.isinf(p):
         a = np.abs(x)
         if p > 0:
-            return max_pool2d(a, kernel_size, stride, 0, 1, ceil_mode)
-        return -max_pool2d(-a, kernel_size, stride, 0, 1, ceil_mode)
+            return max_pool2d(a, kernel_size, stride, 0, 1, ceil_mode, backend=backend)
+        return -max_pool2d(-a, kernel_size, stride, 0, 1, ceil_mode, backend=backend)
     kh, kw = _pair(kernel_size, "kernel_size", 1)
     dtype = _compute_dtype(x)
     xc = x.astype(dtype, copy=False)
     with np.errstate(all="ignore"):
-        a = avg_pool2d(np.power(xc, dtype.type(p)), kernel_size, stride, 0, ceil_mode)
+        a = avg_pool2d(np.power(xc, dtype.type(p)), kernel_size, stride, 0, ceil_mode, backend=backend)
         t = np.sign(a) * np.maximum(np.abs(a), dtype.type(0)) * dtype.type(kh * kw)
         y = np.power(t, dtype.type(1.0 / p))
     return y.astype(x.dtype, copy=False)
 
 
-def lp_pool2d_backward(grad_output, input, norm_type, kernel_size, stride=None, ceil_mode=False):
+def lp_pool2d_backward(grad_output, input, norm_type, kernel_size, stride=None, ceil_mode=False, *, backend=None):
     """grad_input of :func:`lp_pool2d` (zero where a window's sum of powers is zero, as torch documents)."""
     p = _norm(norm_type)
     x = _array(input, "input")
@@ -321,16 +325,16 @@ def lp_pool2d_backward(grad_output, input, norm_type, kernel_size, stride=None, 
     if math.isinf(p):
         a = np.abs(x)
         if p > 0:
-            g = max_pool2d_backward(grad_output, a, kernel_size, stride, 0, 1, ceil_mode)
+            g = max_pool2d_backward(grad_output, a, kernel_size, stride, 0, 1, ceil_mode, backend=backend)
         else:
-            g = max_pool2d_backward(grad_output, -a, kernel_size, stride, 0, 1, ceil_mode)
+            g = max_pool2d_backward(grad_output, -a, kernel_size, stride, 0, 1, ceil_mode, backend=backend)
         return (g * np.sign(x)).astype(x.dtype, copy=False)
     kh, kw = _pair(kernel_size, "kernel_size", 1)
     dtype = _compute_dtype(x)
     xc = x.astype(dtype, copy=False)
     with np.errstate(all="ignore"):
         xp = np.power(xc, dtype.type(p))
-        a = avg_pool2d(xp, kernel_size, stride, 0, ceil_mode)
+        a = avg_pool2d(xp, kernel_size, stride, 0, ceil_mode, backend=backend)
         gy = _check_grad(grad_output, x, a.shape if a.ndim == 4 else (1,) + a.shape, "lp_pool2d output")
         gy = gy.astype(dtype, copy=False)
         kk = dtype.type(kh * kw)
@@ -338,7 +342,7 @@ def lp_pool2d_backward(grad_output, input, norm_type, kernel_size, stride=None, 
         e = dtype.type(1.0 / p)
         ga = gy * e * np.power(t, e - dtype.type(1)) * kk
         ga = np.where(a != 0, ga, dtype.type(0)).astype(dtype, copy=False)
-        gxp = avg_pool2d_backward(ga, xp, kernel_size, stride, 0, ceil_mode)
+        gxp = avg_pool2d_backward(ga, xp, kernel_size, stride, 0, ceil_mode, backend=backend)
         gx = gxp * dtype.type(p) * np.power(xc, dtype.type(p - 1))
     return gx.astype(x.dtype, copy=False)
 
@@ -375,18 +379,18 @@ def _adaptive_input(input):
     return x, x4, unbatched
 
 
-def adaptive_avg_pool2d(input, output_size):
+def adaptive_avg_pool2d(input, output_size, *, backend=None):
     """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``."""
     x, x4, unbatched = _adaptive_input(input)
     N, C, H, W = x4.shape
     P, Q = _adaptive_size(output_size, H, W)
     dtype = _compute_dtype(x)
     y = np.empty((N * C, P, Q), dtype)
-    _kernel().adaptive_pool2d_forward(_AVG, _planes(x4, dtype), y, None)
+    _kernel("adaptive_pool2d_forward", backend)(_AVG, _planes(x4, dtype), y, None)
     return _finish(y, (N, C, P, Q), unbatched, x.dtype)
 
 
-def adaptive_max_pool2d(input, output_size, return_indices=False):
+def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=None):
     """Adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool2d`` (first maximum wins ties)."""
     x, x4, unbatched = _adaptive_input(input)
     N, C, H, W = x4.shape
@@ -395,14 +399,14 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     dtype = _compute_dtype(x)
     y = np.empty((N * C, P, Q), dtype)
     idx = np.empty((N * C, P, Q), np.int64) if want_idx else None
-    _kernel().adaptive_pool2d_forward(_MAX, _planes(x4, dtype), y, idx)
+    _kernel("adaptive_pool2d_forward", backend)(_MAX, _planes(x4, dtype), y, idx)
     out = _finish(y, (N, C, P, Q), unbatched, x.dtype)
     if want_idx:
         return out, _finish(idx, (N, C, P, Q), unbatched, np.int64)
     return out
 
 
-def adaptive_avg_pool2d_backward(grad_output, input):
+def adaptive_avg_pool2d_backward(grad_output, input, *, backend=None):
     """grad_input of :func:`adaptive_avg_pool2d` (the output size is grad_output's)."""
     x, x4, unbatched = _adaptive_input(input)
     N, C, H, W = x4.shape
@@ -418,11 +422,11 @@ def adaptive_avg_pool2d_backward(grad_output, input):
     dtype = _compute_dtype(x)
     gy4 = gy[None] if unbatched else gy
     dx = np.empty((N * C, H, W), dtype)
-    _kernel().adaptive_pool2d_backward(_AVG, _planes(gy4, dtype), None, None, dx)
+    _kernel("adaptive_pool2d_backward", backend)(_AVG, _planes(gy4, dtype), None, None, dx)
     return _finish(dx, x4.shape, unbatched, x.dtype)
 
 
-def adaptive_max_pool2d_backward(grad_output, input, output_size, indices=None):
+def adaptive_max_pool2d_backward(grad_output, input, output_size, indices=None, *, backend=None):
     """grad_input of :func:`adaptive_max_pool2d` (``indices`` or None to recompute the argmax)."""
     x, x4, unbatched = _adaptive_input(input)
     N, C, H, W = x4.shape
@@ -432,6 +436,7 @@ def adaptive_max_pool2d_backward(grad_output, input, output_size, indices=None):
     dtype = _compute_dtype(x)
     gy4 = gy[None] if unbatched else gy
     dx = np.empty((N * C, H, W), dtype)
-    _kernel().adaptive_pool2d_backward(_MAX, _planes(gy4, dtype), None if idx is not None else _planes(x4, dtype),
+    x_planes = None if idx is not None else _planes(x4, dtype)
+    _kernel("adaptive_pool2d_backward", backend)(_MAX, _planes(gy4, dtype), x_planes,
                                        idx, dx)
     return _finish(dx, x4.shape, unbatched, x.dtype)

@@ -473,3 +473,28 @@ BAD = [
 @pytest.mark.parametrize("name,exc,fn,names,numbers", BAD, ids=[b[0] for b in BAD])
 def test_bad_input(name, exc, fn, names, numbers):
     check(exc, fn, names, numbers)
+
+
+# ---------------------------------------- the 2x2 stride-2 chunked fast path
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (1, 2, 9, 35), (1, 1, 2, 64), (3, 1, 5, 33), (1, 2, 2, 2)])
+def test_2x2_stride2_fast_path_ties_nan_and_chunk_edges(shape, dtype, rng):
+    """2x2/s2/p0 runs its own kernel in 16-wide chunks: rows shorter, equal and longer than a chunk,
+    odd sizes (the last row/column unused), heavy ties, NaN and -inf, against the float64 reference."""
+    x = rng.integers(-2, 3, size=shape).astype(dtype)          # values in {-2..2}: many ties
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)] = np.nan
+    flat[rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)] = -np.inf
+    for kind in ("max", "min"):
+        fn = P.max_pool2d if kind == "max" else P.min_pool2d
+        y, i = fn(x, 2, 2, return_indices=True)
+        y_only = fn(x, 2, 2)
+        ry, ri = ref.maxmin_pool(x, kind, 2, 2)
+        np.testing.assert_array_equal(i, ri)
+        np.testing.assert_array_equal(y, ry.astype(dtype))
+        np.testing.assert_array_equal(y_only, y)
+    xf = rng.standard_normal(shape).astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    for div in (None, 3):
+        np.testing.assert_allclose(P.avg_pool2d(xf, 2, 2, divisor_override=div),
+                                   ref.avg_pool(xf, 2, 2, divisor_override=div), rtol=tol, atol=tol)

@@ -37,6 +37,13 @@
 namespace fastconv {
 namespace pool_detail {
 
+// 2x2 windows, stride 2, no padding or dilation, every window inside the
+// image: the pooling of LeNet, VGG and the seed network, with kernels of its own.
+inline bool is_2x2s2_inside(const PoolProblem& p) {
+  return p.kh == 2 && p.kw == 2 && p.sh == 2 && p.sw == 2 && p.ph == 0 && p.pw == 0 && p.dh == 1 &&
+         p.dw == 1 && 2 * p.P <= p.H && 2 * p.Q <= p.W;
+}
+
 // Phase-buffer length (per phase) of the forward row kernels: long enough for
 // the padded input row and for the right-most tap of the last window.
 inline int64_t fwd_nj(const PoolProblem& p) {
@@ -585,6 +592,19 @@ FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restr
   }
 }
 
+// Fixed-length partial copies for the chunked kernels below: a variable-length
+// memcpy (or a loop GCC turns into one) compiles to `rep movs`, whose start-up
+// costs more than a 16-wide chunk's work; these become masked vector moves.
+template <int64_t K, typename T>
+FC_TGT FC_AI void load_n(T* __restrict dst, const T* __restrict src, int64_t n, T fill) {
+  for (int64_t l = 0; l < K; ++l) dst[l] = l < n ? src[l] : fill;
+}
+template <int64_t K, typename T>
+FC_TGT FC_AI void store_n(T* __restrict dst, const T* __restrict src, int64_t n) {
+  for (int64_t l = 0; l < K; ++l)
+    if (l < n) dst[l] = src[l];
+}
+
 // The most common pooling (LeNet, VGG, the seed network: 2x2, stride 2, no
 // padding, every window inside the image) as one pass per output row in
 // fixed 16-wide chunks. The generic path runs ~8 loops of Q iterations per
@@ -613,11 +633,9 @@ FC_TGT void fwd_2x2s2(const PoolProblem& p, const T* __restrict x, T* __restrict
       const int64_t n = std::min<int64_t>(kChunk, Q - q0);
       T a[2 * kChunk], c[2 * kChunk], v[kChunk];
       int64_t at[kChunk];
-      if (n < kChunk) {  // lanes past the row end compute on zeros and are not stored
-        for (int64_t l = 2 * n; l < 2 * kChunk; ++l) a[l] = c[l] = T(0);
-      }
-      std::memcpy(a, r0 + 2 * q0, sizeof(T) * 2 * n);
-      std::memcpy(c, r1 + 2 * q0, sizeof(T) * 2 * n);
+      // lanes past the row end compute on zeros and are not stored
+      load_n<2 * kChunk>(a, r0 + 2 * q0, 2 * n, T(0));
+      load_n<2 * kChunk>(c, r1 + 2 * q0, 2 * n, T(0));
       for (int64_t l = 0; l < kChunk; ++l) {
         if constexpr (Op::avg) {
           v[l] = ((a[2 * l] + a[2 * l + 1]) + (c[2 * l] + c[2 * l + 1])) * inv;
@@ -638,8 +656,8 @@ FC_TGT void fwd_2x2s2(const PoolProblem& p, const T* __restrict x, T* __restrict
           if constexpr (kIdx) at[l] = base + 2 * (q0 + l) + k;
         }
       }
-      std::memcpy(out + q0, v, sizeof(T) * n);
-      if constexpr (kIdx) std::memcpy(idx + it * Q + q0, at, sizeof(int64_t) * n);
+      store_n<kChunk>(out + q0, v, n);
+      if constexpr (kIdx) store_n<kChunk>(idx + it * Q + q0, at, n);
     }
   }
 }
@@ -650,9 +668,7 @@ FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int
   // int32 index arithmetic when every flat position (and q*sw + tap) fits
   const bool narrow = p.H * p.W + p.Q * p.sw + p.kw * p.dw < (int64_t(1) << 31);
   auto* i32 = reinterpret_cast<int32_t*>(iscr);
-  const bool k2s2 = p.kh == 2 && p.kw == 2 && p.sh == 2 && p.sw == 2 && p.ph == 0 && p.pw == 0 &&
-                    p.dh == 1 && p.dw == 1 && 2 * p.P <= p.H && 2 * p.Q <= p.W;
-  if (k2s2) {
+  if (is_2x2s2_inside(p)) {
     switch (kind) {
       case PoolKind::Max:
         return idx ? fwd_2x2s2<MaxOp<T>, T, true>(p, x, y, idx, b, e) : fwd_2x2s2<MaxOp<T>, T, false>(p, x, y, idx, b, e);

@@ -46,15 +46,18 @@ inline bool is_2x2s2_inside(const PoolProblem& p) {
 
 // Phase-buffer length (per phase) of the forward row kernels: long enough for
 // the padded input row and for the right-most tap of the last window.
+inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 inline int64_t fwd_nj(const PoolProblem& p) {
-  const int64_t need_taps = p.Q + ((p.kw - 1) * p.dw) / p.sw + 1;
-  const int64_t need_row = (p.pw + p.W + p.sw - 1) / p.sw;
+  // the forward loops run over whole 16-wide chunks of the row and of the
+  // output (see fwd_rows): room for both past their ends
+  const int64_t need_taps = round16(p.Q) + ((p.kw - 1) * p.dw) / p.sw + 1;
+  const int64_t need_row = (p.pw + round16(p.W) + p.sw - 1) / p.sw;
   // whole vectors: the phase loops then need no scalar tail
-  return (std::max(need_taps, need_row) + 15) / 16 * 16;
+  return round16(std::max(need_taps, need_row));
 }
 inline int64_t fwd_scratch(const PoolProblem& p) {
   const int64_t nj = fwd_nj(p);
-  return nj * p.sw /*row*/ + nj * p.sw /*phases*/ + 2 * p.Q /*hv, colcnt*/ + 64;
+  return nj * p.sw /*row*/ + nj * p.sw /*phases*/ + 2 * round16(p.Q) /*hv, colcnt or acc*/ + 64;
 }
 // Avg backward: padded gradient row + phases.
 inline int64_t bwd_nJ(const PoolProblem& p) { return (p.W - 1 + p.pw) / p.sw + 1; }
@@ -232,7 +235,7 @@ void pool2d_fwd(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* 
     split(items, b, e);
     if (b < e) {
       AlignedBuffer<T> s(scr);
-      AlignedBuffer<int64_t> is(3 * p.Q + 16);  // hc, fc, oi of fwd_rows_idx
+      AlignedBuffer<int64_t> is(3 * round16(p.Q) + 16);  // hc, fc, oi of fwd_rows_idx
       FC_POOL_DISPATCH(fwd_range<T>, kind, p, x, y, idx, b, e, s.data(), is.data());
     }
   }
@@ -461,22 +464,48 @@ FC_TGT FC_AI void deinterleave(const T* __restrict vb, T* __restrict ph, int64_t
   }
 }
 
+// Fixed-length partial copies for the chunked kernels below: a variable-length
+// memcpy (or a loop GCC turns into one) compiles to `rep movs`, whose start-up
+// costs more than a 16-wide chunk's work; these become masked vector moves.
+template <int64_t K, typename T>
+FC_TGT FC_AI void load_n(T* __restrict dst, const T* __restrict src, int64_t n, T fill) {
+  if (n >= K) {
+    for (int64_t l = 0; l < K; ++l) dst[l] = src[l];
+  } else {
+    for (int64_t l = 0; l < K; ++l) dst[l] = l < n ? src[l] : fill;
+  }
+}
+template <int64_t K, typename T>
+FC_TGT FC_AI void store_n(T* __restrict dst, const T* __restrict src, int64_t n) {
+  if (n >= K) {
+    for (int64_t l = 0; l < K; ++l) dst[l] = src[l];
+  } else {
+    for (int64_t l = 0; l < K; ++l)
+      if (l < n) dst[l] = src[l];
+  }
+}
+
 // Forward, values only: vertical reduction first, then horizontal taps.
 template <class Op, typename T>
 FC_TGT void fwd_rows(const PoolProblem& p, const T* __restrict x, T* __restrict y, int64_t b,
                      int64_t e, T* __restrict scr) {
+  // Every loop runs over whole 16-wide chunks (masked at the ends): on the
+  // 14-28 wide rows of small images a scalar remainder would be the whole
+  // loop, and its max/min selects compile to mispredicted branches.
+  constexpr int64_t kC = 16;
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw;
-  const int64_t nj = fwd_nj(p), Wb = nj * sw;
+  const int64_t nj = fwd_nj(p), Wb = nj * sw, Wr = round16(W), Qr = round16(Q);
   T* __restrict vb = scr;
   T* __restrict ph = vb + Wb;
-  T* __restrict colcnt = ph + Wb;
-  for (int64_t i = 0; i < pw; ++i) vb[i] = Op::id();
-  for (int64_t i = pw + W; i < Wb; ++i) vb[i] = Op::id();
-  T* __restrict mid = vb + pw;
+  T* __restrict acc = ph + Wb;
+  T* __restrict colcnt = acc + Qr;
+  for (int64_t i = 0; i < Wb; ++i) vb[i] = Op::id();
+  T* __restrict mid = vb + pw;  // mid[W, Wr) stays the padding value: loads past W fill it
   if (Op::avg)
-    for (int64_t q = 0; q < Q; ++q)
-      colcnt[q] = p.divisor_override ? T(p.divisor_override)
-                                     : T(avg_count(q, sw, pw, p.kw, W, p.count_include_pad));
+    for (int64_t q = 0; q < Qr; ++q)
+      colcnt[q] = q >= Q ? T(1)
+                         : p.divisor_override ? T(p.divisor_override)
+                                              : T(avg_count(q, sw, pw, p.kw, W, p.count_include_pad));
   // per-row 64-bit divisions cost as much as the row's vector work: count instead
   int64_t plane = b / P, oh = b % P - 1;
   for (int64_t it = b; it < e; ++it) {
@@ -485,20 +514,24 @@ FC_TGT void fwd_rows(const PoolProblem& p, const T* __restrict x, T* __restrict 
       ++plane;
     }
     const T* __restrict xp = x + plane * H * W;
-    T* __restrict out = y + it * Q;
     const int64_t h0 = oh * p.sh - p.ph;
     int64_t nvalid = 0;
     for (int64_t r = 0; r < p.kh; ++r) {
       const int64_t ih = h0 + r * p.dh;
       if (ih < 0 || ih >= H) continue;
       const T* __restrict row = xp + ih * W;
-      if (nvalid++ == 0)
-        for (int64_t w = 0; w < W; ++w) mid[w] = row[w];
-      else
-        for (int64_t w = 0; w < W; ++w) mid[w] = Op::comb(mid[w], row[w]);
+      for (int64_t w0 = 0; w0 < Wr; w0 += kC) {
+        T t[kC];
+        load_n<kC>(t, row + w0, W - w0, Op::id());
+        if (nvalid == 0)
+          for (int64_t l = 0; l < kC; ++l) mid[w0 + l] = t[l];
+        else
+          for (int64_t l = 0; l < kC; ++l) mid[w0 + l] = Op::comb(mid[w0 + l], t[l]);
+      }
+      ++nvalid;
     }
     if (nvalid == 0)
-      for (int64_t w = 0; w < W; ++w) mid[w] = Op::id();
+      for (int64_t w = 0; w < Wr; ++w) mid[w] = Op::id();
     const T* phases = vb;
     if (sw > 1) {
       deinterleave(vb, ph, nj, sw);
@@ -508,14 +541,16 @@ FC_TGT void fwd_rows(const PoolProblem& p, const T* __restrict x, T* __restrict 
       const int64_t off = s * p.dw;
       const T* __restrict src = phases + (off % sw) * nj + off / sw;
       if (s == 0)
-        for (int64_t q = 0; q < Q; ++q) out[q] = src[q];
+        for (int64_t q = 0; q < Qr; ++q) acc[q] = src[q];
       else
-        for (int64_t q = 0; q < Q; ++q) out[q] = Op::comb(out[q], src[q]);
+        for (int64_t q = 0; q < Qr; ++q) acc[q] = Op::comb(acc[q], src[q]);
     }
     if (Op::avg) {
       const T rc = p.divisor_override ? T(1) : T(avg_count(oh, p.sh, p.ph, p.kh, H, p.count_include_pad));
-      for (int64_t q = 0; q < Q; ++q) out[q] = out[q] / (rc * colcnt[q]);
+      for (int64_t q = 0; q < Qr; ++q) acc[q] = acc[q] / (rc * colcnt[q]);
     }
+    T* __restrict out = y + it * Q;
+    for (int64_t q0 = 0; q0 < Qr; q0 += kC) store_n<kC>(out + q0, acc + q0, Q - q0);
   }
 }
 
@@ -528,18 +563,22 @@ template <class Op, typename T, typename I>
 FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restrict y,
                          int64_t* __restrict idx, int64_t b, int64_t e, T* __restrict scr,
                          I* __restrict iscr) {
+  // whole 16-wide chunks, as fwd_rows: on short rows a scalar remainder loop
+  // of selects compiles to branches that mispredict on random data (3x3/s2/p1
+  // on 28x28 planes ran 15x slower than without indices)
+  constexpr int64_t kC = 16;
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw;
-  const int64_t nj = fwd_nj(p), Wb = nj * sw;
+  const int64_t nj = fwd_nj(p), Wb = nj * sw, Wr = round16(W), Qr = round16(Q);
   T* __restrict vb = scr;
   T* __restrict ph = vb + Wb;
   T* __restrict hv = ph + Wb;
+  T* __restrict acc = hv + Qr;
   I* __restrict hc = iscr;
-  I* __restrict fc = iscr + Q;  // first in-image column of each window (torch's initial index)
-  I* __restrict oi = iscr + 2 * Q;
-  for (int64_t i = 0; i < pw; ++i) vb[i] = Op::id();
-  for (int64_t i = pw + W; i < Wb; ++i) vb[i] = Op::id();
-  T* __restrict mid = vb + pw;
-  for (int64_t q = 0; q < Q; ++q) fc[q] = I(first_inside(q * sw - pw, p.dw));
+  I* __restrict fc = iscr + Qr;  // first in-image column of each window (torch's initial index)
+  I* __restrict oi = iscr + 2 * Qr;
+  for (int64_t i = 0; i < Wb; ++i) vb[i] = Op::id();
+  T* __restrict mid = vb + pw;  // mid[W, Wr) stays the padding value: loads past W fill it
+  for (int64_t q = 0; q < Qr; ++q) fc[q] = I(q < Q ? first_inside(q * sw - pw, p.dw) : 0);
   // per-row 64-bit divisions cost as much as the row's vector work: count instead
   int64_t plane = b / P, oh = b % P - 1;
   for (int64_t it = b; it < e; ++it) {
@@ -548,24 +587,23 @@ FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restr
       ++plane;
     }
     const T* __restrict xp = x + plane * H * W;
-    T* __restrict out = y + it * Q;
     const int64_t h0 = oh * p.sh - p.ph;
     const I first = I(first_inside(h0, p.dh) * W);
-    for (int64_t q = 0; q < Q; ++q) {
-      out[q] = Op::id();
+    for (int64_t q = 0; q < Qr; ++q) {
+      acc[q] = Op::id();
       oi[q] = first + fc[q];
     }
     for (int64_t r = 0; r < p.kh; ++r) {
       const int64_t ih = h0 + r * p.dh;
       if (ih < 0 || ih >= H) continue;
       const T* __restrict row = xp + ih * W;
-      for (int64_t w = 0; w < W; ++w) mid[w] = row[w];
+      for (int64_t w0 = 0; w0 < Wr; w0 += kC) load_n<kC>(mid + w0, row + w0, W - w0, Op::id());
       const T* phases = vb;
       if (sw > 1) {
         deinterleave(vb, ph, nj, sw);
         phases = ph;
       }
-      for (int64_t q = 0; q < Q; ++q) {
+      for (int64_t q = 0; q < Qr; ++q) {
         hv[q] = Op::id();
         hc[q] = fc[q];
       }
@@ -573,7 +611,7 @@ FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restr
         const int64_t off = s * p.dw;
         const T* __restrict src = phases + (off % sw) * nj + off / sw;
         const I c0 = I(off - pw), step = I(sw);
-        for (int64_t q = 0; q < Q; ++q) {
+        for (int64_t q = 0; q < Qr; ++q) {
           const T v = src[q];
           const bool m = Op::better(v, hv[q]);
           hv[q] = m ? v : hv[q];
@@ -581,28 +619,21 @@ FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restr
         }
       }
       const I base = I(ih * W);
-      for (int64_t q = 0; q < Q; ++q) {
-        const bool m = Op::better(hv[q], out[q]);
-        out[q] = m ? hv[q] : out[q];
+      for (int64_t q = 0; q < Qr; ++q) {
+        const bool m = Op::better(hv[q], acc[q]);
+        acc[q] = m ? hv[q] : acc[q];
         oi[q] = m ? base + hc[q] : oi[q];
       }
     }
+    T* __restrict out = y + it * Q;
     int64_t* __restrict dst = idx + it * Q;
-    for (int64_t q = 0; q < Q; ++q) dst[q] = int64_t(oi[q]);
+    for (int64_t q0 = 0; q0 < Qr; q0 += kC) {
+      int64_t wide[kC];
+      for (int64_t l = 0; l < kC; ++l) wide[l] = int64_t(oi[q0 + l]);
+      store_n<kC>(out + q0, acc + q0, Q - q0);
+      store_n<kC>(dst + q0, wide, Q - q0);
+    }
   }
-}
-
-// Fixed-length partial copies for the chunked kernels below: a variable-length
-// memcpy (or a loop GCC turns into one) compiles to `rep movs`, whose start-up
-// costs more than a 16-wide chunk's work; these become masked vector moves.
-template <int64_t K, typename T>
-FC_TGT FC_AI void load_n(T* __restrict dst, const T* __restrict src, int64_t n, T fill) {
-  for (int64_t l = 0; l < K; ++l) dst[l] = l < n ? src[l] : fill;
-}
-template <int64_t K, typename T>
-FC_TGT FC_AI void store_n(T* __restrict dst, const T* __restrict src, int64_t n) {
-  for (int64_t l = 0; l < K; ++l)
-    if (l < n) dst[l] = src[l];
 }
 
 // The most common pooling (LeNet, VGG, the seed network: 2x2, stride 2, no

@@ -276,13 +276,8 @@ void pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x, co
     int64_t b, e;
     split(items, b, e);
     if (b < e) {
-      if (kind == PoolKind::Avg) {
-        AlignedBuffer<T> s(scr);
-        FC_POOL_DISPATCH(avg_bwd_range<T>, p, dy, dx, b, e, s.data());
-      } else {
-        AlignedBuffer<T> s(p.W + 16);
-        FC_POOL_DISPATCH(maxmin_bwd_range<T>, p, dy, idx, dx, b, e, s.data());
-      }
+      AlignedBuffer<T> s(scr);
+      FC_POOL_DISPATCH(avg_bwd_range<T>, p, dy, dx, b, e, s.data());
     }
   }
 }
@@ -799,50 +794,6 @@ FC_TGT void avg_bwd_range(const PoolProblem& p, const T* __restrict dy, T* __res
   (void)tpad;
 }
 
-// Max/min backward for input rows [b, e): each row gathers, in increasing
-// (oh, q) order, the gradients of the windows whose saved index lies in it.
-template <typename T>
-FC_TGT void maxmin_bwd_range(const PoolProblem& p, const T* __restrict dy, const int64_t* __restrict idx,
-                             T* __restrict dx, int64_t b, int64_t e, T* __restrict acc) {
-  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
-  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw;
-  const int64_t span = (p.kh - 1) * p.dh;
-  // per-row 64-bit divisions cost as much as the row's vector work: count instead
-  int64_t plane = b / H, ih = b % H - 1;
-  for (int64_t it = b; it < e; ++it) {
-    if (++ih == H) {
-      ih = 0;
-      ++plane;
-    }
-    T* __restrict dxr = dx + it * W;
-    for (int64_t w = 0; w < W; ++w) acc[w] = T(0);
-    const int64_t num = ih + p.ph - span;
-    const int64_t lo = num <= 0 ? 0 : (num + p.sh - 1) / p.sh;
-    const int64_t hi = std::min((ih + p.ph) / p.sh, P - 1);
-    const int64_t base = ih * W;
-    for (int64_t oh = lo; oh <= hi; ++oh) {
-      const int64_t* __restrict ip = idx + (plane * P + oh) * Q;
-      const T* __restrict g = dy + (plane * P + oh) * Q;
-      // Branch-free (a good third of the indices lie in other rows, at
-      // random, so a branch would mispredict): those add +0 to a column of
-      // their own window, which keeps successive adds off one address (a
-      // single trash slot would chain every add through memory).
-      for (int64_t q = 0; q < Q; ++q) {
-        const int64_t d = ip[q] - base;
-        const int64_t in = uint64_t(d) < uint64_t(W);
-        const int64_t c = std::min(std::max<int64_t>(q * sw - pw, 0), W - 1);
-        // masks, not selects: GCC turns selects back into branches here
-        U bits;
-        std::memcpy(&bits, g + q, sizeof(T));
-        bits &= U(0) - U(in);
-        T v;
-        std::memcpy(&v, &bits, sizeof(T));
-        acc[c + ((d - c) & -in)] += v;
-      }
-    }
-    for (int64_t w = 0; w < W; ++w) dxr[w] = acc[w];
-  }
-}
 
 // Whole-plane reductions (global pooling): independent lanes, a scalar tail,
 // then a fixed combination, so the order never depends on threads. 8 lanes,
@@ -939,10 +890,6 @@ template void fwd_range<double>(PoolKind, const PoolProblem&, const double*, dou
 template void avg_bwd_range<float>(const PoolProblem&, const float*, float*, int64_t, int64_t, float*);
 template void avg_bwd_range<double>(const PoolProblem&, const double*, double*, int64_t, int64_t,
                                     double*);
-template void maxmin_bwd_range<float>(const PoolProblem&, const float*, const int64_t*, float*, int64_t,
-                                      int64_t, float*);
-template void maxmin_bwd_range<double>(const PoolProblem&, const double*, const int64_t*, double*,
-                                       int64_t, int64_t, double*);
 template void global_range<float>(PoolKind, const float*, int64_t, float*, int64_t*, float, int64_t,
                                   int64_t);
 template void global_range<double>(PoolKind, const double*, int64_t, double*, int64_t*, double, int64_t,

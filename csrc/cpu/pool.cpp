@@ -51,13 +51,14 @@ inline int64_t fwd_nj(const PoolProblem& p) {
   // the forward loops run over whole 16-wide chunks of the row and of the
   // output (see fwd_rows): room for both past their ends
   const int64_t need_taps = round16(p.Q) + ((p.kw - 1) * p.dw) / p.sw + 1;
-  const int64_t need_row = (p.pw + round16(p.W) + p.sw - 1) / p.sw;
+  const int64_t need_row = (round16(p.pw + p.W) + p.sw - 1) / p.sw;
   // whole vectors: the phase loops then need no scalar tail
   return round16(std::max(need_taps, need_row));
 }
 inline int64_t fwd_scratch(const PoolProblem& p) {
   const int64_t nj = fwd_nj(p);
-  return nj * p.sw /*row*/ + nj * p.sw /*phases*/ + 2 * round16(p.Q) /*hv, colcnt or acc*/ + 64;
+  return nj * p.sw /*row*/ + nj * p.sw /*phases*/ + nj * p.sw /*keep*/ + 2 * round16(p.Q) /*hv, colcnt or acc*/ +
+         64;
 }
 // Avg backward: padded gradient row + phases.
 inline int64_t bwd_nJ(const PoolProblem& p) { return (p.W - 1 + p.pw) / p.sw + 1; }
@@ -424,14 +425,21 @@ struct MaxOp {
   FC_AI static T id() { return -std::numeric_limits<T>::infinity(); }
   FC_AI static bool better(T v, T a) { return (v > a) | (v != v); }  // | not ||: no branch
   // a NaN accumulator stays; otherwise maxps semantics (a NaN v is taken)
-  FC_AI static T comb(T a, T v) { return a != a ? a : (a > v ? a : v); }
+  // (two flat selects: GCC left the nested conditional as scalar branches)
+  FC_AI static T comb(T a, T v) {
+    const T m = a > v ? a : v;
+    return a != a ? a : m;
+  }
 };
 template <typename T>
 struct MinOp {
   static constexpr bool avg = false;
   FC_AI static T id() { return std::numeric_limits<T>::infinity(); }
   FC_AI static bool better(T v, T a) { return (v < a) | (v != v); }
-  FC_AI static T comb(T a, T v) { return a != a ? a : (a < v ? a : v); }
+  FC_AI static T comb(T a, T v) {
+    const T m = a < v ? a : v;
+    return a != a ? a : m;
+  }
 };
 template <typename T>
 struct AvgOp {
@@ -480,6 +488,42 @@ FC_TGT FC_AI void store_n(T* __restrict dst, const T* __restrict src, int64_t n)
   }
 }
 
+// The padded row buffer vb (Wb long, 64-byte aligned) holds vb[w] = row[w - pw]
+// inside the image and the padding value elsewhere. It is built in whole
+// aligned chunks straight from the input, with the padding lanes blended in
+// from `keep` (1 inside, 0 outside): writing the row at vb + pw instead made
+// every later aligned load of vb straddle two misaligned stores, a failed
+// store-to-load forward each time (3x slower on 28-wide rows).
+// `first`: vb = row, else vb = comb(vb, row). Returns false (nothing done)
+// when the chunks would read outside [x, x_end): the caller uses row_masked.
+template <class Op, typename T>
+FC_TGT FC_AI bool row_chunks(T* __restrict vb, const T* __restrict keep, const T* row, int64_t pw, int64_t Wbr,
+                             const T* x, const T* x_end, bool first) {
+  const T* __restrict src = row - pw;
+  if (src < x || src + Wbr > x_end) return false;
+  if (first) {
+    for (int64_t w = 0; w < Wbr; ++w) {
+      const T v = src[w];
+      vb[w] = keep[w] != T(0) ? v : Op::id();
+    }
+  } else {
+    for (int64_t w = 0; w < Wbr; ++w) {
+      const T v = src[w];
+      vb[w] = Op::comb(vb[w], keep[w] != T(0) ? v : Op::id());
+    }
+  }
+  return true;
+}
+// The same near the array's ends, element by element.
+template <class Op, typename T>
+FC_TGT void row_masked(T* __restrict vb, const T* __restrict row, int64_t pw, int64_t W, bool first) {
+  for (int64_t w = 0; w < W; ++w) vb[pw + w] = first ? row[w] : Op::comb(vb[pw + w], row[w]);
+}
+template <class Op, typename T>
+FC_TGT FC_AI void init_keep(T* __restrict keep, int64_t Wb, int64_t pw, int64_t W) {
+  for (int64_t w = 0; w < Wb; ++w) keep[w] = (w >= pw && w < pw + W) ? T(1) : T(0);
+}
+
 // Forward, values only: vertical reduction first, then horizontal taps.
 template <class Op, typename T>
 FC_TGT void fwd_rows(const PoolProblem& p, const T* __restrict x, T* __restrict y, int64_t b,
@@ -489,13 +533,16 @@ FC_TGT void fwd_rows(const PoolProblem& p, const T* __restrict x, T* __restrict 
   // loop, and its max/min selects compile to mispredicted branches.
   constexpr int64_t kC = 16;
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw;
-  const int64_t nj = fwd_nj(p), Wb = nj * sw, Wr = round16(W), Qr = round16(Q);
+  const int64_t nj = fwd_nj(p), Wb = nj * sw, Qr = round16(Q);
   T* __restrict vb = scr;
   T* __restrict ph = vb + Wb;
   T* __restrict acc = ph + Wb;
   T* __restrict colcnt = acc + Qr;
+  T* __restrict keep = colcnt + Qr;
+  const T* const x_end = x + p.planes * H * W;
+  const int64_t Wbr = round16(pw + W);
   for (int64_t i = 0; i < Wb; ++i) vb[i] = Op::id();
-  T* __restrict mid = vb + pw;  // mid[W, Wr) stays the padding value: loads past W fill it
+  init_keep<Op, T>(keep, Wb, pw, W);
   if (Op::avg)
     for (int64_t q = 0; q < Qr; ++q)
       colcnt[q] = q >= Q ? T(1)
@@ -514,19 +561,16 @@ FC_TGT void fwd_rows(const PoolProblem& p, const T* __restrict x, T* __restrict 
     for (int64_t r = 0; r < p.kh; ++r) {
       const int64_t ih = h0 + r * p.dh;
       if (ih < 0 || ih >= H) continue;
-      const T* __restrict row = xp + ih * W;
-      for (int64_t w0 = 0; w0 < Wr; w0 += kC) {
-        T t[kC];
-        load_n<kC>(t, row + w0, W - w0, Op::id());
+      const T* row = xp + ih * W;
+      if (!row_chunks<Op, T>(vb, keep, row, pw, Wbr, x, x_end, nvalid == 0)) {
         if (nvalid == 0)
-          for (int64_t l = 0; l < kC; ++l) mid[w0 + l] = t[l];
-        else
-          for (int64_t l = 0; l < kC; ++l) mid[w0 + l] = Op::comb(mid[w0 + l], t[l]);
+          for (int64_t w = 0; w < Wbr; ++w) vb[w] = Op::id();
+        row_masked<Op, T>(vb, row, pw, W, nvalid == 0);
       }
       ++nvalid;
     }
     if (nvalid == 0)
-      for (int64_t w = 0; w < Wr; ++w) mid[w] = Op::id();
+      for (int64_t w = 0; w < Wbr; ++w) vb[w] = Op::id();
     const T* phases = vb;
     if (sw > 1) {
       deinterleave(vb, ph, nj, sw);
@@ -545,7 +589,11 @@ FC_TGT void fwd_rows(const PoolProblem& p, const T* __restrict x, T* __restrict 
       for (int64_t q = 0; q < Qr; ++q) acc[q] = acc[q] / (rc * colcnt[q]);
     }
     T* __restrict out = y + it * Q;
-    for (int64_t q0 = 0; q0 < Qr; q0 += kC) store_n<kC>(out + q0, acc + q0, Q - q0);
+    if ((e - it) * Q >= Qr) {  // whole chunks: past Q they write later rows of this range, written later
+      for (int64_t q = 0; q < Qr; ++q) out[q] = acc[q];
+    } else {
+      for (int64_t q0 = 0; q0 < Qr; q0 += kC) store_n<kC>(out + q0, acc + q0, Q - q0);
+    }
   }
 }
 
@@ -563,7 +611,7 @@ FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restr
   // on 28x28 planes ran 15x slower than without indices)
   constexpr int64_t kC = 16;
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw;
-  const int64_t nj = fwd_nj(p), Wb = nj * sw, Wr = round16(W), Qr = round16(Q);
+  const int64_t nj = fwd_nj(p), Wb = nj * sw, Qr = round16(Q);
   T* __restrict vb = scr;
   T* __restrict ph = vb + Wb;
   T* __restrict hv = ph + Wb;
@@ -571,8 +619,11 @@ FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restr
   I* __restrict hc = iscr;
   I* __restrict fc = iscr + Qr;  // first in-image column of each window (torch's initial index)
   I* __restrict oi = iscr + 2 * Qr;
+  T* __restrict keep = acc + Qr;
+  const T* const x_end = x + p.planes * H * W;
+  const int64_t Wbr = round16(pw + W);
   for (int64_t i = 0; i < Wb; ++i) vb[i] = Op::id();
-  T* __restrict mid = vb + pw;  // mid[W, Wr) stays the padding value: loads past W fill it
+  init_keep<Op, T>(keep, Wb, pw, W);
   for (int64_t q = 0; q < Qr; ++q) fc[q] = I(q < Q ? first_inside(q * sw - pw, p.dw) : 0);
   // per-row 64-bit divisions cost as much as the row's vector work: count instead
   int64_t plane = b / P, oh = b % P - 1;
@@ -591,8 +642,11 @@ FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restr
     for (int64_t r = 0; r < p.kh; ++r) {
       const int64_t ih = h0 + r * p.dh;
       if (ih < 0 || ih >= H) continue;
-      const T* __restrict row = xp + ih * W;
-      for (int64_t w0 = 0; w0 < Wr; w0 += kC) load_n<kC>(mid + w0, row + w0, W - w0, Op::id());
+      const T* row = xp + ih * W;
+      if (!row_chunks<Op, T>(vb, keep, row, pw, Wbr, x, x_end, true)) {
+        for (int64_t w = 0; w < Wbr; ++w) vb[w] = Op::id();
+        row_masked<Op, T>(vb, row, pw, W, true);
+      }
       const T* phases = vb;
       if (sw > 1) {
         deinterleave(vb, ph, nj, sw);
@@ -622,11 +676,18 @@ FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restr
     }
     T* __restrict out = y + it * Q;
     int64_t* __restrict dst = idx + it * Q;
-    for (int64_t q0 = 0; q0 < Qr; q0 += kC) {
-      int64_t wide[kC];
-      for (int64_t l = 0; l < kC; ++l) wide[l] = int64_t(oi[q0 + l]);
-      store_n<kC>(out + q0, acc + q0, Q - q0);
-      store_n<kC>(dst + q0, wide, Q - q0);
+    if ((e - it) * Q >= Qr) {  // whole chunks: past Q they write later rows of this range, written later
+      for (int64_t q = 0; q < Qr; ++q) {
+        out[q] = acc[q];
+        dst[q] = int64_t(oi[q]);
+      }
+    } else {
+      for (int64_t q0 = 0; q0 < Qr; q0 += kC) {
+        int64_t wide[kC];
+        for (int64_t l = 0; l < kC; ++l) wide[l] = int64_t(oi[q0 + l]);
+        store_n<kC>(out + q0, acc + q0, Q - q0);
+        store_n<kC>(dst + q0, wide, Q - q0);
+      }
     }
   }
 }

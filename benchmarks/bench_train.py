@@ -66,6 +66,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from torch_twins import torch_models  # noqa: E402
 
 
+def _ips(v):
+    """images/s: whole numbers, but one or two decimals for the slow 224x224 rows"""
+    return f"{v:.0f}" if v >= 100 else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
+
+
 def cases(full):
     c = [("lenet5", 64, (1, 32, 32)), ("lenet5", 256, (1, 32, 32)), ("simple_cnn", 64, (1, 28, 28)),
          ("resnet20", 128, (3, 32, 32))]
@@ -183,7 +188,7 @@ def main(argv=None):
         t_ips = batch * args.steps / statistics.median(t_t) if t_t else None
         ratio = fc_ips / t_ips if t_ips else None
         shp = "x".join(map(str, shape))
-        print(f"{name:<11}{batch:>6}  {shp:<10}{fc_ips:>15.0f}{(f'{t_ips:.0f}' if t_ips else '-'):>13}"
+        print(f"{name:<11}{batch:>6}  {shp:<10}{_ips(fc_ips):>15}{(_ips(t_ips) if t_ips else '-'):>13}"
               f"{(f'{ratio:.2f}' if ratio else '-'):>7}  {check}", flush=True)
         rows.append((name, batch, shp, fc_ips, t_ips, ratio, check))
         if args.profile and args.profile in label:
@@ -194,8 +199,8 @@ def main(argv=None):
             f.write("| model | batch | input | fastconv img/s | torch img/s | fastconv/torch |\n"
                     "|---|---:|---|---:|---:|---:|\n")
             for name, batch, shp, a, b, r, _ in rows:
-                f.write(f"| {name} | {batch} | {shp} | {a:.0f} | {b:.0f} | {r:.2f} |\n" if b else
-                        f"| {name} | {batch} | {shp} | {a:.0f} | - | - |\n")
+                f.write(f"| {name} | {batch} | {shp} | {_ips(a)} | {_ips(b)} | {r:.2f} |\n" if b else
+                        f"| {name} | {batch} | {shp} | {_ips(a)} | - | - |\n")
     return 0
 
 

@@ -215,6 +215,16 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
     C1, C2, GOLD = np.uint64(0x7FEB352D), np.uint64(0x846CA68B), np.uint64(0x9E3779B1)
     ks = {}
 
+    # min/max as device functions: the builtins do not compile for the CUDA
+    # target in this numba (cuda.compile_ptx: "Signature mismatch")
+    @cuda.jit(device=True)
+    def imin(a, b):
+        return a if a < b else b
+
+    @cuda.jit(device=True)
+    def imax(a, b):
+        return a if a > b else b
+
     # ------------------------------------------------------------ conv
     @cuda.jit
     def conv_fprop(x, w, b, has_b, y, relu, N, C, H, W, K, Cg, R, S, P, Q, sh, sw, pt, pl, dlh, dlw, G):
@@ -328,10 +338,10 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
     @cuda.jit(device=True)
     def avg_count(o, stride, pad, k, n, include_pad):
         s = o * stride - pad
-        e = min(s + k, n + pad)
+        e = imin(s + k, n + pad)
         padded = e - s
-        s = max(s, 0)
-        e = min(e, n)
+        s = imax(s, 0)
+        e = imin(e, n)
         return padded if include_pad else e - s
 
     @cuda.jit(device=True)
@@ -401,9 +411,9 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
             pln = t // H
             ob = pln * P * Q
             lo_h = ceil_pos(ih + ph - (kh - 1) * dlh, sh)
-            hi_h = min((ih + ph) // sh, P - 1)
+            hi_h = imin((ih + ph) // sh, P - 1)
             lo_w = ceil_pos(iw + pw - (kw - 1) * dlw, sw)
-            hi_w = min((iw + pw) // sw, Q - 1)
+            hi_w = imin((iw + pw) // sw, Q - 1)
             acc = Z
             if kind == 2:
                 for oh in range(lo_h, hi_h + 1):
@@ -460,9 +470,9 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
             ob = (t // H) * P * Q
             # windows o with start(o) <= i < end(o): o in [i*out // in, ceil((i+1)*out / in) - 1]
             lo_h = (ih * P) // H
-            hi_h = min(((ih + 1) * P + H - 1) // H - 1, P - 1)
+            hi_h = imin(((ih + 1) * P + H - 1) // H - 1, P - 1)
             lo_w = (iw * Q) // W
-            hi_w = min(((iw + 1) * Q + W - 1) // W - 1, Q - 1)
+            hi_w = imin(((iw + 1) * Q + W - 1) // W - 1, Q - 1)
             acc = Z
             me = ih * W + iw
             for oh in range(lo_h, hi_h + 1):
@@ -512,7 +522,8 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
             if tid == 0:
                 d = r1[0] / M
                 mean[c] = shift + d
-                var[c] = max(0.0, r2[0] / M - d * d)
+                v = r2[0] / M - d * d
+                var[c] = v if v > 0.0 else 0.0
             cuda.syncthreads()
 
     @cuda.jit
@@ -577,7 +588,7 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
     @cuda.jit(device=True)
     def lrn_base(x, n, C, L, l, c, lo, hi, k, coef):
         acc = 0.0
-        for j in range(max(0, c - lo), min(C - 1, c + hi) + 1):
+        for j in range(imax(0, c - lo), imin(C - 1, c + hi) + 1):
             v = F64(x[(n * C + j) * L + l])
             acc += v * v
         return k + coef * acc
@@ -608,7 +619,7 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
             c = t % C
             n = t // C
             u = 0.0
-            for j in range(max(0, c - hi), min(C - 1, c + lo) + 1):
+            for j in range(imax(0, c - hi), imin(C - 1, c + lo) + 1):
                 bj = lrn_base(x, n, C, L, l, j, lo, hi, k, coef)
                 o = (n * C + j) * L + l
                 u += F64(dy[o]) * F64(x[o]) * bj ** (-beta - 1.0)
@@ -792,12 +803,7 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
                 s += F64(dy[m * O + j])
             db[j] = TC(s)
 
-    @cuda.jit
-    def fill(a, n, v):
-        for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            a[i] = v
-
-    ks.update(gemm=gemm, col_sums=col_sums, fill=fill)
+    ks.update(gemm=gemm, col_sums=col_sums)
     return ks
 
 

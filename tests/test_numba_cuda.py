@@ -379,7 +379,7 @@ def test_activation(kind, name, dtype, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("log", [False, True])
-@pytest.mark.parametrize("shape,dim", [((3, 7), 1), ((2, 4, 3), 1), ((5, 1), 1), ((3, 2, 2), 0)])
+@pytest.mark.parametrize("shape,dim", [((3, 7), 1), ((2, 4, 3), 1), ((5, 1), 1), ((3, 2, 2), 0), ((2, 45), 1)])
 def test_softmax(shape, dim, log, dtype, rng):
     nc = _nc()
     x = (rng.standard_normal(shape) * 3).astype(dtype)
@@ -398,9 +398,10 @@ def test_softmax(shape, dim, log, dtype, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("eps", [0.0, 0.2])
-def test_cross_entropy(eps, dtype, rng):
+@pytest.mark.parametrize("C", [7, 41])
+def test_cross_entropy(C, eps, dtype, rng):
     nc = _nc()
-    N, C = 5, 7
+    N = 5
     z = (rng.standard_normal((N, C)) * 3).astype(dtype)
     t = rng.integers(0, C, N).astype(np.int64)
     t[2] = -100
@@ -518,6 +519,8 @@ _SIGS = {
     "act_bwd": "i A(T) A(T) A(T) i",
     "softmax_fwd": "b i i i A(T) A(T)",
     "softmax_bwd": "b i i i A(T) A(T) A(T)",
+    "softmax_rows_fwd": "b i i A(T) A(T)",
+    "softmax_rows_bwd": "b i i A(T) A(T) A(T)",
     "cross_entropy": "A(T) A(i8) i i i f f A(f) A(T)",
     "dropout_fwd": "A(T) i u u u u T A(T) A(u1)",
     "dropout_bwd": "A(T) A(u1) T A(T) i",

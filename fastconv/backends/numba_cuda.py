@@ -696,39 +696,131 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
                 else:
                     dx[k] = y[k] * (dy[k] - st)
 
+    # Rows (inner == 1, the usual classifier case): one block per row, so a
+    # (256, 1000) softmax has 256 blocks of RTPB threads rather than 256
+    # threads. Each thread strides over the row; max and sums go through fixed
+    # shared-memory trees (deterministic), sums in float64.
+    @cuda.jit(device=True)
+    def tree_max(red, tid):
+        step = RTPB // 2
+        while step > 0:
+            if tid < step and red[tid + step] > red[tid]:
+                red[tid] = red[tid + step]
+            cuda.syncthreads()
+            step //= 2
+
+    @cuda.jit(device=True)
+    def tree_sum(red, tid):
+        step = RTPB // 2
+        while step > 0:
+            if tid < step:
+                red[tid] += red[tid + step]
+            cuda.syncthreads()
+            step //= 2
+
+    @cuda.jit(device=True)
+    def row_max_exp_sum(x, base, D, tid, rm, rs):
+        """(max, sum exp(x - max)) of x[base : base + D], on the whole block."""
+        m = NEG_INF
+        for d in range(tid, D, RTPB):
+            v = x[base + d]
+            if v > m:  # NaN never wins: as the CPU's row_max
+                m = v
+        rm[tid] = m
+        cuda.syncthreads()
+        tree_max(rm, tid)
+        m = rm[0]
+        s = 0.0
+        for d in range(tid, D, RTPB):
+            s += F64(math.exp(x[base + d] - m))
+        rs[tid] = s
+        cuda.syncthreads()
+        tree_sum(rs, tid)
+        return m, rs[0]
+
+    @cuda.jit
+    def softmax_rows_fwd(log, outer, D, x, y):
+        rm = cuda.shared.array(RTPB, T)
+        rs = cuda.shared.array(RTPB, numba.float64)
+        tid = cuda.threadIdx.x
+        for o in range(cuda.blockIdx.x, outer, cuda.gridDim.x):
+            base = o * D
+            m, s = row_max_exp_sum(x, base, D, tid, rm, rs)
+            if log:
+                sub = TC(F64(m) + math.log(s))
+                for d in range(tid, D, RTPB):
+                    y[base + d] = x[base + d] - sub
+            else:
+                inv = TC(1.0 / s)
+                for d in range(tid, D, RTPB):
+                    y[base + d] = math.exp(x[base + d] - m) * inv
+            cuda.syncthreads()  # rm / rs are reused by the next row
+
+    @cuda.jit
+    def softmax_rows_bwd(log, outer, D, dy, y, dx):
+        rs = cuda.shared.array(RTPB, numba.float64)
+        tid = cuda.threadIdx.x
+        for o in range(cuda.blockIdx.x, outer, cuda.gridDim.x):
+            base = o * D
+            s = 0.0
+            for d in range(tid, D, RTPB):
+                k = base + d
+                s += F64(dy[k]) if log else F64(dy[k]) * F64(y[k])
+            rs[tid] = s
+            cuda.syncthreads()
+            tree_sum(rs, tid)
+            st = TC(rs[0])
+            for d in range(tid, D, RTPB):
+                k = base + d
+                if log:
+                    dx[k] = dy[k] - math.exp(y[k]) * st
+                else:
+                    dx[k] = y[k] * (dy[k] - st)
+            cuda.syncthreads()
+
     @cuda.jit
     def cross_entropy(z, target, N, C, ignore_index, eps, scale, row_loss, grad):
-        # one thread per row: loss and gradient of softmax cross entropy with label smoothing
-        for i in range(cuda.grid(1), N, cuda.gridsize(1)):
+        # one block per row: loss and gradient of softmax cross entropy with label smoothing
+        rm = cuda.shared.array(RTPB, T)
+        rs = cuda.shared.array(RTPB, numba.float64)
+        tid = cuda.threadIdx.x
+        for i in range(cuda.blockIdx.x, N, cuda.gridDim.x):
             base = i * C
             t = target[i]
-            if t == ignore_index:
-                for c in range(C):
+            if t == ignore_index:  # the same branch for the whole block
+                for c in range(tid, C, RTPB):
                     grad[base + c] = Z
-                row_loss[i] = 0.0
+                if tid == 0:
+                    row_loss[i] = 0.0
                 continue
-            m = NEG_INF
-            for c in range(C):
-                v = z[base + c]
-                if v > m:
-                    m = v
-            s = 0.0
+            m, s = row_max_exp_sum(z, base, C, tid, rm, rs)
             zs = 0.0
-            for c in range(C):
-                s += F64(math.exp(z[base + c] - m))
-                zs += F64(z[base + c])
-            lse = F64(m) + math.log(s)
-            loss = -(1.0 - eps) * (F64(z[base + t]) - lse)
             if eps != 0.0:
-                loss -= eps / C * (zs - C * lse)
+                for c in range(tid, C, RTPB):
+                    zs += F64(z[base + c])
+                cuda.syncthreads()  # every thread has read rs[0] (the sum) before it is overwritten
+                rs[tid] = zs
+                cuda.syncthreads()
+                tree_sum(rs, tid)
+                zs = rs[0]
+            lse = F64(m) + math.log(s)
             a = TC(scale / s)
             bb = TC(scale * eps / C)
-            for c in range(C):
-                grad[base + c] = math.exp(z[base + c] - m) * a - bb
-            grad[base + t] -= TC(scale * (1.0 - eps))
-            row_loss[i] = loss
+            hit = TC(scale * (1.0 - eps))
+            for c in range(tid, C, RTPB):
+                g = math.exp(z[base + c] - m) * a - bb
+                if c == t:
+                    g -= hit
+                grad[base + c] = g
+            if tid == 0:
+                loss = -(1.0 - eps) * (F64(z[base + t]) - lse)
+                if eps != 0.0:
+                    loss -= eps / C * (zs - C * lse)
+                row_loss[i] = loss
+            cuda.syncthreads()
 
-    ks.update(softmax_fwd=softmax_fwd, softmax_bwd=softmax_bwd, cross_entropy=cross_entropy)
+    ks.update(softmax_fwd=softmax_fwd, softmax_bwd=softmax_bwd, softmax_rows_fwd=softmax_rows_fwd,
+              softmax_rows_bwd=softmax_rows_bwd, cross_entropy=cross_entropy)
 
     # --------------------------------------------------------- dropout
     @cuda.jit(device=True)
@@ -1108,10 +1200,15 @@ def softmax(log, outer, D, inner, grad_output, input, output):
     out = call.out(output, "output", dt, n)
     if n:
         ks = _k(dt)
-        if grad_output is None:
+        dy = None if grad_output is None else call.inp(grad_output, "grad_output", dt, n)
+        if inner == 1:   # rows: a block per row
+            if dy is None:
+                _launch_red(ks["softmax_rows_fwd"], outer, bool(log), outer, D, x, out)
+            else:
+                _launch_red(ks["softmax_rows_bwd"], outer, bool(log), outer, D, dy, x, out)
+        elif dy is None:  # columns (softmax over a middle axis): a thread per column
             _launch(ks["softmax_fwd"], outer * inner, bool(log), outer, D, inner, x, out)
         else:
-            dy = call.inp(grad_output, "grad_output", dt, n)
             _launch(ks["softmax_bwd"], outer * inner, bool(log), outer, D, inner, dy, x, out)
     call.finish()
 
@@ -1131,7 +1228,7 @@ def cross_entropy(logits, target, N, C, ignore_index, eps, scale, row_loss, grad
         raise ValueError(f"target[{i}] = {int(th[i])} is outside [0, {C})")
     rl = call.out(row_loss, "row_loss", np.float64, N)
     g = call.out(grad, "grad", dt, N * C)
-    _launch(_k(dt)["cross_entropy"], N, z, t, N, C, int(ignore_index), float(eps), float(scale), rl, g)
+    _launch_red(_k(dt)["cross_entropy"], N, z, t, N, C, int(ignore_index), float(eps), float(scale), rl, g)
     call.finish()
 
 

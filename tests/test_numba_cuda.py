@@ -97,7 +97,7 @@ def test_unavailable_without_gpu_or_simulator_is_silent():
 # ---------------------------------------------------------------------- conv
 # (N, C, H, W, K, R, S, stride, padding, dilation, groups)
 CONV_CASES = [
-    ("3x3_pad", (2, 3, 5, 7, 4, 3, 3, 1, 1, 1, 1)),
+    ("3x3_pad", (2, 2, 5, 7, 3, 3, 3, 1, 1, 1, 1)),
     ("stride_gt_kernel", (1, 4, 7, 9, 4, 2, 3, (3, 4), 0, 1, 2)),
     ("1x1_input", (2, 2, 1, 1, 3, 1, 1, 1, 0, 1, 1)),
     ("dilated_depthwise", (1, 4, 7, 6, 4, 3, 2, 2, (2, 1), (2, 1), 4)),

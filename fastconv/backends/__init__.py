@@ -23,6 +23,10 @@ fastest available backend that has it (logged once at DEBUG level).
 * ``"cpu"``: the compiled C++ module (``fastconv._cpu``), NumPy arrays.
 * ``"cuda-emu"``: the CUDA sources compiled for the CPU grid emulator (tests).
 * ``"numba"``: Numba ``@njit(parallel=True)`` kernels (the fallback).
+* ``"numba-cuda"``: Numba ``@cuda.jit`` kernels; available with a GPU
+  (``numba.cuda.is_available()``) or under Numba's CUDA simulator
+  (``NUMBA_ENABLE_CUDASIM=1`` before numba is imported). Never the automatic
+  default: only ``backend="numba-cuda"`` / ``set_backend("numba-cuda")`` pick it.
 * ``"reference"``: plain NumPy (slow; always available; the in-package oracle).
 
 A backend whose module is missing or fails to import is simply unavailable;
@@ -52,9 +56,11 @@ _REGISTRY = {
     "cpu": ".cpu",
     "cuda-emu": ".cuda_emu",
     "numba": ".numba_cpu",
+    # never automatic (not in _automatic / _FALLBACK_ORDER): chosen by name only
+    "numba-cuda": ".numba_cuda",
     "reference": ".reference",
 }
-_KNOWN = tuple(_REGISTRY) + ("cuda", "numba-cuda")
+_KNOWN = tuple(_REGISTRY) + ("cuda",)
 _cache: dict = {}
 
 

@@ -16,6 +16,7 @@
 // Index arithmetic is int64_t throughout (planes*H*W passes 2^31).
 #include "fastconv/cuda_compat.h"
 #include "fastconv/layers_cuda.h"
+#include "grid_walk.cuh"
 
 #include <cmath>
 
@@ -106,32 +107,6 @@ __device__ __forceinline__ int avg_count(int o, int stride, int pad, int k, int 
   e = e < in ? e : in;
   return include_pad ? padded : e - s;
 }
-
-// Grid-stride walk over `planes` x `per` elements as (plane, in-plane offset)
-// pairs without 64-bit divisions (a called subroutine on the GPU; around the
-// call the window loops spilled registers): the first index and the stride
-// are below 2^28 (grids are capped at 2^20 blocks of <= 256 threads) and
-// `per` below 2^31 (geo_of), so 32-bit divisions do, once, before the loop.
-struct PlaneWalk {
-  int64_t plane, off, step_planes, step_off, per;
-  __device__ __forceinline__ explicit PlaneWalk(int64_t per_) : per(per_) {
-    const uint32_t first = blockIdx.x * blockDim.x + threadIdx.x;
-    const uint32_t step = gridDim.x * blockDim.x;
-    const uint32_t up = uint32_t(per_);
-    plane = first / up;
-    off = first - uint32_t(plane) * up;
-    step_planes = step / up;
-    step_off = step - uint32_t(step_planes) * up;
-  }
-  __device__ __forceinline__ void next() {
-    plane += step_planes;
-    off += step_off;
-    if (off >= per) {
-      off -= per;
-      ++plane;
-    }
-  }
-};
 
 // Max/min of window (oh, q) of one plane, with the flat index of the winner.
 // kBroken (test hook only): the image bound is off by one, so the last input

@@ -22,6 +22,29 @@
 
 namespace fastconv {
 namespace cuda {
+// Named (not anonymous): the emulator's launch lambdas capture these by value.
+namespace pool_detail {
+
+// The problem as the kernels see it: per-axis sizes in 32 bits (checked on
+// the host), because the window loops divide by strides and 64-bit division
+// is an emulated instruction sequence on the GPU; only the plane count
+// and the offsets built from it are 64-bit.
+struct Geo {
+  int64_t planes;
+  int H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw;
+  bool count_include_pad;
+  int divisor_override;
+};
+
+struct AGeo {
+  int64_t planes;
+  int H, W, P, Q;
+};
+
+}  // namespace pool_detail
+using pool_detail::AGeo;
+using pool_detail::Geo;
+
 namespace {
 
 // Threads per block. The kernels carry no __launch_bounds__: with
@@ -31,17 +54,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 constexpr int kMax = int(PoolKind::Max), kMin = int(PoolKind::Min), kAvg = int(PoolKind::Avg);
-
-// The problem as the kernels see it: per-axis sizes in 32 bits (checked on
-// the host), because the window loops divide by strides and 64-bit division
-// is a slow subroutine on the GPU (it also cost spills); only the plane count
-// and the offsets built from it are 64-bit.
-struct Geo {
-  int64_t planes;
-  int H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw;
-  bool count_include_pad;
-  int divisor_override;
-};
 
 Geo geo_of(const PoolProblem& p) {
   const int64_t lim = int64_t(1) << 30;
@@ -62,11 +74,6 @@ Geo geo_of(const PoolProblem& p) {
   g.divisor_override = int(p.divisor_override);
   return g;
 }
-
-struct AGeo {
-  int64_t planes;
-  int H, W, P, Q;
-};
 
 AGeo ageo_of(const AdaptiveProblem& p) {
   const int64_t lim = int64_t(1) << 15;  // (i+1)*in stays below 2^31 in 32-bit window bounds

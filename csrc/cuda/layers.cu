@@ -228,6 +228,14 @@ __global__ void ce_kernel(int64_t N, int64_t C, const T* __restrict__ z, const i
       if (tid == 0) row_loss[row] = 0.0;
       continue;
     }
+    if (t < 0 || t >= C) {
+      // the host bindings reject these; device targets cannot be checked
+      // without a copy, so a bad one poisons its row (NaN) instead of reading
+      // out of bounds
+      for (int64_t c = tid; c < C; c += nt) g[c] = T(NAN);
+      if (tid == 0) row_loss[row] = double(NAN);
+      continue;
+    }
     T m = T(-INFINITY);
     for (int64_t c = tid; c < C; c += nt) m = zr[c] > m ? zr[c] : m;
     red[tid] = double(m);

@@ -79,7 +79,8 @@ void softmax_backward(bool log, int64_t outer, int64_t D, int64_t inner, const T
                       void* stream);
 
 // ------------------------------------------------------------ cross entropy
-// One block per row. Targets must already be range-checked (the bindings do).
+// One block per row. A target outside [0, C) (other than ignore_index) gives
+// that row a NaN loss and NaN gradients (the host bindings reject it first).
 template <typename T>
 void cross_entropy_fused(int64_t N, int64_t C, const T* logits, const int64_t* target, int64_t ignore_index,
                          double label_smoothing, double grad_scale, double* row_loss, T* grad, void* stream);

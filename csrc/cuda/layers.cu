@@ -505,8 +505,9 @@ __global__ void lrn_bwd_kernel(int64_t planes, int64_t C, int64_t L, const T* __
 // given by element strides (A(m, k) = A[m*sam + k*sak], B(k, n) = B[k*sbk +
 // n*sbn]), so linear's three products need no transposed copies.
 //
-// Block tile 64 x 64, k slices of 16 staged in shared memory, 256 threads,
-// each computing 4 x 4 outputs in registers: rows ty + 16*i, columns
+// Block tile 64 x 64, k slices of 16 staged in shared memory (the next slice
+// prefetched into registers while the current one is multiplied), 256
+// threads, each computing 4 x 4 outputs in registers: rows ty + 16*i, columns
 // tx + 16*j (tx = tid % 16, ty = tid / 16). Bank conflicts (float): in the
 // inner loop a warp reads As[k][ty + 16 i] at 2 addresses (broadcast) and
 // Bs[k][tx + 16 j] at 16 consecutive words; the tile stores are either
@@ -514,6 +515,45 @@ __global__ void lrn_bwd_kernel(int64_t planes, int64_t C, int64_t L, const T* __
 // contiguous along k, 16 k's x 2 m's with the row pitch 66 = 2 (mod 32), which
 // lands the 32 stores of a warp in 32 distinct banks.
 constexpr int kBM = 64, kBN = 64, kBK = 16, kPitch = 66;
+
+// One thread's share of a 64 x 16 operand tile (4 elements), fixed for the
+// whole k loop: with the operand contiguous along k, one k column and rows
+// r + 16u (16 consecutive threads read 16 consecutive k's); otherwise one row
+// and k's kk + 4u (64 consecutive threads read 64 consecutive rows). Pointer
+// offsets are precomputed so the k loop only adds.
+template <typename T>
+struct TileLoad {
+  const T* __restrict__ base;  // the thread's element u = 0 at k-slice 0
+  int64_t ustep, kstep;        // offset between the thread's elements; per k-slice
+  int r, kk, dr, dk;           // tile coordinates of element u = 0, and their per-u steps
+  unsigned row_ok;             // bit u: the element's row exists
+
+  __device__ __forceinline__ TileLoad(const T* p, int64_t rows, int64_t r0, int64_t s_row, int64_t s_k, int tid) {
+    const bool kc = s_k == 1;
+    r = kc ? tid / kBK : tid % 64;
+    kk = kc ? tid % kBK : tid / 64;
+    dr = kc ? 16 : 0;
+    dk = kc ? 0 : 4;
+    base = p + (r0 + r) * s_row + int64_t(kk) * s_k;
+    ustep = int64_t(dr) * s_row + int64_t(dk) * s_k;
+    kstep = int64_t(kBK) * s_k;
+    row_ok = 0;
+    for (int u = 0; u < 4; ++u)
+      if (r0 + r + u * dr < rows) row_ok |= 1u << u;
+  }
+  // the thread's 4 elements of k-slice `slice` (k0 = slice * 16), zero outside the operand
+  __device__ __forceinline__ void load(T (&v)[4], int64_t slice, int64_t K) const {
+    const int64_t k0 = slice * kBK;
+    const T* p = base + slice * kstep;
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      v[u] = ((row_ok >> u) & 1u) && k0 + kk + u * dk < K ? p[u * ustep] : T(0);
+  }
+  __device__ __forceinline__ void store(const T (&v)[4], T (*tile)[kPitch]) const {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) tile[kk + u * dk][r + u * dr] = v[u];
+  }
+};
 
 template <typename T>
 __global__ void gemm_kernel(int64_t M, int64_t N, int64_t K, const T* __restrict__ A, int64_t sam, int64_t sak,
@@ -523,23 +563,26 @@ __global__ void gemm_kernel(int64_t M, int64_t N, int64_t K, const T* __restrict
   __shared__ T Bs[kBK][kPitch];
   const int tid = int(threadIdx.x), tx = tid % 16, ty = tid / 16;
   const int64_t m0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
-  const bool a_k_contig = sak == 1, b_k_contig = sbk == 1;
+  // B seen as an (N x K) operand: row n, k
+  const TileLoad<T> la(A, M, m0, sam, sak, tid), lb(B, N, n0, sbn, sbk, tid);
   T acc[4][4];
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
-  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
-    // 64 x 16 = 1024 elements per operand tile, 4 per thread; consecutive
-    // threads take consecutive addresses of the operand's contiguous axis
-    for (int u = 0; u < 4; ++u) {
-      const int e = tid + u * kThreads;
-      const int mm = a_k_contig ? e / kBK : e % kBM, kk = a_k_contig ? e % kBK : e / kBM;
-      const int64_t gm = m0 + mm, gk = k0 + kk;
-      As[kk][mm] = (gm < M && gk < K) ? A[gm * sam + gk * sak] : T(0);
-      const int nn = b_k_contig ? e / kBK : e % kBN, kb = b_k_contig ? e % kBK : e / kBN;
-      const int64_t gn = n0 + nn, gkb = k0 + kb;
-      Bs[kb][nn] = (gn < N && gkb < K) ? B[gkb * sbk + gn * sbn] : T(0);
-    }
+  const int64_t slices = (K + kBK - 1) / kBK;
+  T ra[4], rb[4];
+  if (slices > 0) {
+    la.load(ra, 0, K);
+    lb.load(rb, 0, K);
+  }
+  for (int64_t sl = 0; sl < slices; ++sl) {
+    la.store(ra, As);
+    lb.store(rb, Bs);
     __syncthreads();
+    // the next slice's global loads are in flight while this one is multiplied
+    if (sl + 1 < slices) {
+      la.load(ra, sl + 1, K);
+      lb.load(rb, sl + 1, K);
+    }
 #pragma unroll
     for (int kk = 0; kk < kBK; ++kk) {
       T a[4], b[4];

@@ -19,70 +19,22 @@
 #include <vector>
 
 #include "common.h"
+#include "cuda_arrays.h"
 #include "fastconv/conv_cuda.h"
 #include "fastconv/cuda_api.h"
 #include "fastconv/problem.h"
 
 namespace py = pybind11;
 using fastconv::ConvProblem;
+using fastconv::bindings::DeviceArray;
+using fastconv::bindings::device_array;
+using fastconv::bindings::expect;
+using fastconv::bindings::pick_stream;
+
+// The pooling and layer kernels (cuda_layers.cpp).
+void register_cuda_layers(py::module_& m);
 
 namespace {
-
-struct DeviceArray {
-  void* ptr = nullptr;
-  int64_t elems = 1;
-  int itemsize = 0;
-  bool readonly = false;
-  py::object stream;  // the producer's stream entry (None when absent)
-};
-
-// Reads and checks one __cuda_array_interface__ (v2/v3).
-DeviceArray device_array(py::handle obj, const char* name) {
-  const std::string n(name);
-  if (!py::hasattr(obj, "__cuda_array_interface__"))
-    throw py::type_error(n + ": expected a GPU array with __cuda_array_interface__ (CuPy array, torch CUDA tensor), got " +
-                         std::string(py::str(py::type::of(obj).attr("__name__"))));
-  py::dict d = obj.attr("__cuda_array_interface__");
-  DeviceArray a;
-  const std::string typestr = d["typestr"].cast<std::string>();
-  if (typestr == "<f4") a.itemsize = 4;
-  else if (typestr == "<f8") a.itemsize = 8;
-  else throw py::type_error(n + ": dtype must be float32 or float64, got typestr " + typestr);
-  const auto shape = d["shape"].cast<std::vector<int64_t>>();
-  for (int64_t s : shape) a.elems *= s;
-  if (d.contains("strides") && !d["strides"].is_none()) {
-    const auto strides = d["strides"].cast<std::vector<int64_t>>();
-    int64_t expect = a.itemsize;
-    for (size_t i = shape.size(); i-- > 0;) {
-      if (shape[i] > 1 && strides[i] != expect) throw py::value_error(n + ": must be C-contiguous");
-      expect *= shape[i];
-    }
-  }
-  if (d.contains("mask") && !d["mask"].is_none()) throw py::value_error(n + ": masked arrays are not supported");
-  const py::tuple data = d["data"];
-  a.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
-  a.readonly = data[1].cast<bool>();
-  a.stream = d.contains("stream") ? py::object(d["stream"]) : py::object(py::none());
-  if (a.elems > 0 && a.ptr == nullptr) throw py::value_error(n + ": null device pointer");
-  return a;
-}
-
-void expect(const DeviceArray& a, const char* name, int64_t elems, int itemsize, bool output) {
-  if (a.itemsize != itemsize) throw py::type_error(std::string(name) + ": dtype does not match the input's");
-  if (a.elems != elems)
-    throw py::value_error(std::string(name) + ": has " + std::to_string(a.elems) + " elements, the problem needs " +
-                          std::to_string(elems));
-  if (output && a.readonly) throw py::value_error(std::string(name) + ": is read-only");
-}
-
-// Explicit stream (an int cudaStream_t, e.g. cupy.cuda.get_current_stream().ptr)
-// wins; otherwise the stream the output's producer exported (CuPy exports its
-// current stream in interface v3); otherwise the legacy default stream.
-void* pick_stream(py::object stream, const DeviceArray& out) {
-  if (!stream.is_none()) return reinterpret_cast<void*>(stream.cast<uintptr_t>());
-  if (!out.stream.is_none()) return reinterpret_cast<void*>(out.stream.cast<uintptr_t>());
-  return nullptr;
-}
 
 bool use_igemm(const std::string& algo) {
   if (algo == "direct") return false;
@@ -199,4 +151,6 @@ PYBIND11_MODULE(_cuda, m) {
   }, py::arg("algo"), py::arg("problem"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"),
      py::arg("stream") = py::none(),
      "Wgrad, one weight element per block with a fixed-order tree reduction (both algorithms).");
+
+  register_cuda_layers(m);
 }

@@ -23,6 +23,9 @@ using fastconv::bindings::in_ptr;
 using fastconv::bindings::is_f64;
 using fastconv::bindings::out_ptr;
 
+// The pooling and layer kernels (emu_layers.cpp).
+void register_emu_layers(py::module_& m);
+
 namespace {
 
 // "direct": direct kernels for all three operators. "im2col": the implicit
@@ -162,4 +165,6 @@ PYBIND11_MODULE(_emu, m) {
      "TEST ONLY: the implicit-GEMM Fprop (float32, no bias) with its __syncthreads() removed. Its "
      "result is wrong under the 'random' schedule; a test uses it to show the emulator catches a "
      "missing barrier.");
+
+  register_emu_layers(m);
 }

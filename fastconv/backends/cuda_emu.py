@@ -15,6 +15,14 @@ Algorithms (the ops layer passes any of ``direct``/``im2col``/``1x1``/``separabl
   no implicit-GEMM Dgrad/Wgrad kernels yet).
 * ``1x1`` and ``separable`` have no CUDA kernels of their own yet: they run
   the ``im2col`` kernels, which are exact for those problems too.
+
+Pooling and layer kernels (``csrc/cuda/pool.cu``, ``csrc/cuda/layers.cu``) are
+served by :func:`layer_kernel` under the CPU module's names and arguments, so
+``fastconv.ops.max_pool2d(x, ..., backend="cuda-emu")`` runs the CUDA kernel.
+One difference: the CUDA max/min pooling backward gathers over the windows
+containing each input element, so saved indices must be positions of their own
+window (every index the forward returns is); others raise ValueError here,
+where the CPU module would scatter them anywhere in the plane.
 """
 from __future__ import annotations
 
@@ -63,6 +71,20 @@ def dgrad(algo, problem, dy, w, dx):
 
 def wgrad(algo, problem, x, dy, dw):
     _need().wgrad(_kernel(algo), _problem(problem), x, dy, dw)
+
+
+# the pooling / layer kernels of this backend: every one the CPU module has
+_LAYER_KERNELS = frozenset((
+    "pool2d_forward", "pool2d_backward", "adaptive_pool2d_forward", "adaptive_pool2d_backward",
+    "bn_stats", "bn_apply", "bn_backward", "lrn", "activation", "softmax", "cross_entropy",
+    "dropout", "dropout_backward", "linear", "linear_backward"))
+
+
+def layer_kernel(name):
+    """The CUDA pooling / layer kernel ``name`` on the emulator (see ``fastconv.backends.layer_kernel``)."""
+    if _emu is None or name not in _LAYER_KERNELS:
+        return None
+    return getattr(_emu, name, None)
 
 
 def set_schedule(name: str = "random", seed: int = 0x5EEDF00D) -> None:

@@ -24,6 +24,13 @@ fastest available backend that has it (logged once at DEBUG level).
 * ``"cuda-emu"``: the CUDA sources compiled for the CPU grid emulator (tests).
 * ``"numba"``: Numba ``@njit(parallel=True)`` kernels (the fallback).
 * ``"reference"``: plain NumPy (slow; always available; the in-package oracle).
+* ``"cuda"``: the compiled CUDA module (``fastconv._cuda``) on GPU arrays: CuPy
+  arrays, ``__cuda_array_interface__`` objects or CUDA DLPack tensors in, CuPy
+  arrays out. A backend that takes GPU arrays sets ``TAKES_DEVICE_ARRAYS = True``
+  and receives CuPy arrays in its function table; ``fastconv.ops`` sends GPU
+  arrays to ``"cuda"``, else to ``"numba-cuda"`` when one is available
+  (``backend=None``; ``set_backend``/``FASTCONV_BACKEND`` choose among the
+  NumPy backends only).
 
 A backend whose module is missing or fails to import is simply unavailable;
 ``available()`` says which ones this process can use.
@@ -53,6 +60,8 @@ _REGISTRY = {
     "cuda-emu": ".cuda_emu",
     "numba": ".numba_cpu",
     "reference": ".reference",
+    # takes GPU arrays only: last, so it is never the automatic NumPy default
+    "cuda": ".cuda",
 }
 _KNOWN = tuple(_REGISTRY) + ("cuda", "numba-cuda")
 _cache: dict = {}
@@ -137,6 +146,21 @@ def resolve(name):
 
 
 _FALLBACK_ORDER = ("cpu", "numba", "reference")
+
+
+def unavailable_reason(name: str):
+    """None when backend ``name`` is usable in this process, else why not (a string)."""
+    if name not in _KNOWN:
+        raise ValueError(f"backend must be one of {list(_KNOWN)}, got {name!r}")
+    if name not in _REGISTRY:
+        return "not part of this build yet"
+    mod, why = _load(name)
+    return None if mod is not None else (why or "unavailable")
+
+
+def takes_device_arrays(name: str) -> bool:
+    """True for the backends whose kernels take GPU arrays (``"cuda"``, ``"numba-cuda"``)."""
+    return name in ("cuda", "numba-cuda")
 
 
 def layer_kernel(name: str, backend=None):

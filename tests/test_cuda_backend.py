@@ -355,3 +355,28 @@ def test_gpu_bad_input_raises():
         ops.conv2d(x, np.zeros((3, 2, 3, 3), np.float32))
     with pytest.raises(TypeError, match="dtypes must match"):
         ops.conv2d(x, w.astype(cp.float64))
+
+
+# ----------------------------------------------- the GPU benchmarks without a GPU
+@pytest.mark.parametrize("cmd", [["bench_conv.py", "--device", "cuda"], ["bench_pool.py", "--device", "cuda"],
+                                 ["gpu_check.sh"]])
+def test_gpu_benchmarks_exit_cleanly_without_gpu(cmd, tmp_path):
+    import os
+
+    torch_cuda = False
+    try:
+        import torch
+
+        torch_cuda = torch.cuda.is_available()
+    except ImportError:
+        pass
+    if GPU and torch_cuda:
+        pytest.skip("a GPU is available: gpu_check.sh runs these for real")
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    argv = (["bash"] if cmd[0].endswith(".sh") else [sys.executable]) + [os.path.join(bench, cmd[0])] + cmd[1:]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), PYTHON=sys.executable)
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, lines
+    assert "GPU" in lines[0] and "not run" in lines[0] or "nothing run" in lines[0]

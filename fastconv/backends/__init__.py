@@ -131,7 +131,9 @@ def resolve(name):
             name, why = _automatic(), "automatic: fastest available"
         if (name, why) not in _logged:
             _logged.add((name, why))
-            log.debug("fastconv: default backend %r (%s; available: %s)", name, why, available())
+            # available() probes every backend ("cuda" initializes the CUDA driver): only when logged
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("fastconv: default backend %r (%s; available: %s)", name, why, available())
         return name
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string or None, got {name!r}")

@@ -33,8 +33,8 @@ def is_device_array(obj) -> bool:
     try:
         if hasattr(obj, "__cuda_array_interface__"):
             return True
-    except Exception:  # noqa: BLE001 - e.g. a property that raises something other than AttributeError
-        return False
+    except Exception:  # noqa: BLE001 - the property exists but refuses (torch: a tensor that requires grad):
+        return True     # a GPU array all the same; the conversion then raises the producer's own message
     dev = getattr(obj, "__dlpack_device__", None)
     if dev is None:
         return False

@@ -46,9 +46,11 @@ def _cost(spec, op, algo):
             return math.ceil(npq / 64) * math.ceil(Kg / 64) * g * 64 * (math.ceil(crs / 8) + 2)
         return math.ceil(N * K * P * Q / 256) * 256
     if op == "dgrad":
-        if algo == "im2col":
-            nhw = spec.N * spec.H * spec.W
-            return math.ceil(nhw / 64) * math.ceil(Cg / 64) * g * 64 * (math.ceil(Kg * spec.R * spec.S / 8) + 2)
+        if algo == "im2col":  # one slice per stride phase, each covering the largest phase
+            sh, sw = (spec.stride, spec.stride) if isinstance(spec.stride, int) else spec.stride
+            cols = spec.N * math.ceil(spec.H / sh) * math.ceil(spec.W / sw)
+            return (math.ceil(cols / 64) * math.ceil(Cg / 64) * g * sh * sw * 64
+                    * (math.ceil(Kg * spec.R * spec.S / 8) + 2))
         return math.ceil(spec.N * spec.C * spec.H * spec.W / 256) * 256
     if algo == "im2col":  # wgrad: one K walk over N*P*Q in total (split into chunks), plus the reduction
         return math.ceil(Kg / 64) * math.ceil(crs / 64) * g * 64 * (math.ceil(npq / 8) + 2) + K * crs
@@ -159,6 +161,10 @@ def test_float64(op, algo):
     ConvSpec("igemm_tiles", 1, 19, 12, 11, 70, 3, 3, padding=1),
     # groups (grid.z) with ragged per-group tiles
     ConvSpec("igemm_groups", 2, 6, 9, 10, 66, 3, 1, stride=(2, 1), padding=(1, 0), groups=3),
+    # Dgrad stride phases: stride 3x2 with dilation 2 (phases without any tap: their dx is 0),
+    # and stride 4 > kernel 2 (rows no window reaches)
+    ConvSpec("dgrad_phases", 2, 3, 11, 10, 4, 3, 3, stride=(3, 2), padding=(1, 2), dilation=2),
+    ConvSpec("dgrad_stride_gt_kernel", 1, 4, 13, 9, 5, 2, 2, stride=4, padding=1, groups=1),
 ], ids=lambda s: s.name)
 def test_igemm_multi_tile(spec):
     x, w, b, g, refs = problem(spec)

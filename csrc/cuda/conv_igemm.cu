@@ -7,13 +7,14 @@
 //
 //   operator  C (M x N)                A (M x K)             B (K x N, gathered)
 //   Fprop     y   [K/g  x N*P*Q]       w  [k, (c,r,s)]       x  at (c, p*str-pad+r*dil, ...)
-//   Dgrad     dx  [C/g  x N*H*W]       w  [c, (k,r,s)]       dy at (k, (h+pad-r*dil)/str, ...)
+//   Dgrad     dx  [C/g  x N*H*W/phase] w  [c, (k,r,s)/phase] dy at (k, (h+pad-r*dil)/str, ...)
 //   Wgrad     dw  [K/g  x C/g*R*S]     dy [k, (n,p,q)]       x  at ((n,p,q), (c,r,s))
 //
 // Dgrad is a gather: each thread owns output elements of dx and sums every
-// (k, r, s) that reaches them; a tap whose (h + pad - r*dil) is not a multiple
-// of the stride (the wrong stride phase) or falls outside the output reads
-// zero. No atomics; the summation order is fixed, so it is deterministic.
+// (k, r, s) that reaches them. Input pixels are split by stride phase
+// ((h + pad) % stride, one grid.z slice per phase) so that a block's GEMM
+// depth holds only the taps of its phase; taps that fall outside the output
+// read zero. No atomics; the summation order is fixed: deterministic.
 //
 // Wgrad splits its reduction dimension N*P*Q into a fixed number of chunks
 // (a function of the problem only, never of the device): the chunks run as
@@ -64,11 +65,20 @@ struct FpropOps {
   const T* w;
   const T* bias;
   T* y;
+  int64_t g = 0;  // per block (for_block)
   struct Col {
     const T* xg;
     int64_t h0, w0;
     bool ok;
   };
+  __device__ __forceinline__ FpropOps for_block(int64_t z) const {
+    FpropOps o = *this;
+    o.g = z;
+    return o;
+  }
+  __device__ __forceinline__ int64_t group() const { return g; }
+  __device__ __forceinline__ int64_t chunk() const { return 0; }
+  __device__ __forceinline__ int64_t chunk_len() const { return depth() + BK; }
   __device__ __forceinline__ int64_t rows() const { return p.Kg(); }
   __device__ __forceinline__ int64_t cols() const { return p.N * p.P * p.Q; }
   __device__ __forceinline__ int64_t depth() const { return p.Cg() * p.R * p.S; }
@@ -94,7 +104,7 @@ struct FpropOps {
     if (h < 0 || h >= p.H || ww < 0 || ww >= p.W) return T(0);
     return s.xg[(c * p.H + h) * p.W + ww];
   }
-  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v, int64_t) const {
+  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
     const int64_t k = g * p.Kg() + row, PQ = p.P * p.Q;
     if (bias) v += bias[k];
     if (kRelu) v = v > T(0) ? v : T(0);
@@ -102,49 +112,103 @@ struct FpropOps {
   }
 };
 
+// One tap set of Dgrad along one axis: input rows h with (h + pad) % stride ==
+// phase are reached only by the taps r with r*dil % stride == phase, which are
+// r0, r0 + step, ... (step = stride / gcd(stride, dil)); n of them (0: none).
+struct PhaseTaps {
+  int64_t first;  // first input row of the phase
+  int64_t count;  // input rows of the phase
+  int64_t r0, step, n;
+};
+
+FC_HOST_DEVICE inline PhaseTaps phase_taps(int64_t phase, int64_t in, int64_t pad, int64_t stride, int64_t dil,
+                                           int64_t kernel) {
+  PhaseTaps t{0, 0, 0, 1, 0};
+  t.first = ((phase - pad) % stride + stride) % stride;
+  t.count = t.first < in ? (in - t.first + stride - 1) / stride : 0;
+  int64_t a = stride, b = dil % stride;  // gcd(stride, dil)
+  while (b) {
+    const int64_t r = a % b;
+    a = b;
+    b = r;
+  }
+  t.step = stride / a;
+  for (int64_t r = 0; r < t.step && r < kernel; ++r) {
+    if ((r * dil) % stride == phase) {
+      t.r0 = r;
+      t.n = (kernel - 1 - r) / t.step + 1;
+      break;
+    }
+  }
+  return t;
+}
+
+// Dgrad, decomposed by stride phase: grid.z = group * (stride_h*stride_w) +
+// phase. A block of phase (ph, pw) owns input pixels with (h + pad_h) %
+// stride_h == ph (and likewise for w), and its GEMM depth runs over exactly
+// the taps that reach them, so no multiply-add is spent on a tap of the wrong
+// phase (stride 2: a quarter of the work of a tap-by-tap check).
 template <typename T>
 struct DgradOps {
   ConvProblem p;
   const T* dy;
   const T* w;
   T* dx;
+  // per block (for_block); the host fills the largest phase so the grid covers every phase
+  PhaseTaps th, tw;
+  int64_t g;
   struct Col {
     const T* dyg;
     int64_t th0, tw0;  // h + pad_h, w + pad_w
     bool ok;
   };
-  __device__ __forceinline__ int64_t rows() const { return p.Cg(); }
-  __device__ __forceinline__ int64_t cols() const { return p.N * p.H * p.W; }
-  __device__ __forceinline__ int64_t depth() const { return p.Kg() * p.R * p.S; }
-  // A[c, (k, r, s)] = w[g*Kg + k, c, r, s]: the weight read transposed
-  __device__ __forceinline__ T a(int64_t g, int64_t row, int64_t kc) const {
-    if (kc >= depth()) return T(0);
-    const int64_t RS = p.R * p.S, k = kc / RS, rs = kc % RS;
-    return w[((g * p.Kg() + k) * p.Cg() + row) * RS + rs];
+  __device__ __forceinline__ DgradOps for_block(int64_t z) const {
+    DgradOps o = *this;
+    const int64_t phases = p.stride_h * p.stride_w, ph = z % phases;
+    o.g = z / phases;
+    o.th = phase_taps(ph / p.stride_w, p.H, p.pad_h, p.stride_h, p.dil_h, p.R);
+    o.tw = phase_taps(ph % p.stride_w, p.W, p.pad_w, p.stride_w, p.dil_w, p.S);
+    return o;
   }
-  __device__ __forceinline__ Col col(int64_t g, int64_t c) const {
+  __device__ __forceinline__ int64_t group() const { return g; }
+  __device__ __forceinline__ int64_t chunk() const { return 0; }
+  __device__ __forceinline__ int64_t chunk_len() const { return depth() + BK; }
+  __device__ __forceinline__ int64_t rows() const { return p.Cg(); }
+  __device__ __forceinline__ int64_t cols() const { return p.N * th.count * tw.count; }
+  __device__ __forceinline__ int64_t depth() const { return p.Kg() * th.n * tw.n; }
+  // A[c, (k, i, j)] = w[g*Kg + k, c, r0 + i*step_r, s0 + j*step_s]: the weight read transposed
+  __device__ __forceinline__ T a(int64_t, int64_t row, int64_t kc) const {
+    if (kc >= depth()) return T(0);
+    const int64_t taps = th.n * tw.n, k = kc / taps, t = kc % taps;
+    const int64_t r = th.r0 + (t / tw.n) * th.step, s = tw.r0 + (t % tw.n) * tw.step;
+    return w[((g * p.Kg() + k) * p.Cg() + row) * p.R * p.S + r * p.S + s];
+  }
+  __device__ __forceinline__ Col col(int64_t, int64_t c) const {
     Col s{dy, 0, 0, c < cols()};
     if (s.ok) {
-      const int64_t HW = p.H * p.W, n = c / HW, hw = c % HW;
-      s.th0 = hw / p.W + p.pad_h;
-      s.tw0 = hw % p.W + p.pad_w;
+      const int64_t hw = th.count * tw.count, n = c / hw, i = (c % hw) / tw.count, j = c % tw.count;
+      s.th0 = th.first + i * p.stride_h + p.pad_h;
+      s.tw0 = tw.first + j * p.stride_w + p.pad_w;
       s.dyg = dy + (n * p.K + g * p.Kg()) * p.P * p.Q;
     }
     return s;
   }
   __device__ __forceinline__ T b(const Col& s, int64_t kc) const {
     if (!s.ok || kc >= depth()) return T(0);
-    const int64_t RS = p.R * p.S, k = kc / RS, rs = kc % RS;
-    // output row oh reaches input row h through tap r when oh*stride + r*dil == h + pad
-    const int64_t th = s.th0 - (rs / p.S) * p.dil_h, tw = s.tw0 - (rs % p.S) * p.dil_w;
-    if (th < 0 || tw < 0 || th % p.stride_h || tw % p.stride_w) return T(0);
-    const int64_t oh = th / p.stride_h, ow = tw / p.stride_w;
+    const int64_t taps = th.n * tw.n, k = kc / taps, t = kc % taps;
+    // output row oh reaches input row h through tap r when oh*stride + r*dil == h + pad;
+    // the phase makes the difference a multiple of the stride
+    const int64_t dh = s.th0 - (th.r0 + (t / tw.n) * th.step) * p.dil_h;
+    const int64_t dw = s.tw0 - (tw.r0 + (t % tw.n) * tw.step) * p.dil_w;
+    if (dh < 0 || dw < 0) return T(0);
+    const int64_t oh = dh / p.stride_h, ow = dw / p.stride_w;
     if (oh >= p.P || ow >= p.Q) return T(0);
     return s.dyg[(k * p.P + oh) * p.Q + ow];
   }
-  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v, int64_t) const {
-    const int64_t HW = p.H * p.W;
-    dx[((c / HW) * p.C + g * p.Cg() + row) * HW + c % HW] = v;
+  __device__ __forceinline__ void store(int64_t, int64_t row, int64_t c, T v) const {
+    const int64_t hw = th.count * tw.count, n = c / hw, i = (c % hw) / tw.count, j = c % tw.count;
+    const int64_t h = th.first + i * p.stride_h, ww = tw.first + j * p.stride_w;
+    dx[((n * p.C + g * p.Cg() + row) * p.H + h) * p.W + ww] = v;
   }
 };
 
@@ -153,13 +217,24 @@ struct WgradOps {
   ConvProblem p;
   const T* x;
   const T* dy;
-  T* out;             // chunks == 1: dw itself; else the workspace [chunks][K*Cg*R*S]
-  int64_t chunk_len;  // K-depth of one chunk (a multiple of BK)
+  T* out;         // chunks == 1: dw itself; else the workspace [chunks][K*Cg*R*S]
+  int64_t len;    // K-depth of one chunk (a multiple of BK)
+  int64_t chunks;
+  int64_t g = 0, ck = 0;  // per block (for_block): group and chunk
   struct Col {
     const T* xc;      // input channel c of group g in image 0
     int64_t dh, dw;   // r*dil_h - pad_h, s*dil_w - pad_w
     bool ok;
   };
+  __device__ __forceinline__ WgradOps for_block(int64_t z) const {
+    WgradOps o = *this;
+    o.g = z / chunks;
+    o.ck = z % chunks;
+    return o;
+  }
+  __device__ __forceinline__ int64_t group() const { return g; }
+  __device__ __forceinline__ int64_t chunk() const { return ck; }
+  __device__ __forceinline__ int64_t chunk_len() const { return len; }
   __device__ __forceinline__ int64_t rows() const { return p.Kg(); }
   __device__ __forceinline__ int64_t cols() const { return p.Cg() * p.R * p.S; }
   __device__ __forceinline__ int64_t depth() const { return p.N * p.P * p.Q; }
@@ -186,26 +261,28 @@ struct WgradOps {
     if (h < 0 || h >= p.H || ww < 0 || ww >= p.W) return T(0);
     return s.xc[(n * p.C * p.H + h) * p.W + ww];
   }
-  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v, int64_t chunk) const {
+  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
     const int64_t crs = cols();
-    out[chunk * p.weight_elems() + (g * p.Kg() + row) * crs + c] = v;
+    out[ck * p.weight_elems() + (g * p.Kg() + row) * crs + c] = v;
   }
 };
 
 // ------------------------------------------------------------- GEMM core
-// grid: x = column tiles, y = row tiles, z = group * chunks + chunk (chunks is
-// 1 except for Wgrad). The K range of a block is [chunk*chunk_len, min(depth,
-// (chunk+1)*chunk_len)); chunk_len is a multiple of BK, so the loaders' own
-// `kc < depth` checks are the only tail handling needed.
+// grid: x = column tiles, y = row tiles, z decoded by the operator's
+// for_block(z) (Fprop: the group; Dgrad: group and stride phase; Wgrad: group
+// and chunk). The K range of a block is [chunk*chunk_len, min(depth,
+// (chunk+1)*chunk_len)); chunk_len is a multiple of BK (or past the depth),
+// so the loaders' own `kc < depth` checks are the only tail handling needed.
 template <typename T, class Ops, int kDefect>
-__device__ __forceinline__ void igemm_core(const Ops& ops, int64_t chunks, int64_t chunk_len) {
+__device__ __forceinline__ void igemm_core(const Ops& ops_in) {
   __shared__ __align__(16) T As[2][BK][BM + PAD];
   __shared__ __align__(16) T Bs[2][BK][BN];
   constexpr bool kSync = kDefect != kNoBarrier;
 
   const int tid = int(threadIdx.x);
   const int ty = tid / (BN / TN), tx = tid % (BN / TN);
-  const int64_t g = int64_t(blockIdx.z) / chunks, chunk = int64_t(blockIdx.z) % chunks;
+  const Ops ops = ops_in.for_block(int64_t(blockIdx.z));
+  const int64_t g = ops.group(), chunk = ops.chunk(), chunk_len = ops.chunk_len();
   const int64_t M = ops.rows(), depth = ops.depth();
   const int64_t m0 = int64_t(blockIdx.y) * BM;  // first row of the tile
   const int64_t n0 = int64_t(blockIdx.x) * BN;  // first column of the tile
@@ -278,7 +355,7 @@ __device__ __forceinline__ void igemm_core(const Ops& ops, int64_t chunks, int64
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
       const int64_t col = n0 + tx + 8 * j;
-      if (col < Ncols) ops.store(g, row, col, acc[i][j], chunk);
+      if (col < Ncols) ops.store(g, row, col, acc[i][j]);
     }
   }
 }
@@ -286,17 +363,17 @@ __device__ __forceinline__ void igemm_core(const Ops& ops, int64_t chunks, int64
 // One __global__ per operator (readable names in the ptxas report).
 template <typename T, bool kRelu, int kDefect>
 __global__ void __launch_bounds__(NT) igemm_fprop_kernel(FpropOps<T, kRelu> ops) {
-  igemm_core<T, FpropOps<T, kRelu>, kDefect>(ops, 1, ops.depth() + BK);
+  igemm_core<T, FpropOps<T, kRelu>, kDefect>(ops);
 }
 
 template <typename T, int kDefect>
 __global__ void __launch_bounds__(NT) igemm_dgrad_kernel(DgradOps<T> ops) {
-  igemm_core<T, DgradOps<T>, kDefect>(ops, 1, ops.depth() + BK);
+  igemm_core<T, DgradOps<T>, kDefect>(ops);
 }
 
 template <typename T, int kDefect>
-__global__ void __launch_bounds__(NT) igemm_wgrad_kernel(WgradOps<T> ops, int64_t chunks) {
-  igemm_core<T, WgradOps<T>, kDefect>(ops, chunks, ops.chunk_len);
+__global__ void __launch_bounds__(NT) igemm_wgrad_kernel(WgradOps<T> ops) {
+  igemm_core<T, WgradOps<T>, kDefect>(ops);
 }
 
 // dw[e] = sum over chunks of ws[chunk][e], always in chunk order 0, 1, 2, ...
@@ -347,9 +424,18 @@ void launch_fprop(const ConvProblem& p, const float* x, const float* w, const fl
 template <int kDefect>
 void launch_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx, void* stream) {
   if (p.N == 0) return;
-  const DgradOps<float> ops{p, dy, w, dx};
+  const int64_t phases = p.stride_h * p.stride_w;
+  if (p.groups * phases > 65535) {
+    // more (group, phase) pairs than grid.z slices: the direct gather (same result, no phase split)
+    direct_dgrad<float>(p, dy, w, dx, stream);
+    return;
+  }
+  DgradOps<float> ops{p, dy, w, dx, {}, {}, 0};
+  // the grid covers the largest phase: ceil(H/stride) rows, ceil(W/stride) columns
+  ops.th = PhaseTaps{0, (p.H + p.stride_h - 1) / p.stride_h, 0, 1, 0};
+  ops.tw = PhaseTaps{0, (p.W + p.stride_w - 1) / p.stride_w, 0, 1, 0};
   auto k = igemm_dgrad_kernel<float, kDefect>;
-  FC_LAUNCH(k, grid_of(ops, p.groups), dim3(NT), 0, FC_STREAM(stream), ops);
+  FC_LAUNCH(k, grid_of(ops, p.groups * phases), dim3(NT), 0, FC_STREAM(stream), ops);
 }
 
 template <int kDefect>
@@ -361,9 +447,9 @@ void launch_wgrad(const ConvProblem& p, const float* x, const float* dy, float* 
                                 std::to_string(igemm_wgrad_workspace_elems(p)) + " elements");
   const int64_t npq = p.N * p.P * p.Q;
   const int64_t len = ((npq + chunks - 1) / chunks + BK - 1) / BK * BK;
-  const WgradOps<float> ops{p, x, dy, chunks > 1 ? workspace : dw, len};
+  const WgradOps<float> ops{p, x, dy, chunks > 1 ? workspace : dw, len, chunks};
   auto k = igemm_wgrad_kernel<float, kDefect>;
-  FC_LAUNCH(k, grid_of(ops, p.groups * chunks), dim3(NT), 0, FC_STREAM(stream), ops, chunks);
+  FC_LAUNCH(k, grid_of(ops, p.groups * chunks), dim3(NT), 0, FC_STREAM(stream), ops);
   if (chunks > 1) {
     const int64_t elems = p.weight_elems();
     int64_t blocks = (elems + 255) / 256;
@@ -397,6 +483,7 @@ int64_t igemm_wgrad_workspace_elems(const ConvProblem& p) {
 std::string igemm_supports(const ConvProblem& p) {
   const int64_t Cg = p.Cg(), Kg = p.Kg();
   std::string why = grid_fits("Fprop", Kg, p.N * p.P * p.Q, p.groups);
+  // (Dgrad: groups x stride phases beyond 65535 falls back to the direct gather, see launch_dgrad)
   if (why.empty()) why = grid_fits("Dgrad", Cg, p.N * p.H * p.W, p.groups);
   if (why.empty()) why = grid_fits("Wgrad", Kg, Cg * p.R * p.S, p.groups);
   return why;

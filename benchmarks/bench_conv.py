@@ -30,6 +30,7 @@ Examples:
   python benchmarks/bench_conv.py --quick               # batch 1 smoke test
   python benchmarks/bench_conv.py --layers vgg,resnet50_conv1 --direction fwd
   python benchmarks/bench_conv.py --algo im2col --markdown /tmp/res.md --json /tmp/res.json
+  python benchmarks/bench_conv.py --device cuda         # GPU: fastconv CUDA vs cuDNN (bench_conv_cuda.py)
 
 Only the standard library and numpy are required; torch is optional.
 """
@@ -574,6 +575,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="batch reduced to 1 (smoke test / CI)")
     p.add_argument("--markdown", metavar="PATH", help="also write the table as GitHub markdown")
     p.add_argument("--json", metavar="PATH", help="also write the raw numbers as JSON")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu (default): NumPy arrays vs torch CPU; cuda: CuPy arrays on the GPU vs cuDNN "
+                        "(see bench_conv_cuda.py); without a GPU it exits 2 with one line")
     a = p.parse_args(argv)
     if a.threads < 1:
         p.error("--threads must be >= 1")
@@ -584,6 +588,17 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.device == "cuda":
+        sys.path.insert(0, HERE)
+        import bench_conv_cuda
+
+        wanted = [s.strip() for s in args.layers.split(",") if s.strip()]
+        specs = [s for s in BENCH_LAYERS if not wanted or any(w in s.name for w in wanted)]
+        if not specs:
+            sys.exit(f"bench_conv: no layer matches --layers {args.layers!r}")
+        if args.quick:
+            specs = [s.reduced(1) for s in specs]
+        return bench_conv_cuda.run(args, specs, flops_per_pass, RTOL)
     fc = import_fastconv()
     torch, why_no_torch = import_torch(args.no_torch)
 

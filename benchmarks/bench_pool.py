@@ -20,6 +20,7 @@ before it is timed; a failing case is not timed, says FAIL, and the script
 exits with status 1.
 
   python benchmarks/bench_pool.py [--threads 2] [--repeat 7] [--markdown PATH]
+  python benchmarks/bench_pool.py --device cuda   # GPU: CuPy arrays vs torch CUDA (bench_pool_cuda.py)
 """
 from __future__ import annotations
 
@@ -121,9 +122,19 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: CuPy arrays on the GPU vs torch CUDA (bench_pool_cuda.py); without a GPU it "
+                         "exits 2 with one line")
     args = ap.parse_args(argv)
     if args.repeat < 5:
         ap.error("--repeat must be >= 5")
+    if args.device == "cuda":
+        import os
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bench_pool_cuda
+
+        return bench_pool_cuda.run(args)
 
     import fastconv
     from fastconv.ops import pool as P

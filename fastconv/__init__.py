@@ -43,8 +43,14 @@ def get_num_threads() -> int:
     return numba.get_num_threads() if numba is not None else 1
 
 
-def info() -> dict:
-    """What this build of fastconv is and what it dispatched to."""
+def info(cuda: bool = False) -> dict:
+    """What this build of fastconv is and what it dispatched to.
+
+    ``cuda=True`` adds ``cuda_backend`` ("available" or why not) and
+    ``cuda_kernels``: registers, shared memory and spills per kernel and arch
+    from the ``-Xptxas -v`` report kept with the build (:mod:`fastconv.cuda_report`),
+    or a string saying that this build has none.
+    """
     cpu = _cpu_backend.CPU_AVAILABLE
     d = {
         "version": __version__,
@@ -63,6 +69,15 @@ def info() -> dict:
         from . import _cuda  # type: ignore[attr-defined]
 
         d["cuda_runtime"] = _cuda.runtime_info()
+    if cuda:
+        from . import cuda_report
+
+        why = backends.unavailable_reason("cuda")
+        d["cuda_backend"] = "available" if why is None else f"unavailable: {why}"
+        entries = cuda_report.load()
+        d["cuda_kernels"] = entries if entries is not None else (
+            f"no ptxas report in this build ({cuda_report.report_path()} is missing: the CUDA module was not "
+            f"built here)")
     return d
 
 from .autograd import Tensor, no_grad, cat  # noqa: E402

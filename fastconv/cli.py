@@ -11,15 +11,25 @@ import sys
 def _info(args) -> int:
     import fastconv
 
-    d = fastconv.info()
+    d = fastconv.info(cuda=args.cuda)
     if args.json:
         print(json.dumps(d, indent=2, default=str))
         return 0
+    kernels = d.pop("cuda_kernels", None)
     width = max(len(k) for k in d)
     for k, v in d.items():
         if isinstance(v, (list, tuple)):
             v = ", ".join(map(str, v))
         print(f"{k:<{width}}  {v}")
+    if args.cuda:
+        from .cuda_report import format_table
+
+        print()
+        if isinstance(kernels, list):
+            print("CUDA kernels (ptxas -v report kept with the build):")
+            print(format_table(kernels))
+        else:
+            print(f"CUDA kernels: {kernels}")
     return 0
 
 
@@ -111,6 +121,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="version, ISA, threads, backends, algorithms, CUDA build")
     p_info.add_argument("--json", action="store_true", help="print as JSON")
+    p_info.add_argument("--cuda", action="store_true",
+                        help="also the CUDA backend's state and registers / shared memory / spills per kernel "
+                             "(from the ptxas report kept with the build)")
     p_info.set_defaults(func=_info)
 
     p = sub.add_parser("train", help="train a model from the zoo on a dataset",

@@ -11,6 +11,11 @@ so each (shape, operator) is costed in baton hand-overs first; the few catalog
 entries above the budget are skipped visibly (the Wgrad of the moderate_* and
 k1x1_wide shapes: one block of >= 32 threads and ~7 barrier phases per weight
 element).
+
+The implicit-GEMM Dgrad (a gather) and Wgrad (N*P*Q split into chunks reduced
+in a fixed order) run on the catalog, on random shapes, on multi-tile and
+multi-chunk shapes, and against a variant with an off-by-one K loop that must
+be caught.
 """
 import math
 
@@ -41,7 +46,14 @@ def _cost(spec, op, algo):
             return math.ceil(npq / 64) * math.ceil(Kg / 64) * g * 64 * (math.ceil(crs / 8) + 2)
         return math.ceil(N * K * P * Q / 256) * 256
     if op == "dgrad":
+        if algo == "im2col":  # one slice per stride phase, each covering the largest phase
+            sh, sw = (spec.stride, spec.stride) if isinstance(spec.stride, int) else spec.stride
+            cols = spec.N * math.ceil(spec.H / sh) * math.ceil(spec.W / sw)
+            return (math.ceil(cols / 64) * math.ceil(Cg / 64) * g * sh * sw * 64
+                    * (math.ceil(Kg * spec.R * spec.S / 8) + 2))
         return math.ceil(spec.N * spec.C * spec.H * spec.W / 256) * 256
+    if algo == "im2col":  # wgrad: one K walk over N*P*Q in total (split into chunks), plus the reduction
+        return math.ceil(Kg / 64) * math.ceil(crs / 64) * g * 64 * (math.ceil(npq / 8) + 2) + K * crs
     nt = 32
     while nt < 256 and nt * 8 < npq:
         nt *= 2
@@ -106,6 +118,22 @@ def test_wgrad_matches_cpu(spec):
                 f"cuda-emu wgrad {spec.name} vs cpu")
 
 
+@pytest.mark.parametrize("op", ["dgrad", "wgrad"])
+def test_igemm_backward_matches_cpu(op):
+    # the implicit-GEMM Dgrad (gather) and Wgrad (chunked N*P*Q) over the catalog
+    ran = 0
+    for s in TEST_SHAPES:
+        if _cost(s, op, "im2col") > BUDGET:
+            continue
+        x, w, b, g, refs = problem(s)
+        got = run_op(op, s, x, w, b, g, algo="im2col", backend="cuda-emu")
+        check_close(got, refs[op], TOL32, np.float32, f"cuda-emu im2col {op} {s.name} vs float64 reference")
+        cpu = _cpu(op, s, x, w, b, g, "im2col")
+        check_close(got, cpu.astype(np.float64), TOL32, np.float32, f"cuda-emu im2col {op} {s.name} vs cpu")
+        ran += 1
+    assert ran >= len(TEST_SHAPES) - 4, f"only {ran} shapes within the emulator budget"
+
+
 @pytest.mark.parametrize("algo", ["direct", "im2col"])
 @pytest.mark.parametrize("spec", spec_params([TEST_SHAPES[i] for i in (5, 9, 18, 21, 33, 48)]))
 def test_fprop_relu_epilogue(spec, algo):
@@ -133,11 +161,66 @@ def test_float64(op, algo):
     ConvSpec("igemm_tiles", 1, 19, 12, 11, 70, 3, 3, padding=1),
     # groups (grid.z) with ragged per-group tiles
     ConvSpec("igemm_groups", 2, 6, 9, 10, 66, 3, 1, stride=(2, 1), padding=(1, 0), groups=3),
+    # Dgrad stride phases: stride 3x2 with dilation 2 (phases without any tap: their dx is 0),
+    # and stride 4 > kernel 2 (rows no window reaches)
+    ConvSpec("dgrad_phases", 2, 3, 11, 10, 4, 3, 3, stride=(3, 2), padding=(1, 2), dilation=2),
+    ConvSpec("dgrad_stride_gt_kernel", 1, 4, 13, 9, 5, 2, 2, stride=4, padding=1, groups=1),
 ], ids=lambda s: s.name)
 def test_igemm_multi_tile(spec):
     x, w, b, g, refs = problem(spec)
-    got = run_op("fprop_bias", spec, x, w, b, g, algo="im2col", backend="cuda-emu")
-    check_close(got, refs["fprop_bias"], TOL32, np.float32, f"igemm {spec.name}")
+    for op in ("fprop_bias", "dgrad", "wgrad"):
+        got = run_op(op, spec, x, w, b, g, algo="im2col", backend="cuda-emu")
+        check_close(got, refs[op], TOL32, np.float32, f"igemm {op} {spec.name}")
+
+
+def _chunks(spec):
+    p, emu = _emu_problem(spec)
+    return emu.igemm_wgrad_chunks(p)
+
+
+@pytest.mark.parametrize("spec", [
+    # N*P*Q = 4*15*15 = 900 -> 3 chunks of 304 (a ragged last chunk), stride 2, padding
+    ConvSpec("wgrad_chunks", 4, 3, 29, 30, 5, 3, 3, stride=2, padding=1),
+    # 8*16*16 = 2048 -> 8 chunks, groups 2 (grid.z = group * chunks + chunk), dilation
+    ConvSpec("wgrad_chunks_groups", 8, 4, 20, 20, 4, 3, 3, padding=0, dilation=2, groups=2),
+], ids=lambda s: s.name)
+def test_igemm_wgrad_split(spec):
+    assert _chunks(spec) > 1, "the shape must exercise the split-K reduction"
+    x, w, b, g, refs = problem(spec)
+    got = run_op("wgrad", spec, x, w, b, g, algo="im2col", backend="cuda-emu")
+    check_close(got, refs["wgrad"], TOL32, np.float32, f"chunked wgrad {spec.name}")
+    check_close(got, _cpu("wgrad", spec, x, w, b, g, "im2col").astype(np.float64), TOL32, np.float32,
+                f"chunked wgrad {spec.name} vs cpu")
+    # deterministic: the same bits under another schedule (chunks summed in a fixed order)
+    cuda_emu.set_schedule("concurrent", 11)
+    again = run_op("wgrad", spec, x, w, b, g, algo="im2col", backend="cuda-emu")
+    np.testing.assert_array_equal(got, again)
+
+
+def _random_specs(count, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        R, S = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        sh, sw = int(rng.integers(1, 5)), int(rng.integers(1, 5))  # stride > kernel happens
+        dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        ph, pw = int(rng.integers(0, R)), int(rng.integers(0, S))
+        H = int(rng.integers(max(1, dh * (R - 1) + 1 - 2 * ph), 14))
+        W = int(rng.integers(max(1, dw * (S - 1) + 1 - 2 * pw), 14))
+        g = int(rng.choice([1, 1, 2, 3]))
+        C, K = g * int(rng.integers(1, 6)), g * int(rng.integers(1, 6))
+        out.append(ConvSpec(f"rand{seed}_{i}", int(rng.integers(1, 4)), C, H, W, K, R, S, stride=(sh, sw),
+                            padding=(ph, pw), dilation=(dh, dw), groups=g))
+    return out
+
+
+@pytest.mark.parametrize("spec", _random_specs(8, 2026), ids=lambda s: s.name)
+def test_igemm_random_shapes(spec):
+    # random odd sizes, strides above the kernel size, dilation, groups, 1x1 images
+    x, w, b, g, refs = problem(spec)
+    for op in ("fprop_bias", "dgrad", "wgrad"):
+        got = run_op(op, spec, x, w, b, g, algo="im2col", backend="cuda-emu")
+        check_close(got, refs[op], TOL32, np.float32, f"igemm {op} {spec.name}")
 
 
 # ------------------------------------------------------- the emulator catches bugs
@@ -164,6 +247,24 @@ def test_missing_barrier_is_caught(seed):
     assert not (err <= 1e-3), f"the barrier-free implicit GEMM was not caught (seed {seed}): rel err {err:.2e}"
 
 
+@pytest.mark.parametrize("op", ["fprop", "dgrad", "wgrad"])
+def test_off_by_one_is_caught(op):
+    # the implicit GEMM of `op` with an off-by-one K loop (its last 8-deep slice
+    # never multiplied): the intact kernel passes, the defective one must fail
+    spec = ConvSpec("off_by_one", 2, 5, 9, 8, 6, 3, 3, stride=2, padding=1)  # K depths 45, 54 and 50
+    x, w, b, g, refs = problem(spec)
+    p, emu = _emu_problem(spec)
+    a, bb = {"fprop": (x, w), "dgrad": (g, w), "wgrad": (x, g)}[op]
+    intact = run_op(op, spec, x, w, b, g, algo="im2col", backend="cuda-emu")
+    check_close(intact, refs[op], TOL32, np.float32, f"intact implicit GEMM {op}")
+    bad = np.empty(refs[op].shape, np.float32)
+    emu._igemm_defective(op, p, a, bb, bad)
+    err = ref.rel_err(bad, refs[op])
+    assert not (err <= 1e-3), f"the off-by-one {op} kernel was not caught: rel err {err:.2e}"
+    with pytest.raises(ValueError, match="op must be"):
+        emu._igemm_defective("xgrad", p, a, bb, bad)
+
+
 def test_concurrent_schedule():
     # all threads of a block at once under the OS scheduler: same results
     cuda_emu.set_schedule("concurrent", 7)
@@ -184,7 +285,7 @@ def test_deterministic_across_schedules():
         cuda_emu.set_schedule(sched, seed)
         outs.append([run_op(op, spec, x, w, b, g, algo=a, backend="cuda-emu")
                      for op, a in (("fprop_bias", "im2col"), ("fprop_bias", "direct"), ("dgrad", "direct"),
-                                   ("wgrad", "direct"))])
+                                   ("wgrad", "direct"), ("dgrad", "im2col"), ("wgrad", "im2col"))])
     for other in outs[1:]:
         for a, o in zip(outs[0], other):
             np.testing.assert_array_equal(a, o)

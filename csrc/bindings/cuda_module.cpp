@@ -111,7 +111,8 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def("dgrad", [](const std::string& algo, const ConvProblem& p, py::object dy, py::object w, py::object dx,
                     py::object stream) {
-    check(use_igemm(algo), p);
+    const bool ig = use_igemm(algo);
+    check(ig, p);
     const DeviceArray da = device_array(dy, "grad_output"), wa = device_array(w, "weight"),
                       xa = device_array(dx, "grad_input");
     const int es = da.itemsize;
@@ -121,18 +122,27 @@ PYBIND11_MODULE(_cuda, m) {
     void* s = pick_stream(stream, xa);
     if (p.N == 0) return;
     py::gil_scoped_release release;
-    if (es == 4)
-      fastconv::cuda::direct_dgrad<float>(p, static_cast<const float*>(da.ptr), static_cast<const float*>(wa.ptr),
-                                          static_cast<float*>(xa.ptr), s);
-    else
+    if (es == 4) {
+      if (ig)
+        fastconv::cuda::igemm_dgrad(p, static_cast<const float*>(da.ptr), static_cast<const float*>(wa.ptr),
+                                    static_cast<float*>(xa.ptr), s);
+      else
+        fastconv::cuda::direct_dgrad<float>(p, static_cast<const float*>(da.ptr), static_cast<const float*>(wa.ptr),
+                                            static_cast<float*>(xa.ptr), s);
+    } else {
+      // the implicit GEMM is float32 only: float64 runs the direct gather
       fastconv::cuda::direct_dgrad<double>(p, static_cast<const double*>(da.ptr), static_cast<const double*>(wa.ptr),
                                            static_cast<double*>(xa.ptr), s);
+    }
   }, py::arg("algo"), py::arg("problem"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
-     py::arg("stream") = py::none(), "Dgrad as a gather (both algorithms run the direct kernel).");
+     py::arg("stream") = py::none(),
+     "Dgrad as a gather, no atomics. 'direct': one input element per thread; 'im2col': implicit GEMM "
+     "(float32; float64 runs the direct kernel).");
 
   m.def("wgrad", [](const std::string& algo, const ConvProblem& p, py::object x, py::object dy, py::object dw,
-                    py::object stream) {
-    check(use_igemm(algo), p);
+                    py::object workspace, py::object stream) {
+    const bool ig = use_igemm(algo);
+    check(ig, p);
     const DeviceArray xa = device_array(x, "input"), da = device_array(dy, "grad_output"),
                       wa = device_array(dw, "grad_weight");
     const int es = xa.itemsize;
@@ -141,16 +151,40 @@ PYBIND11_MODULE(_cuda, m) {
     expect(wa, "grad_weight", p.weight_elems(), es, true);
     if (p.N == 0) throw py::value_error("wgrad with N == 0: zero grad_weight on the caller's side");
     void* s = pick_stream(stream, wa);
+    float* ws = nullptr;
+    const int64_t ws_elems = (ig && es == 4) ? fastconv::cuda::igemm_wgrad_workspace_elems(p) : 0;
+    if (ws_elems > 0) {
+      // the split-K partials: device memory the caller allocates (cuda.py: a CuPy array)
+      if (workspace.is_none())
+        throw py::value_error("workspace: the implicit-GEMM Wgrad of this problem needs a float32 device array of " +
+                              std::to_string(ws_elems) + " elements (igemm_wgrad_workspace_elems)");
+      const DeviceArray wsa = device_array(workspace, "workspace");
+      if (wsa.itemsize != 4 || wsa.elems < ws_elems || wsa.readonly)
+        throw py::value_error("workspace: needs a writeable float32 device array of at least " +
+                              std::to_string(ws_elems) + " elements");
+      ws = static_cast<float*>(wsa.ptr);
+    }
     py::gil_scoped_release release;
-    if (es == 4)
-      fastconv::cuda::direct_wgrad<float>(p, static_cast<const float*>(xa.ptr), static_cast<const float*>(da.ptr),
-                                          static_cast<float*>(wa.ptr), s);
-    else
+    if (es == 4) {
+      if (ig)
+        fastconv::cuda::igemm_wgrad(p, static_cast<const float*>(xa.ptr), static_cast<const float*>(da.ptr),
+                                    static_cast<float*>(wa.ptr), ws, s);
+      else
+        fastconv::cuda::direct_wgrad<float>(p, static_cast<const float*>(xa.ptr), static_cast<const float*>(da.ptr),
+                                            static_cast<float*>(wa.ptr), s);
+    } else {
       fastconv::cuda::direct_wgrad<double>(p, static_cast<const double*>(xa.ptr), static_cast<const double*>(da.ptr),
                                            static_cast<double*>(wa.ptr), s);
+    }
   }, py::arg("algo"), py::arg("problem"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"),
-     py::arg("stream") = py::none(),
-     "Wgrad, one weight element per block with a fixed-order tree reduction (both algorithms).");
+     py::arg("workspace") = py::none(), py::arg("stream") = py::none(),
+     "Wgrad. 'direct': one weight element per block, fixed-order tree reduction; 'im2col': implicit GEMM "
+     "with N*P*Q split into igemm_wgrad_chunks chunks whose partials (in `workspace`) are summed in chunk "
+     "order (float32; float64 runs the direct kernel).");
+
+  m.def("igemm_wgrad_workspace_elems", [](const ConvProblem& p) {
+    return fastconv::cuda::igemm_wgrad_workspace_elems(p);
+  }, "float32 elements of device workspace the implicit-GEMM Wgrad needs (0: none).");
 
   register_cuda_layers(m);
 }

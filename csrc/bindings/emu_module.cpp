@@ -10,6 +10,7 @@
 
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "common.h"
 #include "fastconv/conv_cuda.h"
@@ -29,8 +30,7 @@ void register_emu_layers(py::module_& m);
 namespace {
 
 // "direct": direct kernels for all three operators. "im2col": the implicit
-// GEMM for Fprop; Dgrad and Wgrad of "im2col" run the direct kernels (the
-// gather Dgrad and the tree-reduction Wgrad) until implicit-GEMM versions exist.
+// GEMM for all three (float32; float64 runs the direct kernels).
 enum class Algo { Direct, Im2col };
 
 Algo parse_algo(const std::string& name) {
@@ -79,17 +79,23 @@ void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::objec
 }
 
 template <typename T>
-void dgrad_t(const ConvProblem& p, py::array& dy, py::array& w, py::array& dx) {
+void dgrad_t(Algo a, const ConvProblem& p, py::array& dy, py::array& w, py::array& dx) {
   const T* dyp = in_ptr<T>(dy, "grad_output", p.output_elems());
   const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
   T* dxp = out_ptr<T>(dx, "grad_input", p.input_elems());
   if (p.N == 0) return;
   py::gil_scoped_release release;
+  if constexpr (std::is_same_v<T, float>) {
+    if (a == Algo::Im2col) {
+      fastconv::cuda::igemm_dgrad(p, dyp, wp, dxp, nullptr);
+      return;
+    }
+  }
   fastconv::cuda::direct_dgrad<T>(p, dyp, wp, dxp, nullptr);
 }
 
 template <typename T>
-void wgrad_t(const ConvProblem& p, py::array& x, py::array& dy, py::array& dw) {
+void wgrad_t(Algo a, const ConvProblem& p, py::array& x, py::array& dy, py::array& dw) {
   const T* xp = in_ptr<T>(x, "input", p.input_elems());
   const T* dyp = in_ptr<T>(dy, "grad_output", p.output_elems());
   T* dwp = out_ptr<T>(dw, "grad_weight", p.weight_elems());
@@ -97,6 +103,14 @@ void wgrad_t(const ConvProblem& p, py::array& x, py::array& dy, py::array& dw) {
   if (p.N == 0) {
     for (int64_t i = 0; i < p.weight_elems(); ++i) dwp[i] = T(0);
     return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (a == Algo::Im2col) {
+      // the split-K partials live in host memory here (device memory on a GPU)
+      std::vector<float> ws(size_t(fastconv::cuda::igemm_wgrad_workspace_elems(p)));
+      fastconv::cuda::igemm_wgrad(p, xp, dyp, dwp, ws.empty() ? nullptr : ws.data(), nullptr);
+      return;
+    }
   }
   fastconv::cuda::direct_wgrad<T>(p, xp, dyp, dwp, nullptr);
 }
@@ -128,18 +142,26 @@ PYBIND11_MODULE(_emu, m) {
      "float32; float64 runs the direct kernel).");
 
   m.def("dgrad", [](const std::string& algo, const ConvProblem& p, py::array dy, py::array w, py::array dx) {
-    check(parse_algo(algo), p);
-    if (is_f64(dy)) dgrad_t<double>(p, dy, w, dx);
-    else dgrad_t<float>(p, dy, w, dx);
+    const Algo a = parse_algo(algo);
+    check(a, p);
+    if (is_f64(dy)) dgrad_t<double>(a, p, dy, w, dx);
+    else dgrad_t<float>(a, p, dy, w, dx);
   }, py::arg("algo"), py::arg("problem"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
-     "Dgrad as a gather (one input element per thread). 'im2col' runs this direct kernel too.");
+     "Dgrad as a gather, no atomics. 'direct': one input element per thread; 'im2col': the implicit GEMM "
+     "(float32; float64 runs the direct kernel).");
 
   m.def("wgrad", [](const std::string& algo, const ConvProblem& p, py::array x, py::array dy, py::array dw) {
-    check(parse_algo(algo), p);
-    if (is_f64(x)) wgrad_t<double>(p, x, dy, dw);
-    else wgrad_t<float>(p, x, dy, dw);
+    const Algo a = parse_algo(algo);
+    check(a, p);
+    if (is_f64(x)) wgrad_t<double>(a, p, x, dy, dw);
+    else wgrad_t<float>(a, p, x, dy, dw);
   }, py::arg("algo"), py::arg("problem"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"),
-     "Wgrad, one weight element per block with a fixed-order tree reduction. 'im2col' runs it too.");
+     "Wgrad. 'direct': one weight element per block, fixed-order tree reduction; 'im2col': the implicit "
+     "GEMM with N*P*Q split into a fixed number of chunks reduced in chunk order (float32; float64 runs "
+     "the direct kernel).");
+
+  m.def("igemm_wgrad_chunks", [](const ConvProblem& p) { return fastconv::cuda::igemm_wgrad_chunks(p); },
+        "How many N*P*Q chunks the implicit-GEMM Wgrad splits this problem into (a function of the problem only).");
 
   m.def("set_schedule", [](const std::string& name, uint64_t seed) {
     namespace emu = fastconv::emu;
@@ -165,6 +187,25 @@ PYBIND11_MODULE(_emu, m) {
      "TEST ONLY: the implicit-GEMM Fprop (float32, no bias) with its __syncthreads() removed. Its "
      "result is wrong under the 'random' schedule; a test uses it to show the emulator catches a "
      "missing barrier.");
+
+  m.def("_igemm_defective", [](const std::string& op, const ConvProblem& p, py::array a, py::array b,
+                               py::array out) {
+    check(Algo::Im2col, p);
+    int64_t na = p.input_elems(), nb = p.weight_elems(), nout = p.output_elems();
+    if (op == "dgrad") na = p.output_elems(), nb = p.weight_elems(), nout = p.input_elems();
+    else if (op == "wgrad") na = p.input_elems(), nb = p.output_elems(), nout = p.weight_elems();
+    else if (op != "fprop") throw py::value_error("op must be 'fprop', 'dgrad' or 'wgrad', got '" + op + "'");
+    if (p.N == 0) throw py::value_error("N must be > 0");
+    const float* ap = in_ptr<float>(a, "a", na);
+    const float* bp = in_ptr<float>(b, "b", nb);
+    float* op_ = out_ptr<float>(out, "out", nout);
+    std::vector<float> ws(size_t(op == "wgrad" ? fastconv::cuda::igemm_wgrad_workspace_elems(p) : 0));
+    py::gil_scoped_release release;
+    fastconv::cuda::igemm_defective(op, p, ap, bp, op_, ws.empty() ? nullptr : ws.data());
+  }, py::arg("op"), py::arg("problem"), py::arg("a"), py::arg("b"), py::arg("out"),
+     "TEST ONLY: the implicit GEMM of `op` (fprop: a=input, b=weight; dgrad: a=grad_output, b=weight; "
+     "wgrad: a=input, b=grad_output) with an off-by-one K loop (the last 8-deep slice is never "
+     "multiplied). A test shows its result is caught as wrong.");
 
   register_emu_layers(m);
 }

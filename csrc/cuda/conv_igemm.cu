@@ -1,16 +1,34 @@
-// Implicit-GEMM Fprop (float32 only; see the end of the file). Per group g the convolution is the
-// GEMM  Y[k, npq] = sum_crs W[k, crs] * X_col[crs, npq]  with
-// M = K/groups, N = N*P*Q and K_gemm = C/groups*R*S; X_col is never built: the
-// B tile is gathered from the input while loading (zero where the window
-// falls on padding).
+// Implicit-GEMM convolution: Fprop, Dgrad and Wgrad as one tiled SGEMM core
+// with three operand loaders (float32 only; float64 callers run the direct
+// kernels, see the end of the file). No operand matrix is ever built: the
+// loaders gather it from the activations while filling the shared tiles.
 //
-// Tiling: a 64-thread block computes a 64x64 tile of Y, each thread an 8x8
-// register block (rows ty + 8*i, columns tx + 8*j: strided, so that the eight
-// threads of a row read consecutive shared-memory words and write consecutive
-// output columns). The K_gemm loop walks BK = 8 at a time through two shared
-// buffers: the next tile is fetched into registers while the current one is
-// multiplied, then stored into the other buffer, and one __syncthreads() per
-// step both publishes the new tile and retires the old one.
+// Per group g each operator is a GEMM  C[m, n] = sum_k A[m, k] * B[k, n]:
+//
+//   operator  C (M x N)                A (M x K)             B (K x N, gathered)
+//   Fprop     y   [K/g  x N*P*Q]       w  [k, (c,r,s)]       x  at (c, p*str-pad+r*dil, ...)
+//   Dgrad     dx  [C/g  x N*H*W/phase] w  [c, (k,r,s)/phase] dy at (k, (h+pad-r*dil)/str, ...)
+//   Wgrad     dw  [K/g  x C/g*R*S]     dy [k, (n,p,q)]       x  at ((n,p,q), (c,r,s))
+//
+// Dgrad is a gather: each thread owns output elements of dx and sums every
+// (k, r, s) that reaches them. Input pixels are split by stride phase
+// ((h + pad) % stride, one grid.z slice per phase) so that a block's GEMM
+// depth holds only the taps of its phase; taps that fall outside the output
+// read zero. No atomics; the summation order is fixed: deterministic.
+//
+// Wgrad splits its reduction dimension N*P*Q into a fixed number of chunks
+// (a function of the problem only, never of the device): the chunks run as
+// independent blocks (grid.z), each writes its partial tile to a workspace,
+// and a second kernel sums the partials in chunk order 0, 1, 2, ...: no
+// atomics, bit-identical results run to run and device to device.
+//
+// Tiling (all three): a 64-thread block computes a 64x64 tile of C, each
+// thread an 8x8 register block (rows ty + 8*i, columns tx + 8*j: strided, so
+// that the eight threads of a row read consecutive shared-memory words and
+// write consecutive output columns). The K loop walks BK = 8 at a time through
+// two shared buffers: the next tile is fetched into registers while the
+// current one is multiplied, then stored into the other buffer, and one
+// __syncthreads() per step both publishes the new tile and retires the old one.
 #include "fastconv/cuda_compat.h"
 #include "fastconv/conv_cuda.h"
 #include "fastconv/problem.h"
@@ -24,35 +42,257 @@ constexpr int PAD = 4;  // As rows of 68 words: the transposing store hits 32 di
 static_assert((BM / TM) * (BN / TN) == NT, "one 8x8 block per thread");
 static_assert(BM * BK == NT * 8 && BN == NT, "each thread loads 8 A and 8 B elements");
 
-template <typename T, bool kRelu, bool kSync>
-__global__ void __launch_bounds__(NT)
-    igemm_fprop_kernel(ConvProblem p, const T* __restrict__ x, const T* __restrict__ w,
-                       const T* __restrict__ bias, T* __restrict__ y) {
+// Test-only defects (FC_EMU_TEST_HOOKS builds): kernels instantiated with one
+// of these must come out wrong in the emulator.
+enum Defect : int {
+  kIntact = 0,
+  kNoBarrier = 1,     // every __syncthreads() removed
+  kSkipLastTile = 2,  // off-by-one K loop: `t + 1 < ktiles`, the last BK slice is never multiplied
+};
+
+// ---------------------------------------------------------------- loaders
+// Each loader is a small value type passed as a kernel parameter:
+//   rows(), cols()            M and N of one group's GEMM
+//   a(g, row, kc)             A element (row < rows() is checked by the caller, kc by the loader)
+//   Col col(g, col)           per-thread state of one B column (computed once per block)
+//   b(col_state, kc)          B element, zero outside the image / on the wrong stride phase
+//   store(g, row, col, v, z)  the epilogue for one element of C
+
+template <typename T, bool kRelu>
+struct FpropOps {
+  ConvProblem p;
+  const T* x;
+  const T* w;
+  const T* bias;
+  T* y;
+  int64_t g = 0;  // per block (for_block)
+  struct Col {
+    const T* xg;
+    int64_t h0, w0;
+    bool ok;
+  };
+  __device__ __forceinline__ FpropOps for_block(int64_t z) const {
+    FpropOps o = *this;
+    o.g = z;
+    return o;
+  }
+  __device__ __forceinline__ int64_t group() const { return g; }
+  __device__ __forceinline__ int64_t chunk() const { return 0; }
+  __device__ __forceinline__ int64_t chunk_len() const { return depth() + BK; }
+  __device__ __forceinline__ int64_t rows() const { return p.Kg(); }
+  __device__ __forceinline__ int64_t cols() const { return p.N * p.P * p.Q; }
+  __device__ __forceinline__ int64_t depth() const { return p.Cg() * p.R * p.S; }
+  __device__ __forceinline__ T a(int64_t g, int64_t row, int64_t kc) const {
+    const int64_t crs = depth();
+    return kc < crs ? w[(g * p.Kg() + row) * crs + kc] : T(0);
+  }
+  __device__ __forceinline__ Col col(int64_t g, int64_t c) const {
+    Col s{x, 0, 0, c < cols()};
+    if (s.ok) {
+      const int64_t PQ = p.P * p.Q, n = c / PQ, pq = c % PQ;
+      s.h0 = (pq / p.Q) * p.stride_h - p.pad_h;
+      s.w0 = (pq % p.Q) * p.stride_w - p.pad_w;
+      s.xg = x + (n * p.C + g * p.Cg()) * p.H * p.W;
+    }
+    return s;
+  }
+  __device__ __forceinline__ T b(const Col& s, int64_t kc) const {
+    const int64_t RS = p.R * p.S;
+    if (!s.ok || kc >= depth()) return T(0);
+    const int64_t c = kc / RS, rs = kc % RS;
+    const int64_t h = s.h0 + (rs / p.S) * p.dil_h, ww = s.w0 + (rs % p.S) * p.dil_w;
+    if (h < 0 || h >= p.H || ww < 0 || ww >= p.W) return T(0);
+    return s.xg[(c * p.H + h) * p.W + ww];
+  }
+  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
+    const int64_t k = g * p.Kg() + row, PQ = p.P * p.Q;
+    if (bias) v += bias[k];
+    if (kRelu) v = v > T(0) ? v : T(0);
+    y[((c / PQ) * p.K + k) * PQ + c % PQ] = v;
+  }
+};
+
+// One tap set of Dgrad along one axis: input rows h with (h + pad) % stride ==
+// phase are reached only by the taps r with r*dil % stride == phase, which are
+// r0, r0 + step, ... (step = stride / gcd(stride, dil)); n of them (0: none).
+struct PhaseTaps {
+  int64_t first;  // first input row of the phase
+  int64_t count;  // input rows of the phase
+  int64_t r0, step, n;
+};
+
+FC_HOST_DEVICE inline PhaseTaps phase_taps(int64_t phase, int64_t in, int64_t pad, int64_t stride, int64_t dil,
+                                           int64_t kernel) {
+  PhaseTaps t{0, 0, 0, 1, 0};
+  t.first = ((phase - pad) % stride + stride) % stride;
+  t.count = t.first < in ? (in - t.first + stride - 1) / stride : 0;
+  int64_t a = stride, b = dil % stride;  // gcd(stride, dil)
+  while (b) {
+    const int64_t r = a % b;
+    a = b;
+    b = r;
+  }
+  t.step = stride / a;
+  for (int64_t r = 0; r < t.step && r < kernel; ++r) {
+    if ((r * dil) % stride == phase) {
+      t.r0 = r;
+      t.n = (kernel - 1 - r) / t.step + 1;
+      break;
+    }
+  }
+  return t;
+}
+
+// Dgrad, decomposed by stride phase: grid.z = group * (stride_h*stride_w) +
+// phase. A block of phase (ph, pw) owns input pixels with (h + pad_h) %
+// stride_h == ph (and likewise for w), and its GEMM depth runs over exactly
+// the taps that reach them, so no multiply-add is spent on a tap of the wrong
+// phase (stride 2: a quarter of the work of a tap-by-tap check).
+template <typename T>
+struct DgradOps {
+  ConvProblem p;
+  const T* dy;
+  const T* w;
+  T* dx;
+  // per block (for_block); the host fills the largest phase so the grid covers every phase
+  PhaseTaps th, tw;
+  int64_t g;
+  struct Col {
+    const T* dyg;
+    int64_t th0, tw0;  // h + pad_h, w + pad_w
+    bool ok;
+  };
+  __device__ __forceinline__ DgradOps for_block(int64_t z) const {
+    DgradOps o = *this;
+    const int64_t phases = p.stride_h * p.stride_w, ph = z % phases;
+    o.g = z / phases;
+    o.th = phase_taps(ph / p.stride_w, p.H, p.pad_h, p.stride_h, p.dil_h, p.R);
+    o.tw = phase_taps(ph % p.stride_w, p.W, p.pad_w, p.stride_w, p.dil_w, p.S);
+    return o;
+  }
+  __device__ __forceinline__ int64_t group() const { return g; }
+  __device__ __forceinline__ int64_t chunk() const { return 0; }
+  __device__ __forceinline__ int64_t chunk_len() const { return depth() + BK; }
+  __device__ __forceinline__ int64_t rows() const { return p.Cg(); }
+  __device__ __forceinline__ int64_t cols() const { return p.N * th.count * tw.count; }
+  __device__ __forceinline__ int64_t depth() const { return p.Kg() * th.n * tw.n; }
+  // A[c, (k, i, j)] = w[g*Kg + k, c, r0 + i*step_r, s0 + j*step_s]: the weight read transposed
+  __device__ __forceinline__ T a(int64_t, int64_t row, int64_t kc) const {
+    if (kc >= depth()) return T(0);
+    const int64_t taps = th.n * tw.n, k = kc / taps, t = kc % taps;
+    const int64_t r = th.r0 + (t / tw.n) * th.step, s = tw.r0 + (t % tw.n) * tw.step;
+    return w[((g * p.Kg() + k) * p.Cg() + row) * p.R * p.S + r * p.S + s];
+  }
+  __device__ __forceinline__ Col col(int64_t, int64_t c) const {
+    Col s{dy, 0, 0, c < cols()};
+    if (s.ok) {
+      const int64_t hw = th.count * tw.count, n = c / hw, i = (c % hw) / tw.count, j = c % tw.count;
+      s.th0 = th.first + i * p.stride_h + p.pad_h;
+      s.tw0 = tw.first + j * p.stride_w + p.pad_w;
+      s.dyg = dy + (n * p.K + g * p.Kg()) * p.P * p.Q;
+    }
+    return s;
+  }
+  __device__ __forceinline__ T b(const Col& s, int64_t kc) const {
+    if (!s.ok || kc >= depth()) return T(0);
+    const int64_t taps = th.n * tw.n, k = kc / taps, t = kc % taps;
+    // output row oh reaches input row h through tap r when oh*stride + r*dil == h + pad;
+    // the phase makes the difference a multiple of the stride
+    const int64_t dh = s.th0 - (th.r0 + (t / tw.n) * th.step) * p.dil_h;
+    const int64_t dw = s.tw0 - (tw.r0 + (t % tw.n) * tw.step) * p.dil_w;
+    if (dh < 0 || dw < 0) return T(0);
+    const int64_t oh = dh / p.stride_h, ow = dw / p.stride_w;
+    if (oh >= p.P || ow >= p.Q) return T(0);
+    return s.dyg[(k * p.P + oh) * p.Q + ow];
+  }
+  __device__ __forceinline__ void store(int64_t, int64_t row, int64_t c, T v) const {
+    const int64_t hw = th.count * tw.count, n = c / hw, i = (c % hw) / tw.count, j = c % tw.count;
+    const int64_t h = th.first + i * p.stride_h, ww = tw.first + j * p.stride_w;
+    dx[((n * p.C + g * p.Cg() + row) * p.H + h) * p.W + ww] = v;
+  }
+};
+
+template <typename T>
+struct WgradOps {
+  ConvProblem p;
+  const T* x;
+  const T* dy;
+  T* out;         // chunks == 1: dw itself; else the workspace [chunks][K*Cg*R*S]
+  int64_t len;    // K-depth of one chunk (a multiple of BK)
+  int64_t chunks;
+  int64_t g = 0, ck = 0;  // per block (for_block): group and chunk
+  struct Col {
+    const T* xc;      // input channel c of group g in image 0
+    int64_t dh, dw;   // r*dil_h - pad_h, s*dil_w - pad_w
+    bool ok;
+  };
+  __device__ __forceinline__ WgradOps for_block(int64_t z) const {
+    WgradOps o = *this;
+    o.g = z / chunks;
+    o.ck = z % chunks;
+    return o;
+  }
+  __device__ __forceinline__ int64_t group() const { return g; }
+  __device__ __forceinline__ int64_t chunk() const { return ck; }
+  __device__ __forceinline__ int64_t chunk_len() const { return len; }
+  __device__ __forceinline__ int64_t rows() const { return p.Kg(); }
+  __device__ __forceinline__ int64_t cols() const { return p.Cg() * p.R * p.S; }
+  __device__ __forceinline__ int64_t depth() const { return p.N * p.P * p.Q; }
+  // A[k, (n, p, q)] = dy[n, g*Kg + k, p, q]
+  __device__ __forceinline__ T a(int64_t g, int64_t row, int64_t kc) const {
+    if (kc >= depth()) return T(0);
+    const int64_t PQ = p.P * p.Q, n = kc / PQ;
+    return dy[(n * p.K + g * p.Kg() + row) * PQ + kc % PQ];
+  }
+  __device__ __forceinline__ Col col(int64_t g, int64_t c) const {
+    Col s{x, 0, 0, c < cols()};
+    if (s.ok) {
+      const int64_t RS = p.R * p.S, cc = c / RS, rs = c % RS;
+      s.dh = (rs / p.S) * p.dil_h - p.pad_h;
+      s.dw = (rs % p.S) * p.dil_w - p.pad_w;
+      s.xc = x + (g * p.Cg() + cc) * p.H * p.W;
+    }
+    return s;
+  }
+  __device__ __forceinline__ T b(const Col& s, int64_t kc) const {
+    if (!s.ok || kc >= depth()) return T(0);
+    const int64_t PQ = p.P * p.Q, n = kc / PQ, pq = kc % PQ;
+    const int64_t h = (pq / p.Q) * p.stride_h + s.dh, ww = (pq % p.Q) * p.stride_w + s.dw;
+    if (h < 0 || h >= p.H || ww < 0 || ww >= p.W) return T(0);
+    return s.xc[(n * p.C * p.H + h) * p.W + ww];
+  }
+  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
+    const int64_t crs = cols();
+    out[ck * p.weight_elems() + (g * p.Kg() + row) * crs + c] = v;
+  }
+};
+
+// ------------------------------------------------------------- GEMM core
+// grid: x = column tiles, y = row tiles, z decoded by the operator's
+// for_block(z) (Fprop: the group; Dgrad: group and stride phase; Wgrad: group
+// and chunk). The K range of a block is [chunk*chunk_len, min(depth,
+// (chunk+1)*chunk_len)); chunk_len is a multiple of BK (or past the depth),
+// so the loaders' own `kc < depth` checks are the only tail handling needed.
+template <typename T, class Ops, int kDefect>
+__device__ __forceinline__ void igemm_core(const Ops& ops_in) {
   __shared__ __align__(16) T As[2][BK][BM + PAD];
   __shared__ __align__(16) T Bs[2][BK][BN];
+  constexpr bool kSync = kDefect != kNoBarrier;
 
   const int tid = int(threadIdx.x);
   const int ty = tid / (BN / TN), tx = tid % (BN / TN);
-  const int64_t g = blockIdx.z;
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), RS = p.R * p.S, CRS = Cg * RS;
-  const int64_t PQ = p.P * p.Q, NPQ = p.N * PQ;
-  const int64_t m0 = int64_t(blockIdx.y) * BM;  // first output channel (within the group)
-  const int64_t n0 = int64_t(blockIdx.x) * BN;  // first output pixel (over N*P*Q)
+  const Ops ops = ops_in.for_block(int64_t(blockIdx.z));
+  const int64_t g = ops.group(), chunk = ops.chunk(), chunk_len = ops.chunk_len();
+  const int64_t M = ops.rows(), depth = ops.depth();
+  const int64_t m0 = int64_t(blockIdx.y) * BM;  // first row of the tile
+  const int64_t n0 = int64_t(blockIdx.x) * BN;  // first column of the tile
+  const int64_t k_begin = chunk * chunk_len;
+  const int64_t k_end = depth < k_begin + chunk_len ? depth : k_begin + chunk_len;
 
   // B loader: this thread gathers column n0 + tid for every BK row.
-  const int64_t bcol = n0 + tid;
-  const bool bcol_ok = bcol < NPQ;
-  int64_t bh0 = 0, bw0 = 0;
-  const T* xg = x;
-  if (bcol_ok) {
-    const int64_t bn = bcol / PQ, pq = bcol % PQ;
-    bh0 = (pq / p.Q) * p.stride_h - p.pad_h;
-    bw0 = (pq % p.Q) * p.stride_w - p.pad_w;
-    xg = x + (bn * p.C + g * Cg) * p.H * p.W;
-  }
+  const typename Ops::Col bcol = ops.col(g, n0 + tid);
   // A loader: element e = tid + NT*i of the 64x8 tile is (m = e / BK, kk = e % BK):
-  // eight consecutive threads read eight consecutive weights of one row.
-  const T* wg = w + g * Kg * CRS;
+  // eight consecutive threads read eight consecutive elements of one row.
 
   T a_reg[8], b_reg[BK];
   T acc[TM][TN];
@@ -65,21 +305,11 @@ __global__ void __launch_bounds__(NT)
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int e = tid + NT * i;
-      const int64_t row = m0 + e / BK, kc = k0 + e % BK;
-      a_reg[i] = (row < Kg && kc < CRS) ? wg[row * CRS + kc] : T(0);
+      const int64_t row = m0 + e / BK;
+      a_reg[i] = row < M ? ops.a(g, row, k0 + e % BK) : T(0);
     }
 #pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      const int64_t kc = k0 + kk;
-      T v = T(0);
-      if (bcol_ok && kc < CRS) {
-        const int64_t c = kc / RS, rs = kc % RS;
-        const int64_t h = bh0 + (rs / p.S) * p.dil_h;
-        const int64_t ww = bw0 + (rs % p.S) * p.dil_w;
-        if (h >= 0 && h < p.H && ww >= 0 && ww < p.W) v = xg[(c * p.H + h) * p.W + ww];
-      }
-      b_reg[kk] = v;
-    }
+    for (int kk = 0; kk < BK; ++kk) b_reg[kk] = ops.b(bcol, k0 + kk);
   };
   auto store = [&](int buf) {
 #pragma unroll
@@ -91,13 +321,14 @@ __global__ void __launch_bounds__(NT)
     for (int kk = 0; kk < BK; ++kk) Bs[buf][kk][tid] = b_reg[kk];
   };
 
-  const int64_t ktiles = (CRS + BK - 1) / BK;
-  load(0);
+  int64_t ktiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
+  if (kDefect == kSkipLastTile) ktiles -= 1;  // the deliberate off-by-one
+  load(k_begin);
   store(0);
   if (kSync) __syncthreads();
   for (int64_t t = 0; t < ktiles; ++t) {
     const int cur = int(t & 1);
-    if (t + 1 < ktiles) load((t + 1) * BK);  // global loads in flight during the FMAs below
+    if (t + 1 < ktiles) load(k_begin + (t + 1) * BK);  // global loads in flight during the FMAs below
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       T a[TM], b[TN];
@@ -116,63 +347,181 @@ __global__ void __launch_bounds__(NT)
     if (kSync) __syncthreads();
   }
 
+  const int64_t Ncols = ops.cols();
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     const int64_t row = m0 + ty + 8 * i;
-    if (row >= Kg) continue;
-    const int64_t k = g * Kg + row;
-    const T bk = bias ? bias[k] : T(0);
+    if (row >= M) continue;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
       const int64_t col = n0 + tx + 8 * j;
-      if (col >= NPQ) continue;
-      T v = acc[i][j] + bk;
-      if (kRelu) v = v > T(0) ? v : T(0);
-      y[((col / PQ) * p.K + k) * PQ + col % PQ] = v;
+      if (col < Ncols) ops.store(g, row, col, acc[i][j]);
     }
   }
 }
 
-dim3 igemm_grid(const ConvProblem& p) {
-  const int64_t NPQ = p.N * p.P * p.Q;
-  return dim3(unsigned((NPQ + BN - 1) / BN), unsigned((p.Kg() + BM - 1) / BM), unsigned(p.groups));
+// One __global__ per operator (readable names in the ptxas report).
+template <typename T, bool kRelu, int kDefect>
+__global__ void __launch_bounds__(NT) igemm_fprop_kernel(FpropOps<T, kRelu> ops) {
+  igemm_core<T, FpropOps<T, kRelu>, kDefect>(ops);
+}
+
+template <typename T, int kDefect>
+__global__ void __launch_bounds__(NT) igemm_dgrad_kernel(DgradOps<T> ops) {
+  igemm_core<T, DgradOps<T>, kDefect>(ops);
+}
+
+template <typename T, int kDefect>
+__global__ void __launch_bounds__(NT) igemm_wgrad_kernel(WgradOps<T> ops) {
+  igemm_core<T, WgradOps<T>, kDefect>(ops);
+}
+
+// dw[e] = sum over chunks of ws[chunk][e], always in chunk order 0, 1, 2, ...
+template <typename T>
+__global__ void __launch_bounds__(256)
+    wgrad_reduce_kernel(const T* __restrict__ ws, int64_t chunks, int64_t elems, T* __restrict__ dw) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < elems; e += step) {
+    T s = T(0);
+    for (int64_t c = 0; c < chunks; ++c) s += ws[c * elems + e];
+    dw[e] = s;
+  }
+}
+
+template <typename Ops>
+dim3 grid_of(const Ops& ops, int64_t z) {
+  return dim3(unsigned((ops.cols() + BN - 1) / BN), unsigned((ops.rows() + BM - 1) / BM), unsigned(z));
+}
+
+std::string grid_fits(const char* what, int64_t rows, int64_t cols, int64_t z) {
+  if ((cols + BN - 1) / BN > 2147483647) return std::string("implicit GEMM ") + what + ": too many column tiles (> 2^31-1)";
+  if ((rows + BM - 1) / BM > 65535) return std::string("implicit GEMM ") + what + ": more than 65535 row tiles";
+  if (z > 65535) return std::string("implicit GEMM ") + what + ": groups (x Wgrad chunks) > 65535";
+  return "";
+}
+
+void validate(const ConvProblem& p) {
+  check_problem(p);
+  const std::string why = igemm_supports(p);
+  if (!why.empty()) throw std::invalid_argument(why);
+}
+
+template <int kDefect>
+void launch_fprop(const ConvProblem& p, const float* x, const float* w, const float* bias, float* y, bool relu,
+                  void* stream) {
+  if (p.N == 0) return;
+  if (relu) {
+    const FpropOps<float, true> ops{p, x, w, bias, y};
+    auto k = igemm_fprop_kernel<float, true, kDefect>;
+    FC_LAUNCH(k, grid_of(ops, p.groups), dim3(NT), 0, FC_STREAM(stream), ops);
+  } else {
+    const FpropOps<float, false> ops{p, x, w, bias, y};
+    auto k = igemm_fprop_kernel<float, false, kDefect>;
+    FC_LAUNCH(k, grid_of(ops, p.groups), dim3(NT), 0, FC_STREAM(stream), ops);
+  }
+}
+
+template <int kDefect>
+void launch_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx, void* stream) {
+  if (p.N == 0) return;
+  const int64_t phases = p.stride_h * p.stride_w;
+  if (p.groups * phases > 65535) {
+    // more (group, phase) pairs than grid.z slices: the direct gather (same result, no phase split)
+    direct_dgrad<float>(p, dy, w, dx, stream);
+    return;
+  }
+  DgradOps<float> ops{p, dy, w, dx, {}, {}, 0};
+  // the grid covers the largest phase: ceil(H/stride) rows, ceil(W/stride) columns
+  ops.th = PhaseTaps{0, (p.H + p.stride_h - 1) / p.stride_h, 0, 1, 0};
+  ops.tw = PhaseTaps{0, (p.W + p.stride_w - 1) / p.stride_w, 0, 1, 0};
+  auto k = igemm_dgrad_kernel<float, kDefect>;
+  FC_LAUNCH(k, grid_of(ops, p.groups * phases), dim3(NT), 0, FC_STREAM(stream), ops);
+}
+
+template <int kDefect>
+void launch_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw, float* workspace, void* stream) {
+  if (p.N == 0) throw std::invalid_argument("implicit GEMM Wgrad: N == 0 (the caller zeroes grad_weight)");
+  const int64_t chunks = igemm_wgrad_chunks(p);
+  if (chunks > 1 && workspace == nullptr)
+    throw std::invalid_argument("implicit GEMM Wgrad: this problem needs a workspace of " +
+                                std::to_string(igemm_wgrad_workspace_elems(p)) + " elements");
+  const int64_t npq = p.N * p.P * p.Q;
+  const int64_t len = ((npq + chunks - 1) / chunks + BK - 1) / BK * BK;
+  const WgradOps<float> ops{p, x, dy, chunks > 1 ? workspace : dw, len, chunks};
+  auto k = igemm_wgrad_kernel<float, kDefect>;
+  FC_LAUNCH(k, grid_of(ops, p.groups * chunks), dim3(NT), 0, FC_STREAM(stream), ops);
+  if (chunks > 1) {
+    const int64_t elems = p.weight_elems();
+    int64_t blocks = (elems + 255) / 256;
+    if (blocks > 65535) blocks = 65535;  // grid-stride loop covers the rest
+    auto r = wgrad_reduce_kernel<float>;
+    FC_LAUNCH(r, dim3(unsigned(blocks)), dim3(256), 0, FC_STREAM(stream), static_cast<const float*>(workspace),
+              chunks, elems, dw);
+  }
 }
 
 }  // namespace
 
+int64_t igemm_wgrad_chunks(const ConvProblem& p) {
+  // A function of the problem only (so results never depend on the device):
+  // enough chunks to give a GPU ~256 blocks when the output tile grid is
+  // small, never a chunk shallower than 256 of N*P*Q, at most 64 chunks.
+  const int64_t npq = p.N * p.P * p.Q;
+  const int64_t tiles = ((p.Kg() + BM - 1) / BM) * ((p.Cg() * p.R * p.S + BN - 1) / BN) * p.groups;
+  int64_t c = (256 + tiles - 1) / tiles;
+  if (c > npq / 256) c = npq / 256;
+  if (c > 64) c = 64;
+  if (c * p.groups > 65535) c = 65535 / p.groups;
+  return c < 1 ? 1 : c;
+}
+
+int64_t igemm_wgrad_workspace_elems(const ConvProblem& p) {
+  const int64_t c = igemm_wgrad_chunks(p);
+  return c > 1 ? c * p.weight_elems() : 0;
+}
+
 std::string igemm_supports(const ConvProblem& p) {
-  const int64_t NPQ = p.N * p.P * p.Q;
-  if ((NPQ + BN - 1) / BN > 2147483647) return "implicit GEMM: N*P*Q needs more than 2^31-1 tiles";
-  if ((p.Kg() + BM - 1) / BM > 65535) return "implicit GEMM: K/groups needs more than 65535 tiles";
-  if (p.groups > 65535) return "implicit GEMM: groups > 65535 (one grid z-slice per group)";
-  return "";
+  const int64_t Cg = p.Cg(), Kg = p.Kg();
+  std::string why = grid_fits("Fprop", Kg, p.N * p.P * p.Q, p.groups);
+  // (Dgrad: groups x stride phases beyond 65535 falls back to the direct gather, see launch_dgrad)
+  if (why.empty()) why = grid_fits("Dgrad", Cg, p.N * p.H * p.W, p.groups);
+  if (why.empty()) why = grid_fits("Wgrad", Kg, Cg * p.R * p.S, p.groups);
+  return why;
 }
 
 template <typename T>
 void igemm_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu, void* stream) {
-  check_problem(p);
-  const std::string why = igemm_supports(p);
-  if (!why.empty()) throw std::invalid_argument(why);
-  if (p.N == 0) return;
-  if (relu) {
-    auto k = igemm_fprop_kernel<T, true, true>;
-    FC_LAUNCH(k, igemm_grid(p), dim3(NT), 0, FC_STREAM(stream), p, x, w, bias, y);
-  } else {
-    auto k = igemm_fprop_kernel<T, false, true>;
-    FC_LAUNCH(k, igemm_grid(p), dim3(NT), 0, FC_STREAM(stream), p, x, w, bias, y);
-  }
+  static_assert(sizeof(T) == 4, "the implicit GEMM is float32 only");
+  validate(p);
+  launch_fprop<kIntact>(p, x, w, bias, y, relu, stream);
+}
+template void igemm_fprop<float>(const ConvProblem&, const float*, const float*, const float*, float*, bool, void*);
+
+void igemm_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx, void* stream) {
+  validate(p);
+  launch_dgrad<kIntact>(p, dy, w, dx, stream);
 }
 
-template void igemm_fprop<float>(const ConvProblem&, const float*, const float*, const float*, float*, bool, void*);
+void igemm_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw, float* workspace, void* stream) {
+  validate(p);
+  launch_wgrad<kIntact>(p, x, dy, dw, workspace, stream);
+}
 // No double instantiation: 64 double accumulators per thread spill on sm_90
-// (ptxas: 72 bytes). float64 "im2col" Fprop runs the direct kernel (bindings).
+// (ptxas: 72 bytes). float64 "im2col" runs the direct kernels (bindings).
 
 #if defined(FC_EMU_TEST_HOOKS)
 void igemm_fprop_without_barrier(const ConvProblem& p, const float* x, const float* w, float* y) {
-  check_problem(p);
-  if (p.N == 0) return;
-  auto k = igemm_fprop_kernel<float, false, false>;
-  FC_LAUNCH(k, igemm_grid(p), dim3(NT), 0, FC_STREAM(nullptr), p, x, w, static_cast<const float*>(nullptr), y);
+  validate(p);
+  launch_fprop<kNoBarrier>(p, x, w, nullptr, y, false, nullptr);
+}
+
+void igemm_defective(const std::string& op, const ConvProblem& p, const float* a, const float* b, float* out,
+                     float* workspace) {
+  validate(p);
+  if (op == "fprop") launch_fprop<kSkipLastTile>(p, a, b, nullptr, out, false, nullptr);
+  else if (op == "dgrad") launch_dgrad<kSkipLastTile>(p, a, b, out, nullptr);
+  else if (op == "wgrad") launch_wgrad<kSkipLastTile>(p, a, b, out, workspace, nullptr);
+  else throw std::invalid_argument("igemm_defective: op must be fprop, dgrad or wgrad");
 }
 #endif
 

@@ -28,6 +28,13 @@ fastest available backend that has it (logged once at DEBUG level).
   (``NUMBA_ENABLE_CUDASIM=1`` before numba is imported). Never the automatic
   default: only ``backend="numba-cuda"`` / ``set_backend("numba-cuda")`` pick it.
 * ``"reference"``: plain NumPy (slow; always available; the in-package oracle).
+* ``"cuda"``: the compiled CUDA module (``fastconv._cuda``) on GPU arrays: CuPy
+  arrays, ``__cuda_array_interface__`` objects or CUDA DLPack tensors in, CuPy
+  arrays out. A backend that takes GPU arrays sets ``TAKES_DEVICE_ARRAYS = True``
+  and receives CuPy arrays in its function table; ``fastconv.ops`` sends GPU
+  arrays to ``"cuda"``, else to ``"numba-cuda"`` when one is available
+  (``backend=None``; ``set_backend``/``FASTCONV_BACKEND`` choose among the
+  NumPy backends only).
 
 A backend whose module is missing or fails to import is simply unavailable;
 ``available()`` says which ones this process can use.
@@ -59,6 +66,8 @@ _REGISTRY = {
     # never automatic (not in _automatic / _FALLBACK_ORDER): chosen by name only
     "numba-cuda": ".numba_cuda",
     "reference": ".reference",
+    # takes GPU arrays only: last, so it is never the automatic NumPy default
+    "cuda": ".cuda",
 }
 _KNOWN = tuple(_REGISTRY) + ("cuda",)
 _cache: dict = {}
@@ -128,7 +137,9 @@ def resolve(name):
             name, why = _automatic(), "automatic: fastest available"
         if (name, why) not in _logged:
             _logged.add((name, why))
-            log.debug("fastconv: default backend %r (%s; available: %s)", name, why, available())
+            # available() probes every backend ("cuda" initializes the CUDA driver): only when logged
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("fastconv: default backend %r (%s; available: %s)", name, why, available())
         return name
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string or None, got {name!r}")
@@ -144,6 +155,21 @@ def resolve(name):
 
 _FALLBACK_ORDER = ("cpu", "numba", "reference")
 _kernel_cache: dict = {}  # (backend, kernel name) -> (callable, backend that runs it); backends never change
+
+
+def unavailable_reason(name: str):
+    """None when backend ``name`` is usable in this process, else why not (a string)."""
+    if name not in _KNOWN:
+        raise ValueError(f"backend must be one of {list(_KNOWN)}, got {name!r}")
+    if name not in _REGISTRY:
+        return "not part of this build yet"
+    mod, why = _load(name)
+    return None if mod is not None else (why or "unavailable")
+
+
+def takes_device_arrays(name: str) -> bool:
+    """True for the backends whose kernels take GPU arrays (``"cuda"``, ``"numba-cuda"``)."""
+    return name in ("cuda", "numba-cuda")
 
 
 def layer_kernel(name: str, backend=None):

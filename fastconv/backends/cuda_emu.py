@@ -10,9 +10,10 @@ Algorithms (the ops layer passes any of ``direct``/``im2col``/``1x1``/``separabl
 
 * ``direct``: direct Fprop (one output element per thread, bias + ReLU fused),
   Dgrad as a gather, Wgrad with one weight element per block.
-* ``im2col``: the implicit-GEMM Fprop (64x64 tiles, 8x8 per thread, double
-  buffered; float32 only: float64 runs the direct Fprop). Dgrad and Wgrad of ``im2col`` run the direct kernels (there are
-  no implicit-GEMM Dgrad/Wgrad kernels yet).
+* ``im2col``: the implicit GEMM for all three operators (64x64 tiles, 8x8 per
+  thread, double-buffered shared memory): Fprop, Dgrad as a gather (no
+  atomics) and Wgrad with N*P*Q split into a problem-fixed number of chunks
+  reduced in chunk order. float32 only: float64 runs the direct kernels.
 * ``1x1`` and ``separable`` have no CUDA kernels of their own yet: they run
   the ``im2col`` kernels, which are exact for those problems too.
 

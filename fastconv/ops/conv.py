@@ -5,6 +5,10 @@ has a float64 instantiation; the GEMM uses its portable micro-kernel for
 float64). float16 is computed in float32 and the result rounded back to
 float16. Integer, bool and complex arrays raise TypeError (as torch does on the
 CPU); input and weight must share a dtype.
+
+GPU arrays (CuPy arrays, objects with ``__cuda_array_interface__``, CUDA
+DLPack tensors) take the device path (:mod:`fastconv.ops._device`): backend
+"cuda" (else "numba-cuda"), CuPy arrays out, launched on CuPy's current stream.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import numpy as np
 
 from .. import backends
 from ..problem import ConvProblem, _is_int, make_problem
+from . import _device
 from ._arrays import float_array as _array
 
 ALGORITHMS = ("auto", "direct", "im2col", "1x1", "separable")
@@ -44,6 +49,16 @@ def _prepare(arr, dtype):
 
 def _backend_module(name):
     return backends.module(name)
+
+
+def _host_backend(backend):
+    """resolve() for NumPy arrays: a backend that takes GPU arrays is a TypeError here."""
+    name = backends.resolve(backend)
+    if backends.takes_device_arrays(name):
+        raise TypeError(f"backend {name!r} takes GPU arrays (CuPy arrays, __cuda_array_interface__ or CUDA "
+                        f"DLPack tensors), got NumPy arrays: move them with cupy.asarray(...) or pick a "
+                        f"NumPy backend ({backends.available()})")
+    return name
 
 
 # ------------------------------------------------------------- algorithms
@@ -186,7 +201,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     kernels, TF-style: extra padding at the bottom/right). ``algo``: one of :data:`ALGORITHMS`.
     ``out``: optional C-contiguous output buffer of the result's shape and dtype (returned).
     ``activation``: None or ``"relu"`` (fused into the kernel's epilogue).
+    GPU arrays in, CuPy array out (see the module doc).
     """
+    if _device.any_device(input, weight, bias, out):
+        return _device.conv2d(input, weight, bias, stride, padding, dilation, groups, algo, backend, out,
+                              activation)
     x = _array(input, "input")
     w = _weight4(_array(weight, "weight"))
     named = [(x, "input"), (w, "weight")]
@@ -201,7 +220,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         raise ValueError(f"bias must have shape ({p.K},) for weight shape {w.shape}, got {b.shape}")
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    name = backends.resolve(backend)
+    name = _host_backend(backend)
     a = _pick(algo, p, "fprop")
     result_shape = p.output_shape[1:] if unbatched else p.output_shape
     result_dtype = x.dtype
@@ -252,6 +271,9 @@ def _size_arg(size, name, like_ndim):
 def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
                  algo="auto", backend=None):
     """Gradient of conv2d with respect to its input, as ``torch.nn.grad.conv2d_input``."""
+    if _device.any_device(weight, grad_output):
+        return _device.conv2d_input(input_size, weight, grad_output, stride, padding, dilation, groups, algo,
+                                    backend)
     w = _weight4(_array(weight, "weight"))
     dy = _array(grad_output, "grad_output")
     dtype = _compute_dtype((w, "weight"), (dy, "grad_output"))
@@ -264,7 +286,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     if dy4.shape != p.output_shape:
         raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input_size "
                          f"{tuple(input_size)} and weight shape {w.shape}")
-    name = backends.resolve(backend)
+    name = _host_backend(backend)
     a = _pick(algo, p, "dgrad")
     dx = np.empty(p.input_shape, dtype)
     if p.N > 0:
@@ -280,6 +302,9 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
 def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
                   algo="auto", backend=None):
     """Gradient of conv2d with respect to its weight, as ``torch.nn.grad.conv2d_weight``."""
+    if _device.any_device(input, grad_output):
+        return _device.conv2d_weight(input, weight_size, grad_output, stride, padding, dilation, groups, algo,
+                                     backend)
     x = _array(input, "input")
     dy = _array(grad_output, "grad_output")
     dtype = _compute_dtype((x, "input"), (dy, "grad_output"))
@@ -295,7 +320,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     if dy4.shape != p.output_shape:
         raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input shape "
                          f"{x.shape} and weight_size {wsize}")
-    name = backends.resolve(backend)
+    name = _host_backend(backend)
     a = _pick(algo, p, "wgrad")
     dw = np.empty(p.weight_shape, dtype)
     if p.N == 0:

@@ -1,0 +1,111 @@
+"""The compiled CUDA backend (``fastconv._cuda``): GPU arrays in, CuPy arrays out.
+
+Available only when all three hold, else :data:`IMPORT_ERROR` says which failed
+(``import fastconv`` never needs any of them):
+
+1. the ``_cuda`` module was built (nvcc found at build time) and imports;
+2. its ``runtime_info()`` reports at least one usable device (a driver new
+   enough for the runtime the module was built with);
+3. CuPy is installed (``pip install 'fastconv[cuda]'``): outputs and the
+   Wgrad workspace are CuPy arrays, allocated from CuPy's memory pool.
+
+CuPy is imported lazily, on the first kernel call. Every launch goes to
+CuPy's *current* stream (``cupy.cuda.get_current_stream()``); to interleave
+with torch, run the call under
+``cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)``.
+
+The function table is the one of every backend (``supports/fprop/dgrad/wgrad``)
+but its array arguments are CuPy arrays (``fastconv.ops`` converts objects with
+``__cuda_array_interface__`` or a CUDA DLPack capsule before calling here).
+
+Algorithms: ``direct`` (one output / input element per thread; Wgrad one
+weight element per block) and ``im2col`` (the implicit GEMM for Fprop, Dgrad
+as a gather and Wgrad with a fixed N*P*Q split; float32 only, float64 runs the
+direct kernels). ``1x1`` and ``separable`` run the ``im2col`` kernels. The same
+kernels run on the CPU in tests through the ``"cuda-emu"`` backend.
+
+Status: compiled in CI; not yet run on a GPU by this project.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+# the device path of fastconv.ops hands this backend GPU arrays, not NumPy arrays
+TAKES_DEVICE_ARRAYS = True
+
+# ops-layer algorithm -> the kernel family of this backend that runs it
+KERNEL_OF = {"direct": "direct", "im2col": "im2col", "1x1": "im2col", "separable": "im2col"}
+
+
+def _probe():
+    """(module or None, runtime_info dict or None, reason it is unavailable or None)."""
+    try:
+        from .. import _cuda  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, None, f"the CUDA module fastconv._cuda is not built or does not import ({exc!r})"
+    try:
+        info = dict(_cuda.runtime_info())
+    except Exception as exc:  # noqa: BLE001 - a broken runtime is "unavailable", never an import error
+        return _cuda, None, f"the CUDA runtime query failed: {exc!r}"
+    if info.get("device_count", 0) <= 0:
+        why = info.get("error") or "no CUDA device found"
+        return _cuda, info, (f"no usable CUDA device: {why} (runtime {info.get('runtime_version')}, "
+                             f"driver {info.get('driver_version')})")
+    if importlib.util.find_spec("cupy") is None:
+        return _cuda, info, "CuPy is not installed (pip install 'fastconv[cuda]', or a cupy-cudaXX wheel)"
+    return _cuda, info, None
+
+
+_cuda, RUNTIME_INFO, IMPORT_ERROR = _probe()
+AVAILABLE = IMPORT_ERROR is None
+
+
+def _need():
+    if not AVAILABLE:
+        raise RuntimeError(f"the CUDA backend is not available: {IMPORT_ERROR}")
+    return _cuda
+
+
+def _cupy():
+    import cupy  # lazily: only a GPU call needs it
+
+    return cupy
+
+
+def _kernel(algo):
+    try:
+        return KERNEL_OF[algo]
+    except KeyError:
+        raise ValueError(f"cuda: unknown algorithm {algo!r}; known: {sorted(KERNEL_OF)}") from None
+
+
+def _problem(problem):
+    return _cuda.ConvProblem(**problem.kernel_args())
+
+
+def _stream():
+    return _cupy().cuda.get_current_stream().ptr
+
+
+def supports(algo: str, problem) -> str:
+    return _need().supports(_kernel(algo), _problem(problem))
+
+
+def fprop(algo, problem, x, w, b, y, relu=False):
+    _need().fprop(_kernel(algo), _problem(problem), x, w, b, y, bool(relu), _stream())
+
+
+def dgrad(algo, problem, dy, w, dx):
+    _need().dgrad(_kernel(algo), _problem(problem), dy, w, dx, _stream())
+
+
+def wgrad(algo, problem, x, dy, dw):
+    m = _need()
+    kp = _problem(problem)
+    kernel = _kernel(algo)
+    ws = None
+    if kernel == "im2col" and x.dtype.itemsize == 4:
+        n = int(m.igemm_wgrad_workspace_elems(kp))
+        if n:  # split-K partials, from CuPy's pool on the current stream
+            ws = _cupy().empty(n, dtype=_cupy().float32)
+    m.wgrad(kernel, kp, x, dy, dw, ws, _stream())

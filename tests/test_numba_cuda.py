@@ -147,6 +147,21 @@ def test_conv_through_ops(rng):
     _close(dx, ref.conv2d_input(x.shape, w, g, stride=2, pads=(1, 1, 1, 1)), np.float32, "ops.conv2d_input")
 
 
+def test_conv_auto_falls_back_to_direct(rng):
+    """algo='auto' picks from the compiled CPU path's table (im2col, 1x1, ...): a backend that only has
+    the direct kernels runs those instead of refusing."""
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    for w in (rng.standard_normal((3, 4, 3, 3)).astype(np.float32), rng.standard_normal((3, 4, 1, 1)).astype(np.float32)):
+        pad = w.shape[-1] // 2
+        y = ops.conv2d(x, w, padding=pad, backend="numba-cuda")
+        _close(y, ref.conv2d(x, w, None, pads=(pad,) * 4), np.float32, "auto fprop")
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        _close(ops.conv2d_input(x.shape, w, g, padding=pad, backend="numba-cuda"),
+               ref.conv2d_input(x.shape, w, g, pads=(pad,) * 4), np.float32, "auto dgrad")
+        _close(ops.conv2d_weight(x, w.shape, g, padding=pad, backend="numba-cuda"),
+               ref.conv2d_weight(x, w.shape, g, pads=(pad,) * 4), np.float32, "auto wgrad")
+
+
 def test_conv_other_algorithms_refused():
     p = make_problem((1, 2, 4, 4), (2, 2, 1, 1), 1, 0, 1, 1)
     nc = _nc()

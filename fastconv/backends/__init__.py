@@ -172,6 +172,12 @@ def takes_device_arrays(name: str) -> bool:
     return name in ("cuda", "numba-cuda")
 
 
+def takes_host_arrays(name: str) -> bool:
+    """False for the backends that take GPU arrays only (``"cuda"``); ``"numba-cuda"`` takes
+    NumPy arrays too (copied to the device and back per call)."""
+    return name != "cuda"
+
+
 def layer_kernel(name: str, backend=None):
     """The pooling / layer kernel ``name`` of ``backend`` (None: the default), with per-kernel fallback.
 

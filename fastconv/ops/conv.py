@@ -54,7 +54,7 @@ def _backend_module(name):
 def _host_backend(backend):
     """resolve() for NumPy arrays: a backend that takes GPU arrays is a TypeError here."""
     name = backends.resolve(backend)
-    if backends.takes_device_arrays(name):
+    if not backends.takes_host_arrays(name):
         raise TypeError(f"backend {name!r} takes GPU arrays (CuPy arrays, __cuda_array_interface__ or CUDA "
                         f"DLPack tensors), got NumPy arrays: move them with cupy.asarray(...) or pick a "
                         f"NumPy backend ({backends.available()})")
@@ -150,7 +150,7 @@ def _tuned(algo, problem, op, dtype, backend, run):
     if best is None:
         times = {}
         for a in ALGORITHMS[1:]:
-            if _supports(a, problem):
+            if _supports(a, problem) or _backend_module(backend).supports(a, problem):
                 continue
             run(a)  # warm-up (first-touch of buffers, packing)
             t0 = time.perf_counter()
@@ -163,11 +163,16 @@ def _tuned(algo, problem, op, dtype, backend, run):
     return best
 
 
-def _pick(algo, problem, op):
+def _pick(algo, problem, op, backend_name=None):
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a string, got {algo!r}")
     if algo == "auto":
-        return _auto(problem, op)
+        a = _auto(problem, op)
+        # the table is the compiled CPU path's; a backend without that algorithm
+        # (numba-cuda: direct only) runs its direct kernel instead
+        if backend_name is not None and a != "direct" and _backend_module(backend_name).supports(a, problem):
+            return "direct"
+        return a
     if algo not in ALGORITHMS:
         raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
     why = _supports(algo, problem)
@@ -221,7 +226,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
     name = _host_backend(backend)
-    a = _pick(algo, p, "fprop")
+    a = _pick(algo, p, "fprop", name)
     result_shape = p.output_shape[1:] if unbatched else p.output_shape
     result_dtype = x.dtype
     y = _output_buffer(out, result_shape, result_dtype, dtype)
@@ -287,7 +292,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
         raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input_size "
                          f"{tuple(input_size)} and weight shape {w.shape}")
     name = _host_backend(backend)
-    a = _pick(algo, p, "dgrad")
+    a = _pick(algo, p, "dgrad", name)
     dx = np.empty(p.input_shape, dtype)
     if p.N > 0:
         args = (_prepare(dy4, dtype), _prepare(w, dtype), dx)
@@ -321,7 +326,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
         raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input shape "
                          f"{x.shape} and weight_size {wsize}")
     name = _host_backend(backend)
-    a = _pick(algo, p, "wgrad")
+    a = _pick(algo, p, "wgrad", name)
     dw = np.empty(p.weight_shape, dtype)
     if p.N == 0:
         dw[...] = 0

@@ -479,3 +479,23 @@ def wgrad(algo, p, x, dy, dw_out):
     # each task reuses its gathered column panel over many rows
     _gemm_wgrad(x, dy.reshape(p.N, p.K, p.P * p.Q), dw_out.reshape(p.K, Kd), p.R, p.S, p.P, p.Q,
                 sh, sw, pt, pl, dh, dw, G, 8)
+
+
+# ------------------------------------------------------ pooling / layer kernels
+_LAYER_KERNELS = frozenset((
+    "pool2d_forward", "pool2d_backward", "adaptive_pool2d_forward", "adaptive_pool2d_backward",
+    "bn_stats", "bn_apply", "bn_backward", "lrn", "activation", "softmax", "cross_entropy",
+    "dropout", "dropout_backward", "linear", "linear_backward"))
+
+
+def layer_kernel(name):
+    """Pooling / layer kernel ``name`` (see ``fastconv.backends.layer_kernel``), or None.
+
+    The kernels live in :mod:`numba_layers`, imported on first use so that
+    ``import fastconv`` does not load them where only convolutions run.
+    """
+    if not AVAILABLE or name not in _LAYER_KERNELS:
+        return None
+    from . import numba_layers
+
+    return numba_layers.KERNELS[name]

@@ -18,14 +18,17 @@ Algorithms
   and multiplied with the packed filter by the blocked GEMM below (not numpy's
   BLAS). Dgrad computes the column gradient for a bounded chunk of channels
   and folds it back with a gather (one input pixel per iteration: no races).
-  Wgrad is a GEMM over N*P*Q, tiled over filter outputs.
+  Wgrad is a GEMM over N*P*Q: dy is packed once, each task gathers one
+  column panel of the input per (image, P*Q chunk) and multiplies it with a
+  block of filter rows.
 * ``1x1`` and ``separable`` run the im2col path (with R == S == 1 the column
   panel is a plain strided copy of the input). Their ``supports`` rules mirror
   the compiled backend's so that the same tests and ``auto`` choices apply.
 
 Determinism: every output element is summed by exactly one iteration in a
 fixed order, so results are bit-identical for any Numba thread count.
-``fastmath=False`` everywhere: no reassociation, no FMA contraction.
+``fastmath=False`` everywhere but the GEMM micro-kernel, which may contract
+a*b + c into an FMA (``fastmath={"contract"}``); no reassociation anywhere.
 """
 from __future__ import annotations
 
@@ -53,15 +56,17 @@ except ImportError as exc:  # pragma: no cover - exercised where numba is not in
 
 ALGOS = ("direct", "im2col", "1x1", "separable")
 
-# Micro-tile: MR filter rows x NR output columns. With fastmath off, LLVM's loop
-# vectorizer (numba leaves the SLP vectorizer off) handles the j loop of the
-# micro-kernel; MR=6, NR=64 measured fastest among 2..8 x 16..128 on AVX-512.
-MR = 6
+# Micro-tile: MR filter rows x NR output columns. LLVM's loop vectorizer (numba
+# leaves the SLP vectorizer off) handles the j loop of the micro-kernel; with
+# its 8-step k unrolling, MR=8, NR=64 measured fastest among 4..8 x 32..128 on
+# AVX-512 (MR=6 was best for the one-step kernel).
+MR = 8
 NR = 64
 # Bounds on the temporary buffers (elements): Dgrad's column-gradient chunk and
-# Wgrad's reduction chunk along P*Q.
+# Wgrad's reduction chunk along P*Q (512 x NR: the gathered column panel, 128 KiB
+# in float32, stays in L2 while every row panel of the task reads it).
 DCOL_MAX_ELEMS = 4 << 20
-PQ_CHUNK = 2048
+PQ_CHUNK = 512
 
 
 def supports(algo: str, p) -> str:
@@ -199,22 +204,47 @@ if AVAILABLE:
                     dwt[k, c, r, s] = acc
 
     # -------------------------------------------------------------- GEMM
-    @njit(**_SEQ)
+    # The micro-kernel may contract a*b + c into one FMA (deterministic: the
+    # same instructions whatever the thread count) and nothing else.
+    _MICRO = dict(cache=True, fastmath={"contract"})
+
+    @njit(**_MICRO)
     def _micro(Ap, ip, Bp, Kd, Ct, accumulate):
         """Ct[MR, NR] (+)= A panel ip (Kd x MR, packed) times Bp (Kd x NR, packed).
 
         The j loop runs over NR contiguous elements of Bp and Ct: that is the
-        loop LLVM vectorizes; the reduction over Kd stays in order.
+        loop LLVM vectorizes. Numba keeps Ct in memory (no register tiles), so
+        each pass over Ct costs a load and a store per vector; eight k steps
+        are summed into one update of Ct (in a fixed order: two chains of
+        four, then added), which cuts that traffic eightfold. The remaining
+        k < 8 steps go one at a time.
         """
         if not accumulate:
             for i in range(MR):
                 for j in range(NR):
                     Ct[i, j] = 0
-        for p in range(Kd):
+        p = 0
+        while p + 8 <= Kd:
+            for i in range(MR):
+                a0 = Ap[ip, p, i]
+                a1 = Ap[ip, p + 1, i]
+                a2 = Ap[ip, p + 2, i]
+                a3 = Ap[ip, p + 3, i]
+                a4 = Ap[ip, p + 4, i]
+                a5 = Ap[ip, p + 5, i]
+                a6 = Ap[ip, p + 6, i]
+                a7 = Ap[ip, p + 7, i]
+                for j in range(NR):
+                    lo = ((a0 * Bp[p, j] + a1 * Bp[p + 1, j]) + a2 * Bp[p + 2, j]) + a3 * Bp[p + 3, j]
+                    hi = ((a4 * Bp[p + 4, j] + a5 * Bp[p + 5, j]) + a6 * Bp[p + 6, j]) + a7 * Bp[p + 7, j]
+                    Ct[i, j] += lo + hi
+            p += 8
+        while p < Kd:
             for i in range(MR):
                 a = Ap[ip, p, i]
                 for j in range(NR):
                     Ct[i, j] += a * Bp[p, j]
+            p += 1
 
     @njit(**_SEQ)
     def _pack_rows(src, Ap):
@@ -291,10 +321,12 @@ if AVAILABLE:
                         out[j0 + j] = v
 
     @njit(**_PAR)
-    def _gemm_dgrad(dy3, wt, dx, R, S, P, Q, sh, sw, pt, pl, dh, dw, G, chunk_c):
+    def _gemm_dgrad(dy3, wt, dx, R, S, P, Q, sh, sw, pt, pl, dh, dw, G, chunk_c, n_split):
         """dx = col2im(W^T x dy), a bounded chunk of channels at a time.
 
-        wt: (G, Cg*R*S, Kg), the transposed filter of each group.
+        wt: (G, Cg*R*S, Kg), the transposed filter of each group. The GEMM
+        tasks are (column panel, one of n_split row blocks): small images have
+        a single column panel, and the row blocks keep every thread busy.
         """
         N, C, H, W = dx.shape
         K = dy3.shape[1]
@@ -313,7 +345,10 @@ if AVAILABLE:
                     Ap = np.empty((nMp, Kg, MR), dx.dtype)
                     _pack_rows(wt[g, c0 * RS:c1 * RS], Ap)
                     dcol = np.empty((rows, PQ), dx.dtype)
-                    for jp in prange(nNp):
+                    nb = min(n_split, nMp)
+                    for t in prange(nNp * nb):
+                        jp = t // nb
+                        blk = t - jp * nb
                         j0 = jp * NR
                         nj = min(NR, PQ - j0)
                         Bp = np.empty((Kg, NR), dx.dtype)
@@ -322,7 +357,7 @@ if AVAILABLE:
                             for j in range(NR):
                                 Bp[kk, j] = src[j0 + j] if j < nj else zero
                         Ct = np.empty((MR, NR), dx.dtype)
-                        for ip in range(nMp):
+                        for ip in range(blk * nMp // nb, (blk + 1) * nMp // nb):
                             _micro(Ap, ip, Bp, Kg, Ct, False)
                             for i in range(MR):
                                 m = ip * MR + i
@@ -351,16 +386,54 @@ if AVAILABLE:
                                     out[q * sw + off] += drow[p * Q + q]
 
     @njit(**_PAR)
-    def _gemm_wgrad(x, dy3, dw2, R, S, P, Q, sh, sw, pt, pl, dh, dw, G, ib_size):
-        """dw2 (K, Cg*R*S) = sum over n, pq of dy x columns^T, tiled over outputs."""
+    def _pack_dy(dy3, G, Lc, Apk):
+        """Apk[n, c, g, ip, u, i] = dy[n, g*Kg + ip*MR + i, c*Lc + u]: Wgrad's A panels, packed once.
+
+        Rows past Kg are zero; columns past the end of the last chunk are never read.
+        """
+        N, K, PQ = dy3.shape
+        Kg = K // G
+        nCh = Apk.shape[1]
+        nMp = Apk.shape[3]
+        zero = Apk.dtype.type(0)
+        for t in prange(N * nCh * G * nMp):
+            ip = t % nMp
+            r = t // nMp
+            g = r % G
+            r = r // G
+            c = r % nCh
+            n = r // nCh
+            pq0 = c * Lc
+            L = min(Lc, PQ - pq0)
+            dst = Apk[n, c, g, ip]
+            for i in range(MR):
+                kl = ip * MR + i
+                if kl < Kg:
+                    src = dy3[n, g * Kg + kl]
+                    for u in range(L):
+                        dst[u, i] = src[pq0 + u]
+                else:
+                    for u in range(L):
+                        dst[u, i] = zero
+
+    @njit(**_PAR)
+    def _gemm_wgrad(x, Apk, dw2, R, S, P, Q, sh, sw, pt, pl, dh, dw, G, ib_size):
+        """dw2 (K, Cg*R*S) = sum over n, pq of dy x columns^T.
+
+        Tasks are (group, NR-column panel, block of ib_size row panels): each
+        gathers its column panel of the input once per (n, chunk) and reuses
+        it for every row panel of the block; dy comes pre-packed (Apk).
+        """
         N, C, H, W = x.shape
-        K = dy3.shape[1]
+        K = dw2.shape[0]
         Cg = C // G
         Kg = K // G
         RS = R * S
         Kd = Cg * RS
         PQ = P * Q
-        nMp = (Kg + MR - 1) // MR
+        nCh = Apk.shape[1]
+        Lc = Apk.shape[4]
+        nMp = Apk.shape[3]
         nNp = (Kd + NR - 1) // NR
         nIb = (nMp + ib_size - 1) // ib_size
         zero = dw2.dtype.type(0)
@@ -385,22 +458,12 @@ if AVAILABLE:
                 hj[j] = r * dh - pt
                 wj[j] = s * dw - pl
             Acc = np.empty((ni, MR, NR), dw2.dtype)
-            Ap = np.empty((ni, PQ_CHUNK, MR), dw2.dtype)
-            Bp = np.empty((PQ_CHUNK, NR), dw2.dtype)
+            Bp = np.empty((Lc, NR), dw2.dtype)
             first = True
             for n in range(N):
-                for pq0 in range(0, PQ, PQ_CHUNK):
-                    L = min(PQ_CHUNK, PQ - pq0)
-                    for li in range(ni):
-                        for i in range(MR):
-                            kl = (ip0 + li) * MR + i
-                            if kl < Kg:
-                                src = dy3[n, g * Kg + kl]
-                                for u in range(L):
-                                    Ap[li, u, i] = src[pq0 + u]
-                            else:
-                                for u in range(L):
-                                    Ap[li, u, i] = zero
+                for ch in range(nCh):
+                    pq0 = ch * Lc
+                    L = min(Lc, PQ - pq0)
                     p = pq0 // Q
                     q = pq0 - p * Q
                     for u in range(L):
@@ -416,8 +479,9 @@ if AVAILABLE:
                         if q == Q:
                             q = 0
                             p += 1
+                    Ag = Apk[n, ch, g]
                     for li in range(ni):
-                        _micro(Ap, li, Bp, L, Acc[li], not first)
+                        _micro(Ag, ip0 + li, Bp, L, Acc[li], not first)
                     first = False
             for li in range(ni):
                 for i in range(MR):
@@ -426,6 +490,15 @@ if AVAILABLE:
                         break
                     for j in range(nj):
                         dw2[g * Kg + kl, j0 + j] = Acc[li, i, j]
+
+
+def _row_block(n_row_panels, n_col_tasks):
+    """Row panels per task: all of them (each gathered column panel reused
+    the most) unless there are too few column tasks to keep the threads busy;
+    at most 64 panels, which bounds the per-task accumulator."""
+    threads = numba.get_num_threads()
+    split = -(-2 * threads // max(1, n_col_tasks)) if n_col_tasks < 2 * threads else 1
+    return int(max(1, min(64, -(-n_row_panels // split))))
 
 
 def _geom(p):
@@ -464,8 +537,10 @@ def dgrad(algo, p, dy, w, dx):
     wt = np.ascontiguousarray(w.reshape(G, Kg, Cg * p.R * p.S).transpose(0, 2, 1))
     per_channel = p.R * p.S * p.P * p.Q
     chunk_c = int(max(1, min(Cg, DCOL_MAX_ELEMS // max(per_channel, 1))))
+    nNp = -(-(p.P * p.Q) // NR)
+    n_split = -(-2 * numba.get_num_threads() // nNp) if nNp < 2 * numba.get_num_threads() else 1
     _gemm_dgrad(dy.reshape(p.N, p.K, p.P * p.Q), wt, dx, p.R, p.S, p.P, p.Q, sh, sw, pt, pl, dh, dw,
-                G, chunk_c)
+                G, chunk_c, int(n_split))
 
 
 def wgrad(algo, p, x, dy, dw_out):
@@ -475,7 +550,31 @@ def wgrad(algo, p, x, dy, dw_out):
         _direct_wgrad(x, dy, dw_out, sh, sw, pt, pl, dh, dw, G)
         return
     Kd = (p.C // G) * p.R * p.S
-    # filter-row panels per task: enough tasks for the threads, few enough that
-    # each task reuses its gathered column panel over many rows
-    _gemm_wgrad(x, dy.reshape(p.N, p.K, p.P * p.Q), dw_out.reshape(p.K, Kd), p.R, p.S, p.P, p.Q,
-                sh, sw, pt, pl, dh, dw, G, 8)
+    Kg, PQ = p.K // G, p.P * p.Q
+    nMp, nNp = -(-Kg // MR), -(-Kd // NR)
+    Lc = min(PQ, PQ_CHUNK)
+    nCh = -(-PQ // Lc)
+    apk = np.empty((p.N, nCh, G, nMp, Lc, MR), dy.dtype)
+    _pack_dy(dy.reshape(p.N, p.K, PQ), G, Lc, apk)
+    _gemm_wgrad(x, apk, dw_out.reshape(p.K, Kd), p.R, p.S, p.P, p.Q, sh, sw, pt, pl, dh, dw, G,
+                _row_block(nMp, G * nNp))
+
+
+# ------------------------------------------------------ pooling / layer kernels
+_LAYER_KERNELS = frozenset((
+    "pool2d_forward", "pool2d_backward", "adaptive_pool2d_forward", "adaptive_pool2d_backward",
+    "bn_stats", "bn_apply", "bn_backward", "lrn", "activation", "softmax", "cross_entropy",
+    "dropout", "dropout_backward", "linear", "linear_backward"))
+
+
+def layer_kernel(name):
+    """Pooling / layer kernel ``name`` (see ``fastconv.backends.layer_kernel``), or None.
+
+    The kernels live in :mod:`numba_layers`, imported on first use so that
+    ``import fastconv`` does not load them where only convolutions run.
+    """
+    if not AVAILABLE or name not in _LAYER_KERNELS:
+        return None
+    from . import numba_layers
+
+    return numba_layers.KERNELS[name]

@@ -57,8 +57,11 @@ constexpr int kMax = int(PoolKind::Max), kMin = int(PoolKind::Min), kAvg = int(P
 
 Geo geo_of(const PoolProblem& p) {
   const int64_t lim = int64_t(1) << 30;
-  for (int64_t v : {p.H, p.W, p.P, p.Q, p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw, p.divisor_override})
-    if (v < 0 || v >= lim) throw std::invalid_argument("pool: a per-axis size, window parameter or divisor is >= 2^30");
+  for (int64_t v : {p.H, p.W, p.P, p.Q, p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw})
+    if (v < 0 || v >= lim) throw std::invalid_argument("pool: a per-axis size or window parameter is >= 2^30");
+  // divisor_override may be negative (torch only refuses 0)
+  if (p.divisor_override <= -lim || p.divisor_override >= lim)
+    throw std::invalid_argument("pool: |divisor_override| is >= 2^30");
   if (int64_t(p.kh - 1) * p.dh + p.H + p.ph >= lim || int64_t(p.kw - 1) * p.dw + p.W + p.pw >= lim ||
       int64_t(p.P) * p.sh >= lim || int64_t(p.Q) * p.sw >= lim)
     throw std::invalid_argument("pool: window coordinates would pass 2^30");

@@ -1,6 +1,8 @@
 """The compiled C++ backend (``fastconv._cpu``)."""
 from __future__ import annotations
 
+from ._names import LAYER_KERNELS
+
 try:
     from .. import _cpu  # type: ignore[attr-defined]
 
@@ -18,15 +20,9 @@ def _need():
     return _cpu
 
 
-_LAYER_KERNELS = frozenset((
-    "pool2d_forward", "pool2d_backward", "adaptive_pool2d_forward", "adaptive_pool2d_backward",
-    "bn_stats", "bn_apply", "bn_backward", "lrn", "activation", "softmax", "cross_entropy",
-    "dropout", "dropout_backward", "linear", "linear_backward"))
-
-
 def layer_kernel(name):
     """Pooling / layer kernel ``name`` of the compiled module (see ``fastconv.backends.layer_kernel``)."""
-    if _cpu is None or name not in _LAYER_KERNELS:
+    if _cpu is None or name not in LAYER_KERNELS:
         return None
     return getattr(_cpu, name)
 

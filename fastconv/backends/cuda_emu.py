@@ -27,6 +27,8 @@ where the CPU module would scatter them anywhere in the plane.
 """
 from __future__ import annotations
 
+from ._names import LAYER_KERNELS
+
 try:
     from .. import _emu  # type: ignore[attr-defined]
 
@@ -74,16 +76,9 @@ def wgrad(algo, problem, x, dy, dw):
     _need().wgrad(_kernel(algo), _problem(problem), x, dy, dw)
 
 
-# the pooling / layer kernels of this backend: every one the CPU module has
-_LAYER_KERNELS = frozenset((
-    "pool2d_forward", "pool2d_backward", "adaptive_pool2d_forward", "adaptive_pool2d_backward",
-    "bn_stats", "bn_apply", "bn_backward", "lrn", "activation", "softmax", "cross_entropy",
-    "dropout", "dropout_backward", "linear", "linear_backward"))
-
-
 def layer_kernel(name):
     """The CUDA pooling / layer kernel ``name`` on the emulator (see ``fastconv.backends.layer_kernel``)."""
-    if _emu is None or name not in _LAYER_KERNELS:
+    if _emu is None or name not in LAYER_KERNELS:
         return None
     return getattr(_emu, name, None)
 

@@ -32,6 +32,8 @@ a*b + c into an FMA (``fastmath={"contract"}``); no reassociation anywhere.
 """
 from __future__ import annotations
 
+from ._names import LAYER_KERNELS
+
 import os
 
 import numpy as np
@@ -561,19 +563,13 @@ def wgrad(algo, p, x, dy, dw_out):
 
 
 # ------------------------------------------------------ pooling / layer kernels
-_LAYER_KERNELS = frozenset((
-    "pool2d_forward", "pool2d_backward", "adaptive_pool2d_forward", "adaptive_pool2d_backward",
-    "bn_stats", "bn_apply", "bn_backward", "lrn", "activation", "softmax", "cross_entropy",
-    "dropout", "dropout_backward", "linear", "linear_backward"))
-
-
 def layer_kernel(name):
     """Pooling / layer kernel ``name`` (see ``fastconv.backends.layer_kernel``), or None.
 
     The kernels live in :mod:`numba_layers`, imported on first use so that
     ``import fastconv`` does not load them where only convolutions run.
     """
-    if not AVAILABLE or name not in _LAYER_KERNELS:
+    if not AVAILABLE or name not in LAYER_KERNELS:
         return None
     from . import numba_layers
 

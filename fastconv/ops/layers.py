@@ -3,7 +3,9 @@
 Batch norm, local response norm, relu / sigmoid / tanh, softmax / log_softmax,
 a fused cross entropy (loss and gradient in one pass), dropout with an explicit
 counter-based generator, and linear on fastconv's own GEMM; each with its
-backward. The arithmetic is C++ (``fastconv._cpu``, OpenMP); results are
+backward. The arithmetic runs in the backend's kernel table
+(``fastconv.backends.layer_kernel``: by default the C++ module ``fastconv._cpu``,
+OpenMP; ``backend=`` picks numba, cuda-emu or numba-cuda); results are
 bit-identical for any thread count.
 
 dtypes: float32 computes in float32, float64 in float64, float16 is computed

@@ -462,6 +462,11 @@ BAD = [
      "indices", ()),
     ("indices_range", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=np.full((2, 3, 4, 4), 64)),
      "indices", (64,)),
+    # one bad index among valid ones (the compiled kernel checks while it scatters), negative, and min pooling
+    ("indices_one_bad", ValueError, lambda: P.max_pool2d_backward(
+        G, X, 2, indices=np.where(np.arange(96).reshape(2, 3, 4, 4) == 77, 64, 0)), "indices", (64,)),
+    ("indices_negative", ValueError, lambda: P.min_pool2d_backward(
+        G, X, 2, indices=np.where(np.arange(96).reshape(2, 3, 4, 4) == 5, -1, 3)), "indices", (-1,)),
     ("indices_list", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=[0]), "indices", ()),
     ("lp_norm_zero", ValueError, lambda: P.lp_pool2d(X, 0, 2), "norm_type", ()),
     ("lp_norm_str", TypeError, lambda: P.lp_pool2d(X, "2", 2), "norm_type", ()),

@@ -87,7 +87,7 @@ void fwd_t(PoolKind k, const PoolProblem& p, py::array& x, py::array& y, py::obj
 }
 
 template <typename T>
-void bwd_t(PoolKind k, const PoolProblem& p, py::array& dy, py::object x, py::object idx, py::array& dx) {
+int64_t bwd_t(PoolKind k, const PoolProblem& p, py::array& dy, py::object x, py::object idx, py::array& dx) {
   const T* dyp = data_of<T>(dy, "grad_output", p.planes, p.P, p.Q, false);
   T* dxp = data_of<T>(dx, "grad_input", p.planes, p.H, p.W, true);
   const int64_t* ip = k == PoolKind::Avg ? nullptr : idx_of(idx, p.planes, p.P, p.Q, false);
@@ -99,7 +99,7 @@ void bwd_t(PoolKind k, const PoolProblem& p, py::array& dy, py::object x, py::ob
     xp = data_of<T>(xa, "input", p.planes, p.H, p.W, false);
   }
   py::gil_scoped_release release;
-  fastconv::pool2d_bwd<T>(k, p, dyp, xp, ip, dxp);
+  return fastconv::pool2d_bwd<T>(k, p, dyp, xp, ip, dxp);
 }
 
 template <typename T>
@@ -153,13 +153,13 @@ void register_pool(py::module_& m) {
           const PoolKind k = kind_of(kind);
           const PoolProblem p = make(dx, dy, kh, kw, sh, sw, ph, pw, dh, dw, count_include_pad, divisor_override);
           check(k, p);
-          if (is_f64(dy)) bwd_t<double>(k, p, dy, x, indices, dx);
-          else bwd_t<float>(k, p, dy, x, indices, dx);
+          return is_f64(dy) ? bwd_t<double>(k, p, dy, x, indices, dx) : bwd_t<float>(k, p, dy, x, indices, dx);
         },
         py::arg("kind"), py::arg("grad_output"), py::arg("input"), py::arg("indices"), py::arg("grad_input"),
         py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
         py::arg("dh"), py::arg("dw"), py::arg("count_include_pad"), py::arg("divisor_override"),
-        "Pooling backward (gather, deterministic); max/min without indices recompute the argmax.");
+        "Pooling backward (deterministic); max/min without indices recompute the argmax. Returns the number "
+        "of given indices outside [0, H*W) (skipped; the caller raises), else 0.");
 
   m.def("adaptive_pool2d_forward",
         [](int kind, py::array x, py::array y, py::object indices) {

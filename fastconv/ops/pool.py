@@ -175,7 +175,13 @@ def _check_grad(grad_output, x, expect_shape4, what):
     return g
 
 
-def _check_indices(indices, x, expect_shape4, H, W):
+def _index_range_error(indices, H, W):
+    return ValueError(f"indices must lie in [0, {H * W}) (flat positions in a {H}x{W} input plane), got "
+                      f"values in [{indices.min()}, {indices.max()}]")
+
+
+def _check_indices(indices, x, expect_shape4, H, W, check_range=True):
+    """Indices as (planes, P, Q); `check_range=False` when the kernel counts out-of-range ones itself."""
     if not isinstance(indices, np.ndarray):
         raise ValueError(f"indices must be an int64 numpy array, got {type(indices).__name__}")
     expect = tuple(expect_shape4[1:]) if x.ndim == 3 else tuple(expect_shape4)
@@ -184,9 +190,8 @@ def _check_indices(indices, x, expect_shape4, H, W):
     if tuple(indices.shape) != expect:
         raise ValueError(f"indices has shape {tuple(indices.shape)}, expected {expect} for input shape "
                          f"{tuple(x.shape)}")
-    if indices.size and (indices.min() < 0 or indices.max() >= H * W):
-        raise ValueError(f"indices must lie in [0, {H * W}) (flat positions in a {H}x{W} input plane), got "
-                         f"values in [{indices.min()}, {indices.max()}]")
+    if check_range and indices.size and (indices.min() < 0 or indices.max() >= H * W):
+        raise _index_range_error(indices, H, W)
     N, C, P, Q = expect_shape4
     return np.ascontiguousarray(indices).reshape(N * C, P, Q)
 
@@ -226,11 +231,17 @@ def _maxmin_backward(kind, grad_output, input, kernel_size, stride, padding, dil
     geo = _Geom(x4.shape, kernel_size, stride, padding, dilation, ceil_mode)
     gy = _check_grad(grad_output, x, geo.out_shape, "pooling output")
     dtype = _compute_dtype(x)
-    idx = None if indices is None else _check_indices(indices, x, geo.out_shape, geo.H, geo.W)
+    kernel, ran_on = _backends.layer_kernel("pool2d_backward", backend)
+    # the compiled CPU kernel counts out-of-range indices while it scatters
+    # (skipping them), which saves two passes over the int64 indices
+    in_kernel = ran_on == "cpu"
+    idx = None if indices is None else _check_indices(indices, x, geo.out_shape, geo.H, geo.W, not in_kernel)
     dx = np.empty((geo.N * geo.C, geo.H, geo.W), dtype)
     gy4 = gy[None] if unbatched else gy
-    _kernel("pool2d_backward", backend)(kind, _planes(gy4, dtype), None if idx is not None else _planes(x4, dtype), idx,
-                              dx, count_include_pad=True, divisor_override=0, **geo.kernel_args())
+    bad = kernel(kind, _planes(gy4, dtype), None if idx is not None else _planes(x4, dtype), idx, dx,
+                 count_include_pad=True, divisor_override=0, **geo.kernel_args())
+    if in_kernel and idx is not None and bad:
+        raise _index_range_error(indices, geo.H, geo.W)
     return _finish(dx, x4.shape, unbatched, x.dtype)
 
 

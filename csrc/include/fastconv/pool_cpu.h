@@ -45,10 +45,12 @@ std::string adaptive_check(PoolKind kind, const AdaptiveProblem& p);
 template <typename T>
 void pool2d_fwd(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* idx);
 // dx (overwritten): planes*H*W. Max/min: idx, or null to recompute the
-// argmax from x. Avg: x and idx unused.
+// argmax from x. Avg: x and idx unused. Returns how many given indices lay
+// outside [0, H*W) (they are skipped: the caller raises), 0 otherwise, so
+// the range check costs no extra pass over the indices.
 template <typename T>
-void pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x, const int64_t* idx,
-                T* dx);
+int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x, const int64_t* idx,
+                   T* dx);
 
 // kind Max or Avg.
 template <typename T>

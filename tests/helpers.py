@@ -11,11 +11,11 @@ import pytest
 import reference as ref
 from shapes import BENCH_LAYERS, TEST_SHAPES, ConvSpec
 
-ALGOS = ("auto", "direct", "im2col", "1x1", "separable")
+ALGOS = ("auto", "direct", "im2col", "1x1", "separable", "winograd")
 # Algorithms run under every available ISA (set_isa): the GEMM-based ones switch
 # micro-kernel, and the direct kernels follow the same switch (compiled per ISA);
 # "auto" picks any of them.
-ISA_ALGOS = ("auto", "direct", "im2col", "1x1", "separable")
+ISA_ALGOS = ("auto", "direct", "im2col", "1x1", "separable", "winograd")
 TOL32 = 2e-5
 TOL64 = 1e-12
 MAX_BENCH_MACS = 6e7  # reduced BENCH_LAYERS above this (~5e7) are skipped ...
@@ -81,6 +81,10 @@ def expected_algos(spec: ConvSpec):
             must.add("1x1")
     if (spec.R == 1 or spec.S == 1) and spec.groups == 1:
         must.add("separable")
+    top, _, left, _ = pads_of(spec)
+    if ((spec.R, spec.S) == (3, 3) and pair(spec.stride) == (1, 1) and pair(spec.dilation) == (1, 1)
+            and spec.groups == 1 and max(top, left) <= 2):
+        must.add("winograd")
     return must, may
 
 

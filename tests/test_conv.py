@@ -47,6 +47,9 @@ def test_algorithms_for_accepts_spec_forms():
     assert set(got) == {"direct", "im2col"}
     got = ops.algorithms_for((1, 4, 8, 8), (4, 4, 1, 1), padding=1)
     assert set(got) == {"direct", "im2col", "separable"}
+    got = ops.algorithms_for((1, 4, 8, 8), (4, 4, 3, 3), padding="same")
+    assert set(got) == {"direct", "im2col", "winograd"}
+    assert "winograd" not in ops.algorithms_for((1, 4, 8, 8), (4, 4, 3, 3), padding=3)
 
 
 # ------------------------------------------------------------------ main matrix
@@ -117,7 +120,7 @@ def _check_fp16(out, refv, what):
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("algo,isa", algo_isa_params(("auto", "direct", "im2col", "1x1", "separable")),
+@pytest.mark.parametrize("algo,isa", algo_isa_params(("auto", "direct", "im2col", "1x1", "separable", "winograd")),
                          indirect=["isa"])
 @pytest.mark.parametrize("spec", spec_params([s for s in TEST_SHAPES if s.name.startswith(
     ("moderate", "odd_", "depthwise", "k1x1", "sep_1x7", "same_s2", "dil2"))]))

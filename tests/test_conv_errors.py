@@ -121,7 +121,7 @@ CASES = [
     ("weight_object", EITHER, lambda: conv(X, object()), "weight", ()),
     ("grad_output_none", EITHER, lambda: dgrad(X.shape, Wt, None), "grad_output", ()),
     # ---- algo / backend
-    ("algo_unknown", ValueError, lambda: conv(X, Wt, algo="winograd"), "algo", ()),
+    ("algo_unknown", ValueError, lambda: conv(X, Wt, algo="fft"), "algo", ()),
     ("algo_unknown_dgrad", ValueError, lambda: dgrad(X.shape, Wt, G, algo="fft"), "algo", ()),
     ("algo_unknown_wgrad", ValueError, lambda: wgrad(X, Wt.shape, G, algo="gemm"), "algo", ()),
     ("algo_1x1_on_3x3", ValueError, lambda: conv(X, Wt, algo="1x1"), (r"kernel|weight|R\b|S\b|3x3|size",), ()),

@@ -50,7 +50,7 @@ def _rss_check(before, what):
 
 def _algos(x, w, **kw):
     got = ops.algorithms_for(x.shape, w.shape, **kw)
-    return ["auto"] + [a for a in ("direct", "im2col", "1x1", "separable") if a in got]
+    return ["auto"] + [a for a in ("direct", "im2col", "1x1", "separable", "winograd") if a in got]
 
 
 def test_algos_available_for_big_problems(big):

@@ -78,8 +78,11 @@ def test_supports_mirrors_ops_rules():
     for spec in TEST_SHAPES:
         p = make_problem(spec.input_shape, spec.weight_shape, **spec.kwargs())
         for a in ALGOS[1:]:
+            if a == "winograd":  # compiled CPU only: numba refuses it with a reason
+                assert "no winograd" in numba_cpu.supports(a, p), spec.name
+                continue
             assert (numba_cpu.supports(a, p) == "") == (a in _supported(spec)), (spec.name, a)
-    assert "unknown algorithm" in numba_cpu.supports("winograd", p)
+    assert "unknown algorithm" in numba_cpu.supports("fft", p)
 
 
 @pytest.mark.parametrize("algo", ["direct", "im2col"])

@@ -23,13 +23,14 @@ using fastconv::bindings::out_ptr;
 
 namespace {
 
-enum class Algo { Direct, Im2col, Conv1x1, Separable };
+enum class Algo { Direct, Im2col, Conv1x1, Separable, Winograd };
 
 Algo parse_algo(const std::string& name) {
   if (name == "direct") return Algo::Direct;
   if (name == "im2col") return Algo::Im2col;
   if (name == "1x1") return Algo::Conv1x1;
   if (name == "separable") return Algo::Separable;
+  if (name == "winograd") return Algo::Winograd;
   throw py::value_error("unknown algorithm '" + name + "'");
 }
 
@@ -39,6 +40,7 @@ std::string supports(Algo a, const ConvProblem& p) {
     case Algo::Im2col: return fastconv::im2col_supports(p);
     case Algo::Conv1x1: return fastconv::conv1x1_supports(p);
     case Algo::Separable: return fastconv::separable_supports(p);
+    case Algo::Winograd: return fastconv::winograd_supports(p);
   }
   return "unknown algorithm";
 }
@@ -72,6 +74,7 @@ void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::objec
     case Algo::Im2col: fastconv::im2col_fprop<T>(p, xp, wp, bp, yp, relu); break;
     case Algo::Conv1x1: fastconv::conv1x1_fprop<T>(p, xp, wp, bp, yp, relu); break;
     case Algo::Separable: fastconv::separable_fprop<T>(p, xp, wp, bp, yp, relu); break;
+    case Algo::Winograd: fastconv::winograd_fprop<T>(p, xp, wp, bp, yp, relu); break;
   }
 }
 
@@ -87,6 +90,7 @@ void dgrad_t(Algo a, const ConvProblem& p, py::array& dy, py::array& w, py::arra
     case Algo::Im2col: fastconv::im2col_dgrad<T>(p, dyp, wp, dxp); break;
     case Algo::Conv1x1: fastconv::conv1x1_dgrad<T>(p, dyp, wp, dxp); break;
     case Algo::Separable: fastconv::separable_dgrad<T>(p, dyp, wp, dxp); break;
+    case Algo::Winograd: fastconv::winograd_dgrad<T>(p, dyp, wp, dxp); break;
   }
 }
 
@@ -105,6 +109,7 @@ void wgrad_t(Algo a, const ConvProblem& p, py::array& x, py::array& dy, py::arra
     case Algo::Im2col: fastconv::im2col_wgrad<T>(p, xp, dyp, dwp); break;
     case Algo::Conv1x1: fastconv::conv1x1_wgrad<T>(p, xp, dyp, dwp); break;
     case Algo::Separable: fastconv::separable_wgrad<T>(p, xp, dyp, dwp); break;
+    case Algo::Winograd: fastconv::winograd_wgrad<T>(p, xp, dyp, dwp); break;
   }
 }
 

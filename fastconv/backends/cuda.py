@@ -88,6 +88,8 @@ def _stream():
 
 
 def supports(algo: str, problem) -> str:
+    if algo not in KERNEL_OF:  # e.g. "winograd": a CPU algorithm with no CUDA kernels yet
+        return f"the cuda backend has no {algo!r} kernels (it runs {sorted(KERNEL_OF)})"
     return _need().supports(_kernel(algo), _problem(problem))
 
 

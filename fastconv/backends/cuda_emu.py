@@ -61,6 +61,8 @@ def _problem(problem):
 
 
 def supports(algo: str, problem) -> str:
+    if algo not in KERNEL_OF:  # e.g. "winograd": a CPU algorithm with no CUDA kernels yet
+        return f"the cuda-emu backend has no {algo!r} kernels (it runs {sorted(KERNEL_OF)})"
     return _need().supports(_kernel(algo), _problem(problem))
 
 

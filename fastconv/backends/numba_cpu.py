@@ -86,6 +86,8 @@ def supports(algo: str, p) -> str:
         if p.R != 1 and p.S != 1:
             return f"the separable algorithm needs a 1xn or nx1 kernel, got {p.R}x{p.S}"
         return ""
+    if algo == "winograd":
+        return "the numba backend has no winograd kernels (the compiled CPU backend has them)"
     return f"unknown algorithm {algo!r}; the numba backend has {ALGOS}"
 
 

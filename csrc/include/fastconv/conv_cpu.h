@@ -29,6 +29,7 @@ FC_DECLARE_ALGO(direct)
 FC_DECLARE_ALGO(im2col)
 FC_DECLARE_ALGO(conv1x1)
 FC_DECLARE_ALGO(separable)
+FC_DECLARE_ALGO(winograd)
 #undef FC_DECLARE_ALGO
 
 // can_implement: empty string when the algorithm takes the problem, else why not.
@@ -36,6 +37,7 @@ std::string direct_supports(const ConvProblem& p);
 std::string im2col_supports(const ConvProblem& p);
 std::string conv1x1_supports(const ConvProblem& p);
 std::string separable_supports(const ConvProblem& p);
+std::string winograd_supports(const ConvProblem& p);
 
 // Upper bound of the per-thread im2col workspace, in bytes (column tile).
 constexpr int64_t kIm2colTileBytes = int64_t(16) << 20;

@@ -133,7 +133,7 @@ def conv2d(input, weight, bias, stride, padding, dilation, groups, algo, backend
         raise ValueError(f"bias must have shape ({p.K},) for weight shape {w.shape}, got {b.shape}")
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    a = c._pick(algo, p, "fprop")
+    a = c._pick(algo, p, "fprop", name)
     result_shape = p.output_shape[1:] if unbatched else p.output_shape
     if out is not None:
         if not isinstance(out, cp.ndarray):
@@ -175,7 +175,7 @@ def conv2d_input(input_size, weight, grad_output, stride, padding, dilation, gro
     if dy4.shape != p.output_shape:
         raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input_size "
                          f"{tuple(input_size)} and weight shape {w.shape}")
-    a = c._pick(algo, p, "dgrad")
+    a = c._pick(algo, p, "dgrad", name)
     dx = cp.empty(p.input_shape, dtype)
     if p.N > 0:
         backends.module(name).dgrad(a, p, _prep(cp, dy4, dtype), _prep(cp, w, dtype), dx)
@@ -206,7 +206,7 @@ def conv2d_weight(input, weight_size, grad_output, stride, padding, dilation, gr
     if dy4.shape != p.output_shape:
         raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input shape "
                          f"{x.shape} and weight_size {wsize}")
-    a = c._pick(algo, p, "wgrad")
+    a = c._pick(algo, p, "wgrad", name)
     dw = cp.empty(p.weight_shape, dtype)
     if p.N == 0:
         dw[...] = 0

@@ -169,9 +169,9 @@ def _pick(algo, problem, op, backend_name=None):
     if algo == "auto":
         a = _auto(problem, op)
         # the table is the compiled CPU path's; a backend without that algorithm
-        # (numba-cuda: direct only) runs its direct kernel instead
+        # (numba-cuda has no separable kernel) runs im2col instead, else direct
         if backend_name is not None and a != "direct" and _backend_module(backend_name).supports(a, problem):
-            return "direct"
+            return "im2col" if not _backend_module(backend_name).supports("im2col", problem) else "direct"
         return a
     if algo not in ALGORITHMS:
         raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")

@@ -7,8 +7,29 @@ automatic default: choose it with ``backend="numba-cuda"`` or ``set_backend``.
 
 Function tables (the same as :mod:`fastconv.backends.cpu`):
 
-* conv: ``supports / fprop / dgrad / wgrad(algo, problem, ...)``; only
-  ``"direct"`` (see :func:`supports` for why).
+* conv: ``supports / fprop / dgrad / wgrad(algo, problem, ...)`` with algos
+  ``"direct"``, ``"im2col"`` and ``"1x1"`` (``"separable"`` is refused, see
+  :func:`supports`):
+
+  - ``direct``: one thread per output (Fprop), per input (Dgrad, a gather) and
+    one block per filter element (Wgrad, a fixed-order tree reduction).
+  - ``im2col``: the N*P*Q output pixels are the GEMM columns, processed in
+    batch tiles whose C*R*S x tile column buffer stays under ``COL_BYTES``
+    (16 MiB). Per tile: the ``im2col`` kernel fills the buffer, then the
+    shared-memory tiled GEMM ``conv_gemm`` (GTY x GTX threads, each a
+    GRM x GRN register block; groups along grid z; ragged edges zero-filled)
+    computes Fprop ``Y_g = W_g x col_g`` with the bias + relu epilogue writing
+    straight into NCHW, Dgrad's column gradient ``W_g^T x dY_g`` followed by
+    ``col2im`` as a gather (each input element sums its taps in (r, s) order;
+    the tile holding an image's first column writes, later tiles add), and
+    Wgrad ``dW_g (+)= dY_g x col_g^T`` accumulated over the tiles in order.
+  - ``1x1`` (1x1 filter, no padding): with stride 1 the input already is the
+    column matrix, so Fprop, Dgrad and Wgrad are single GEMMs over NCHW with
+    no column buffer; other strides run the im2col path.
+
+  ``algo="auto"`` in :mod:`fastconv.ops` uses the compiled CPU path's table
+  (1x1, direct for depthwise, else im2col); where that table says separable,
+  numba-cuda runs im2col.
 * pooling / layers: ``layer_kernel(name)`` returns callables with exactly the
   argument lists of the compiled module's functions (``csrc/bindings/cpu_pool.cpp``,
   ``cpu_layers.cpp``).
@@ -22,10 +43,11 @@ targets, uint8 dropout masks, float64 batch-norm statistics).
 
 Determinism: no atomics anywhere. Each output element is produced by one
 thread in a fixed loop order (Dgrad and the pooling backward passes are
-gathers), and the reductions (Wgrad, batch-norm statistics) give each block a
-fixed thread-to-element assignment and a fixed-order shared-memory tree, so
-results do not depend on scheduling (they do depend on the block size, a
-constant of this module).
+gathers; each GEMM element sums over k in increasing order), and the
+reductions (direct Wgrad, batch-norm statistics) give each block a fixed
+thread-to-element assignment and a fixed-order shared-memory tree, so results
+do not depend on scheduling (they do depend on the block size and, for im2col
+Dgrad/Wgrad, on the column tile width, constants of this module).
 
 Index arithmetic is 64-bit: grid-stride loops run over int64 element counts and
 all offsets are computed from them.

@@ -147,9 +147,126 @@ def test_conv_through_ops(rng):
     _close(dx, ref.conv2d_input(x.shape, w, g, stride=2, pads=(1, 1, 1, 1)), np.float32, "ops.conv2d_input")
 
 
-def test_conv_auto_falls_back_to_direct(rng):
-    """algo='auto' picks from the compiled CPU path's table (im2col, 1x1, ...): a backend that only has
-    the direct kernels runs those instead of refusing."""
+def _conv_setup(case, dtype, rng):
+    N, C, H, W, K, R, S, stride, padding, dil, groups = case
+    p = make_problem((N, C, H, W), (K, C // groups, R, S), stride, padding, dil, groups)
+    pads = (p.pad_h, p.pad_bottom, p.pad_w, p.pad_right)
+    kw = dict(stride=(p.stride_h, p.stride_w), pads=pads, dilation=(p.dil_h, p.dil_w), groups=groups)
+    x = rng.standard_normal(p.input_shape).astype(dtype)
+    w = rng.standard_normal(p.weight_shape).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    g = rng.standard_normal(p.output_shape).astype(dtype)
+    return p, kw, x, w, b, g
+
+
+def _run3(algo, p, x, w, b, g, relu=False):
+    """(fprop, dgrad, wgrad) of the numba-cuda backend; outputs start as NaN so unwritten elements show."""
+    nc = _nc()
+    dt = x.dtype
+    y = np.full(p.output_shape, np.nan, dt)
+    nc.fprop(algo, p, x, w, b, y, relu)
+    dx = np.full(p.input_shape, np.nan, dt)
+    nc.dgrad(algo, p, g, w, dx)
+    dw = np.full(p.weight_shape, np.nan, dt)
+    nc.wgrad(algo, p, x, g, dw)
+    return y, dx, dw
+
+
+# the direct cases, plus one with more filters (K = 10) and more reduction (Cg*R*S = 18) than one GEMM tile
+# (simulator tiles: GBM = GBN = 8) and uneven dilation/padding
+IM2COL_CASES = CONV_CASES + [("k10_dil_pad", (2, 3, 6, 5, 10, 3, 2, 1, (1, 2), (2, 1), 1))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,case", IM2COL_CASES, ids=[c[0] for c in IM2COL_CASES])
+def test_conv_im2col(name, case, dtype, rng):
+    """im2col + shared-memory tiled GEMM: Fprop (+bias, +relu), Dgrad (GEMM + gather col2im), Wgrad."""
+    p, kw, x, w, b, g = _conv_setup(case, dtype, rng)
+    nc = _nc()
+    assert nc.supports("im2col", p) == ""
+    y, dx, dw = _run3("im2col", p, x, w, b, g)
+    _close(y, ref.conv2d(x, w, b, **kw), dtype, f"{name} fprop")
+    _close(dx, ref.conv2d_input(p.input_shape, w, g, **kw), dtype, f"{name} dgrad")
+    _close(dw, ref.conv2d_weight(x, p.weight_shape, g, **kw), dtype, f"{name} wgrad")
+    yr = np.full(p.output_shape, np.nan, dtype)
+    nc.fprop("im2col", p, x, w, None, yr, True)
+    _close(yr, np.maximum(ref.conv2d(x, w, None, **kw), 0), dtype, f"{name} fprop relu")
+    nc.fprop("im2col", p, x, w, b, yr, True)
+    _close(yr, np.maximum(ref.conv2d(x, w, b, **kw), 0), dtype, f"{name} fprop bias+relu")
+    # deterministic: a second run is bit-identical
+    y2, dx2, dw2 = _run3("im2col", p, x, w, b, g)
+    assert np.array_equal(y, y2) and np.array_equal(dx, dx2) and np.array_equal(dw, dw2)
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+ONE_CASES = [
+    ("plain_gemm_groups", (2, 4, 3, 5, 6, 1, 1, 1, 0, 1, 2)),     # stride 1: the input is the column matrix
+    ("plain_gemm_k9", (1, 3, 4, 3, 9, 1, 1, 1, 0, 1, 1)),         # K and N*H*W beyond one GEMM tile
+    ("strided_via_im2col", (2, 3, 5, 4, 2, 1, 1, (2, 3), 0, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,case", ONE_CASES, ids=[c[0] for c in ONE_CASES])
+def test_conv_1x1(name, case, dtype, rng):
+    p, kw, x, w, b, g = _conv_setup(case, dtype, rng)
+    assert _nc().supports("1x1", p) == ""
+    y, dx, dw = _run3("1x1", p, x, w, b, g, relu=True)
+    _close(y, np.maximum(ref.conv2d(x, w, b, **kw), 0), dtype, f"{name} fprop bias+relu")
+    _close(dx, ref.conv2d_input(p.input_shape, w, g, **kw), dtype, f"{name} dgrad")
+    _close(dw, ref.conv2d_weight(x, p.weight_shape, g, **kw), dtype, f"{name} wgrad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_im2col_batch_tiles(dtype, rng, monkeypatch):
+    """A column buffer limit of a few columns splits the N*P*Q columns into many batch tiles, with tile
+    boundaries inside images (Dgrad's gather then adds an image's contributions tile by tile)."""
+    nc = _nc()
+    case = (2, 4, 5, 4, 4, 3, 2, (2, 1), (1, 0), (1, 2), 2)   # P x Q = 3 x 2: 12 columns
+    p, kw, x, w, b, g = _conv_setup(case, dtype, rng)
+    whole = _run3("im2col", p, x, w, b, g, relu=True)
+    assert len(nc._tiles(p, dtype)[1]) == 1
+    for cols in (7, 4):   # tiles [0,7) [7,12) and [0,4) [4,8) [8,12): boundaries inside images
+        monkeypatch.setattr(nc, "COL_BYTES", p.C * p.R * p.S * np.dtype(dtype).itemsize * cols)
+        width, tiles = nc._tiles(p, dtype)
+        assert width == cols and len(tiles) == -(-p.N * p.P * p.Q // cols) > 1
+        y, dx, dw = _run3("im2col", p, x, w, b, g, relu=True)
+        # Fprop: every output column is computed whole in one tile: bit-identical
+        assert np.array_equal(y, whole[0])
+        _close(dx, ref.conv2d_input(p.input_shape, w, g, **kw), dtype, f"{cols}-column tiles dgrad")
+        _close(dw, ref.conv2d_weight(x, p.weight_shape, g, **kw), dtype, f"{cols}-column tiles wgrad")
+        if cols == 4:   # and deterministic with the tiles too
+            y2, dx2, dw2 = _run3("im2col", p, x, w, b, g, relu=True)
+            assert np.array_equal(dx, dx2) and np.array_equal(dw, dw2)
+
+
+def test_conv_im2col_through_ops(rng):
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    nb = dict(stride=(2, 1), padding=1, algo="im2col", backend="numba-cuda")
+    kw = dict(stride=(2, 1), pads=(1, 1, 1, 1))
+    y = ops.conv2d(x, w, b, activation="relu", **nb)
+    _close(y, np.maximum(ref.conv2d(x, w, b, **kw), 0), np.float32, "ops.conv2d im2col relu")
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    _close(ops.conv2d_input(x.shape, w, g, **nb), ref.conv2d_input(x.shape, w, g, **kw), np.float32,
+           "ops.conv2d_input im2col")
+    _close(ops.conv2d_weight(x, w.shape, g, **nb), ref.conv2d_weight(x, w.shape, g, **kw), np.float32,
+           "ops.conv2d_weight im2col")
+
+
+def test_conv_auto(rng):
+    """algo='auto' follows the compiled CPU path's table (im2col, 1x1, direct for depthwise); the one
+    algorithm numba-cuda lacks (separable) runs on im2col."""
+    from fastconv.ops import conv as c
+
+    pick = lambda xs, ws, **k: c._pick("auto", make_problem(xs, ws, k.get("stride", 1), k.get("padding", 0), 1,
+                                                            k.get("groups", 1)), "fprop", "numba-cuda")
+    assert pick((1, 4, 5, 5), (3, 4, 3, 3), padding=1) == "im2col"
+    assert pick((1, 4, 5, 5), (3, 4, 1, 1)) == "1x1"
+    assert pick((1, 4, 5, 5), (4, 1, 3, 3), groups=4) == "direct"
+    assert c._auto(make_problem((1, 32, 5, 5), (3, 32, 1, 3), 1, 0, 1, 1), "fprop") == "separable"
+    assert pick((1, 32, 5, 5), (3, 32, 1, 3)) == "im2col"
     x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
     for w in (rng.standard_normal((3, 4, 3, 3)).astype(np.float32), rng.standard_normal((3, 4, 1, 1)).astype(np.float32)):
         pad = w.shape[-1] // 2
@@ -162,14 +279,19 @@ def test_conv_auto_falls_back_to_direct(rng):
                ref.conv2d_weight(x, w.shape, g, pads=(pad,) * 4), np.float32, "auto wgrad")
 
 
-def test_conv_other_algorithms_refused():
-    p = make_problem((1, 2, 4, 4), (2, 2, 1, 1), 1, 0, 1, 1)
+def test_conv_unsupported_algorithms_refused():
     nc = _nc()
-    for algo in ("im2col", "1x1", "separable"):
-        assert "direct algorithm" in nc.supports(algo, p)
+    z = lambda shape: np.zeros(shape, np.float32)
+    p = make_problem((1, 2, 4, 4), (2, 2, 1, 3), 1, 0, 1, 1)
+    assert "no separable kernel" in nc.supports("separable", p)
+    assert "unknown algorithm" in nc.supports("winograd", p)
+    assert "1x1 kernel, got 1x3" in nc.supports("1x1", p)
+    assert "zero padding" in nc.supports("1x1", make_problem((1, 2, 4, 4), (2, 2, 1, 1), 1, 1, 1, 1))
+    for algo in ("separable", "1x1"):
         with pytest.raises(ValueError, match=algo):
-            nc.fprop(algo, p, np.zeros(p.input_shape, np.float32), np.zeros(p.weight_shape, np.float32), None,
-                     np.zeros(p.output_shape, np.float32))
+            nc.fprop(algo, p, z(p.input_shape), z(p.weight_shape), None, z(p.output_shape))
+    with pytest.raises(ValueError, match="separable"):
+        nc.wgrad("separable", p, z(p.input_shape), z(p.output_shape), z(p.weight_shape))
 
 
 def test_bad_arguments_name_the_array():
@@ -183,6 +305,10 @@ def test_bad_arguments_name_the_array():
         nc.fprop("direct", p, x, w, None, np.zeros((1, 2, 4, 3), np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):
         nc.fprop("direct", p, x, w, None, np.zeros((1, 2, 4, 8), np.float32)[..., ::2])
+    with pytest.raises(TypeError, match="grad_input"):
+        nc.dgrad("im2col", p, np.zeros(p.output_shape, np.float32), w, np.zeros(p.input_shape, np.float64))
+    with pytest.raises(ValueError, match="grad_weight.*elements"):
+        nc.wgrad("im2col", p, x, np.zeros(p.output_shape, np.float32), np.zeros((2, 2, 3, 2), np.float32))
     relu = nc.layer_kernel("activation")
     with pytest.raises(ValueError, match="read-only"):
         out = np.zeros(3, np.float32)
@@ -502,6 +628,9 @@ def test_device_arrays_in_place(rng):
     dy_ = cuda.device_array(p.output_shape, np.float32)
     nc.fprop("direct", p, dx_, dw_, None, dy_, False)   # device in, device out
     _close(dy_.copy_to_host(), ref.conv2d(x, w, None, pads=(1, 1, 1, 1)), np.float32, "fprop on device arrays")
+    dy2_ = cuda.device_array(p.output_shape, np.float32)
+    nc.fprop("im2col", p, dx_, dw_, None, dy2_, False)
+    _close(dy2_.copy_to_host(), ref.conv2d(x, w, None, pads=(1, 1, 1, 1)), np.float32, "im2col on device arrays")
     # a layer kernel mixing a device input and a NumPy output
     out = np.empty(x.size, np.float32)
     nc.layer_kernel("activation")(0, None, cuda.to_device(x.reshape(-1)), out)
@@ -515,11 +644,15 @@ def test_device_arrays_in_place(rng):
 # GPU. This compiles every kernel, for both dtypes, with the argument types the
 # host wrappers pass, to PTX for the real target (sm_90) in a process without
 # the simulator. No GPU is needed, only NVVM; where a GPU is present its own
-# compute capability is used. T: the element dtype; A(x): a C-contiguous 1-D array.
+# compute capability is used. T: the element dtype; A(x): a C-contiguous 1-D array;
+# tN: a tuple of N int64 (the conv_gemm operand descriptors).
 _SIGS = {
     "conv_fprop": "A(T) A(T) A(T) b A(T) b" + " i" * 17,
     "conv_dgrad": "A(T) A(T) A(T)" + " i" * 17,
     "conv_wgrad": "A(T) A(T) A(T)" + " i" * 17,
+    "im2col": "A(T) A(T)" + " i" * 15,
+    "col2im": "A(T) A(T)" + " i" * 17,
+    "conv_gemm": "A(T) t10 A(T) t10 A(T) t10 i i i i A(T) b i b b",
     "pool_fwd": "i A(T) A(T) A(i8) b" + " i" * 13 + " b i",
     "pool_bwd": "i A(T) A(i8) A(T)" + " i" * 13 + " b i",
     "apool_fwd": "i A(T) A(T) A(i8) b i i i i i",
@@ -574,7 +707,8 @@ for dt in ("float32", "float64"):
              "u": types.uint64, "i8": types.int64, "u1": types.uint8}
     assert set(ks) == set(sigs), sorted(set(ks) ^ set(sigs))
     for name, sig in sigs.items():
-        args = tuple(types.Array(names[t[2:-1]], 1, "C") if t.startswith("A(") else names[t] for t in sig.split())
+        args = tuple(types.Array(names[t[2:-1]], 1, "C") if t.startswith("A(") else
+                     types.UniTuple(types.int64, int(t[1:])) if t.startswith("t") else names[t] for t in sig.split())
         try:
             cuda.compile_ptx(ks[name].py_func, args, cc=cc)
             out["ok"] += 1

@@ -7,8 +7,29 @@ automatic default: choose it with ``backend="numba-cuda"`` or ``set_backend``.
 
 Function tables (the same as :mod:`fastconv.backends.cpu`):
 
-* conv: ``supports / fprop / dgrad / wgrad(algo, problem, ...)``; only
-  ``"direct"`` (see :func:`supports` for why).
+* conv: ``supports / fprop / dgrad / wgrad(algo, problem, ...)`` with algos
+  ``"direct"``, ``"im2col"`` and ``"1x1"`` (``"separable"`` is refused, see
+  :func:`supports`):
+
+  - ``direct``: one thread per output (Fprop), per input (Dgrad, a gather) and
+    one block per filter element (Wgrad, a fixed-order tree reduction).
+  - ``im2col``: the N*P*Q output pixels are the GEMM columns, processed in
+    batch tiles whose C*R*S x tile column buffer stays under ``COL_BYTES``
+    (16 MiB). Per tile: the ``im2col`` kernel fills the buffer, then the
+    shared-memory tiled GEMM ``conv_gemm`` (GTY x GTX threads, each a
+    GRM x GRN register block; groups along grid z; ragged edges zero-filled)
+    computes Fprop ``Y_g = W_g x col_g`` with the bias + relu epilogue writing
+    straight into NCHW, Dgrad's column gradient ``W_g^T x dY_g`` followed by
+    ``col2im`` as a gather (each input element sums its taps in (r, s) order;
+    the tile holding an image's first column writes, later tiles add), and
+    Wgrad ``dW_g (+)= dY_g x col_g^T`` accumulated over the tiles in order.
+  - ``1x1`` (1x1 filter, no padding): with stride 1 the input already is the
+    column matrix, so Fprop, Dgrad and Wgrad are single GEMMs over NCHW with
+    no column buffer; other strides run the im2col path.
+
+  ``algo="auto"`` in :mod:`fastconv.ops` uses the compiled CPU path's table
+  (1x1, direct for depthwise, else im2col); where that table says separable,
+  numba-cuda runs im2col.
 * pooling / layers: ``layer_kernel(name)`` returns callables with exactly the
   argument lists of the compiled module's functions (``csrc/bindings/cpu_pool.cpp``,
   ``cpu_layers.cpp``).
@@ -22,10 +43,11 @@ targets, uint8 dropout masks, float64 batch-norm statistics).
 
 Determinism: no atomics anywhere. Each output element is produced by one
 thread in a fixed loop order (Dgrad and the pooling backward passes are
-gathers), and the reductions (Wgrad, batch-norm statistics) give each block a
-fixed thread-to-element assignment and a fixed-order shared-memory tree, so
-results do not depend on scheduling (they do depend on the block size, a
-constant of this module).
+gathers; each GEMM element sums over k in increasing order), and the
+reductions (direct Wgrad, batch-norm statistics) give each block a fixed
+thread-to-element assignment and a fixed-order shared-memory tree, so results
+do not depend on scheduling (they do depend on the block size and, for im2col
+Dgrad/Wgrad, on the column tile width, constants of this module).
 
 Index arithmetic is 64-bit: grid-stride loops run over int64 element counts and
 all offsets are computed from them.
@@ -58,7 +80,7 @@ with warnings.catch_warnings():
         SIMULATOR = AVAILABLE = False
         IMPORT_ERROR = f"numba.cuda is unusable: {exc!r}"
 
-ALGOS = ("direct",)
+ALGOS = ("direct", "im2col", "1x1")
 
 # Launch shapes. The simulator runs each GPU thread as a Python thread, so it
 # gets small blocks and few of them (grid-stride loops cover the rest).
@@ -69,14 +91,34 @@ else:
 # RTPB (threads of a reduction block) must be a power of two: the tree halves it.
 assert RTPB & (RTPB - 1) == 0
 
+# The convolution GEMM (conv_gemm): a block of GTY x GTX threads computes a
+# GBM x GBN tile of C, each thread a GRM x GRN register block (rows ty + i*GTY,
+# columns tx + j*GTX), stepping through the reduction GBK at a time with A and
+# B tiles staged in shared memory. GGRID / GGRID_Z cap the grid (grid-stride
+# over tiles and groups).
+if SIMULATOR:
+    GTX, GTY, GRM, GRN, GBK, GGRID, GGRID_Z = 4, 4, 2, 2, 4, 2, 2
+else:
+    GTX, GTY, GRM, GRN, GBK, GGRID, GGRID_Z = 16, 16, 4, 4, 16, 4096, 65535
+GBM, GBN = GTY * GRM, GTX * GRN
+# Bound on the im2col column buffer (bytes): the columns (output pixels n, p, q)
+# are processed in batch tiles of at most this many bytes of C*R*S x columns.
+# Module-level and read at call time (tests monkeypatch it to force many tiles).
+COL_BYTES = 16 << 20
+
 
 def supports(algo: str, p) -> str:
-    if algo == "direct":
+    if algo in ("direct", "im2col"):
         return ""
-    if algo in ("im2col", "1x1", "separable"):
-        return (f"the numba-cuda backend has only the direct algorithm: {algo!r} is a CPU algorithm built "
-                "around packed GEMM panels sized for CPU caches; on the GPU the direct kernels already run "
-                "one thread per output (Fprop), per input (Dgrad) and one block per filter element (Wgrad)")
+    if algo == "1x1":
+        if p.R != 1 or p.S != 1:
+            return f"the 1x1 algorithm needs a 1x1 kernel, got {p.R}x{p.S}"
+        if p.pad_h or p.pad_w or p.pad_bottom or p.pad_right:
+            return "the 1x1 algorithm needs zero padding"
+        return ""
+    if algo == "separable":
+        return ("the numba-cuda backend has no separable kernel (algos: direct, im2col, 1x1): the CPU one is "
+                "built around packed GEMM panels sized for CPU caches; run 1xn / nx1 filters with im2col")
     return f"unknown algorithm {algo!r}; the numba-cuda backend has {ALGOS}"
 
 
@@ -327,6 +369,163 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
             cuda.syncthreads()  # red is reused by the next element
 
     ks.update(conv_fprop=conv_fprop, conv_dgrad=conv_dgrad, conv_wgrad=conv_wgrad)
+
+    # ------------------------------------------- im2col + tiled GEMM conv
+    # Columns are the output pixels j = (n*P + p)*Q + q; rows of the column
+    # matrix are (c, r, s), so group g's rows are the contiguous block
+    # [g*Cg*R*S, (g+1)*Cg*R*S). A batch tile holds columns [j0, j0 + nc) with
+    # leading dimension nc.
+    @cuda.jit
+    def im2col(x, col, j0, nc, C, H, W, R, S, P, Q, sh, sw, pt, pl, dlh, dlw):
+        PQ = P * Q
+        for e in range(cuda.grid(1), C * R * S * nc, cuda.gridsize(1)):
+            j = e % nc
+            row = e // nc
+            s = row % S
+            t = row // S
+            r = t % R
+            c = t // R
+            jj = j0 + j
+            n = jj // PQ
+            pq = jj - n * PQ
+            p = pq // Q
+            q = pq - p * Q
+            h = p * sh - pt + r * dlh
+            wi = q * sw - pl + s * dlw
+            v = Z
+            if h >= 0 and h < H and wi >= 0 and wi < W:
+                v = x[((n * C + c) * H + h) * W + wi]
+            col[e] = v
+
+    @cuda.jit
+    def col2im(dcol, dx, j0, nc, n_lo, n_cnt, C, H, W, R, S, P, Q, sh, sw, pt, pl, dlh, dlw):
+        # gather: each input element of images n_lo .. n_lo+n_cnt-1 sums the
+        # column-gradient entries of this tile that read it, in (r, s) order.
+        # The tile holding an image's first column writes, later tiles add:
+        # a fixed order, no atomics.
+        PQ = P * Q
+        CHW = C * H * W
+        for e in range(cuda.grid(1), n_cnt * CHW, cuda.gridsize(1)):
+            wi = e % W
+            t = e // W
+            h = t % H
+            t = t // H
+            c = t % C
+            n = n_lo + t // C
+            acc = Z
+            for r in range(R):
+                ph = h + pt - r * dlh
+                if ph < 0 or ph % sh != 0:
+                    continue
+                p = ph // sh
+                if p >= P:
+                    continue
+                for s in range(S):
+                    pw = wi + pl - s * dlw
+                    if pw < 0 or pw % sw != 0:
+                        continue
+                    q = pw // sw
+                    if q >= Q:
+                        continue
+                    j = n * PQ + p * Q + q - j0
+                    if j >= 0 and j < nc:
+                        acc += dcol[((c * R + r) * S + s) * nc + j]
+            i = n_lo * CHW + e
+            if n * PQ >= j0:
+                dx[i] = acc
+            else:
+                dx[i] += acc
+
+    @cuda.jit(device=True)
+    def ax(i, base, dv, hi, lo):
+        """Offset of index i along one operand axis: i*lo, or with dv > 0 the split
+        ((i + base) // dv)*hi + ((i + base) % dv)*lo (an (image, pixel) column index)."""
+        if dv == 0:
+            return i * lo
+        t = i + base
+        u = t // dv
+        return u * hi + (t - u * dv) * lo
+
+    @cuda.jit
+    def conv_gemm(a, da, b, db, c, dc, M, Nc, Kd, G, bias, has_bias, bgs, relu, accumulate):
+        """Per group g: C_g (M x Nc) = A_g (M x Kd) @ B_g (Kd x Nc), epilogue bias[g*bgs + m], relu,
+        or C_g += (accumulate). Operand X(i, j) lives at
+        X[dx[0] + g*dx[1] + ax(i, dx[2:6]) + ax(j, dx[6:10])] (see ax).
+
+        GBK-deep A and B tiles go through shared memory; every C element is
+        summed over k in increasing order by one thread (deterministic).
+        Ragged edges load zeros and store nothing.
+        """
+        As = cuda.shared.array((GBK, GBM), T)
+        Bs = cuda.shared.array((GBK, GBN), T)
+        acc = cuda.local.array((GRM, GRN), T)
+        ar = cuda.local.array(GRM, T)
+        br = cuda.local.array(GRN, T)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * GTX + tx
+        ntm = (M + GBM - 1) // GBM
+        ntn = (Nc + GBN - 1) // GBN
+        for g in range(cuda.blockIdx.z, G, cuda.gridDim.z):
+            a0 = da[0] + g * da[1]
+            b0 = db[0] + g * db[1]
+            c0 = dc[0] + g * dc[1]
+            for tm in range(cuda.blockIdx.y, ntm, cuda.gridDim.y):
+                m0 = tm * GBM
+                for tn in range(cuda.blockIdx.x, ntn, cuda.gridDim.x):
+                    n0 = tn * GBN
+                    for i in range(GRM):
+                        for j in range(GRN):
+                            acc[i, j] = Z
+                    for k0 in range(0, Kd, GBK):
+                        for e in range(tid, GBM * GBK, GTX * GTY):
+                            kk = e % GBK
+                            mm = e // GBK
+                            m = m0 + mm
+                            k = k0 + kk
+                            v = Z
+                            if m < M and k < Kd:
+                                v = a[a0 + ax(m, da[2], da[3], da[4], da[5]) + ax(k, da[6], da[7], da[8], da[9])]
+                            As[kk, mm] = v
+                        for e in range(tid, GBK * GBN, GTX * GTY):
+                            nn = e % GBN
+                            kk = e // GBN
+                            n = n0 + nn
+                            k = k0 + kk
+                            v = Z
+                            if n < Nc and k < Kd:
+                                v = b[b0 + ax(k, db[2], db[3], db[4], db[5]) + ax(n, db[6], db[7], db[8], db[9])]
+                            Bs[kk, nn] = v
+                        cuda.syncthreads()
+                        for kk in range(GBK):
+                            for i in range(GRM):
+                                ar[i] = As[kk, ty + i * GTY]
+                            for j in range(GRN):
+                                br[j] = Bs[kk, tx + j * GTX]
+                            for i in range(GRM):
+                                for j in range(GRN):
+                                    acc[i, j] += ar[i] * br[j]
+                        cuda.syncthreads()  # the tiles are overwritten next
+                    for i in range(GRM):
+                        m = m0 + ty + i * GTY
+                        if m >= M:
+                            continue
+                        rowoff = c0 + ax(m, dc[2], dc[3], dc[4], dc[5])
+                        for j in range(GRN):
+                            n = n0 + tx + j * GTX
+                            if n >= Nc:
+                                continue
+                            v = acc[i, j]
+                            if has_bias:
+                                v += bias[g * bgs + m]
+                            if relu and v < Z:
+                                v = Z
+                            o = rowoff + ax(n, dc[6], dc[7], dc[8], dc[9])
+                            if accumulate:
+                                v = c[o] + v
+                            c[o] = v
+
+    ks.update(im2col=im2col, col2im=col2im, conv_gemm=conv_gemm)
 
     # --------------------------------------------------------- pooling
     @cuda.jit(device=True)
@@ -921,6 +1120,122 @@ def _geom(p):
             p.pad_h, p.pad_w, p.dil_h, p.dil_w, p.groups)
 
 
+# Operand descriptors of conv_gemm: (offset, group stride, row axis, column
+# axis), an axis being (base, dv, hi, lo) as read by the kernel's ax().
+def _ax(lo):
+    return (0, 0, 0, int(lo))
+
+
+def _split(base, dv, hi, lo=1):
+    return (int(base), int(dv), int(hi), int(lo))
+
+
+def _op(gs, rows, cols):
+    return (0, int(gs)) + rows + cols
+
+
+def _conv_gemm(ks, dt, G, M, Nc, Kd, a, da, b, db, c, dc, bias=None, has_bias=False, bgs=0, relu=False,
+               accumulate=False):
+    if M == 0 or Nc == 0 or G == 0:
+        return
+    grid = (int(min((Nc + GBN - 1) // GBN, GGRID)), int(min((M + GBM - 1) // GBM, GGRID)), int(min(G, GGRID_Z)))
+    ks["conv_gemm"][grid, (GTX, GTY)](a, da, b, db, c, dc, int(M), int(Nc), int(Kd), int(G),
+                                      _dummy(dt) if bias is None else bias, bool(has_bias), int(bgs), bool(relu),
+                                      bool(accumulate))
+
+
+def _plain_1x1(algo, p):
+    """algo "1x1" with stride 1 (supports() has checked 1x1 and zero padding): the input is already the
+    column matrix (P == H, Q == W), no im2col."""
+    return algo == "1x1" and p.stride_h == 1 and p.stride_w == 1
+
+
+def _tiles(p, dt):
+    """Batch tiles [j0, j0 + n) of the N*P*Q columns: each tile's C*R*S x n column buffer fits COL_BYTES
+    (at least one column per tile). Returns (tile width, list of (j0, n))."""
+    NPQ = p.N * p.P * p.Q
+    rows = p.C * p.R * p.S
+    nc = max(1, int(COL_BYTES) // (rows * np.dtype(dt).itemsize))
+    if nc > GBN:
+        nc -= nc % GBN   # whole GEMM tiles
+    nc = int(min(nc, max(NPQ, 1)))
+    return nc, [(j0, int(min(nc, NPQ - j0))) for j0 in range(0, NPQ, nc)]
+
+
+def _geo_cols(p):
+    return (p.C, p.H, p.W, p.R, p.S, p.P, p.Q, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w)
+
+
+def _dy_op(p, j0):
+    """Output (or output gradient) as group g's Kg x columns matrix, columns from j0: (n*K + g*Kg + m)*PQ + pq."""
+    PQ = p.P * p.Q
+    return _op((p.K // p.groups) * PQ, _ax(PQ), _split(j0, PQ, p.K * PQ))
+
+
+def _x_op(p, transposed=False):
+    """Input as group g's Cg x (N*H*W) matrix (the 1x1 stride-1 column matrix), or its transpose."""
+    HW = p.H * p.W
+    cols = _split(0, HW, p.C * HW)
+    gs = (p.C // p.groups) * HW
+    return _op(gs, cols, _ax(HW)) if transposed else _op(gs, _ax(HW), cols)
+
+
+def _igemm_fprop(algo, p, x, w, b, has_b, y, relu, dt):
+    ks = _k(dt)
+    G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
+    Kd = Cg * p.R * p.S
+    w_op = _op(Kg * Kd, _ax(Kd), _ax(1))          # W_g: Kg x Kd
+    epi = dict(bias=b, has_bias=has_b, bgs=Kg, relu=relu)
+    if _plain_1x1(algo, p):
+        _conv_gemm(ks, dt, G, Kg, p.N * p.P * p.Q, Cg, w, w_op, x, _x_op(p), y, _dy_op(p, 0), **epi)
+        return
+    nc, tiles = _tiles(p, dt)
+    col = cuda.device_array(p.C * p.R * p.S * nc, dt)
+    for j0, n in tiles:
+        _launch(ks["im2col"], p.C * p.R * p.S * n, x, col, j0, n, *_geo_cols(p))
+        _conv_gemm(ks, dt, G, Kg, n, Kd, w, w_op, col, _op(Kd * n, _ax(n), _ax(1)), y, _dy_op(p, j0), **epi)
+
+
+def _igemm_dgrad(algo, p, dy, w, dx, dt):
+    ks = _k(dt)
+    G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
+    Kd = Cg * p.R * p.S
+    wt_op = _op(Kg * Kd, _ax(1), _ax(Kd))          # W_g^T: Kd x Kg
+    if _plain_1x1(algo, p):
+        _conv_gemm(ks, dt, G, Cg, p.N * p.P * p.Q, Kg, w, wt_op, dy, _dy_op(p, 0), dx, _x_op(p))
+        return
+    PQ = p.P * p.Q
+    nc, tiles = _tiles(p, dt)
+    dcol = cuda.device_array(p.C * p.R * p.S * nc, dt)
+    for j0, n in tiles:
+        # column gradient of the tile (W^T x dY), then each input element gathers from it
+        _conv_gemm(ks, dt, G, Kd, n, Kg, w, wt_op, dy, _dy_op(p, j0), dcol, _op(Kd * n, _ax(n), _ax(1)))
+        n_lo, n_hi = j0 // PQ, (j0 + n - 1) // PQ
+        cnt = n_hi - n_lo + 1
+        _launch(ks["col2im"], cnt * p.C * p.H * p.W, dcol, dx, j0, n, n_lo, cnt, *_geo_cols(p))
+
+
+def _igemm_wgrad(algo, p, x, dy, dw, dt):
+    ks = _k(dt)
+    G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
+    Kd = Cg * p.R * p.S
+    dw_op = _op(Kg * Kd, _ax(Kd), _ax(1))          # dW_g: Kg x Kd
+    NPQ = p.N * p.P * p.Q
+    if NPQ == 0:   # no columns (N == 0): a zero-length reduction writes zeros
+        _conv_gemm(ks, dt, G, Kg, Kd, 0, dy, _dy_op(p, 0), x, _x_op(p, True), dw, dw_op)
+        return
+    if _plain_1x1(algo, p):   # dW_g (Kg x Cg) = dY_g (Kg x NPQ) x X_g^T (NPQ x Cg)
+        _conv_gemm(ks, dt, G, Kg, Cg, NPQ, dy, _dy_op(p, 0), x, _x_op(p, transposed=True), dw, dw_op)
+        return
+    nc, tiles = _tiles(p, dt)
+    col = cuda.device_array(p.C * p.R * p.S * nc, dt)
+    for t, (j0, n) in enumerate(tiles):
+        # dW_g (+)= dY tile (Kg x n) x col tile^T (n x Kd); tiles in column order
+        _launch(ks["im2col"], p.C * p.R * p.S * n, x, col, j0, n, *_geo_cols(p))
+        _conv_gemm(ks, dt, G, Kg, Kd, n, dy, _dy_op(p, j0), col, _op(Kd * n, _ax(1), _ax(n)), dw, dw_op,
+                   accumulate=t > 0)
+
+
 def fprop(algo, p, x, w, b, y, relu=False):
     _check(algo, p)
     dt = _dtype_of(x, "input")
@@ -929,7 +1244,10 @@ def fprop(algo, p, x, w, b, y, relu=False):
     dw_ = call.inp(w, "weight", dt, p.K * (p.C // p.groups) * p.R * p.S)
     db_, has_b = call.opt_inp(b, "bias", dt, p.K)
     dy_ = call.out(y, "output", dt, p.N * p.K * p.P * p.Q)
-    _launch(_k(dt)["conv_fprop"], p.N * p.K * p.P * p.Q, dx_, dw_, db_, has_b, dy_, bool(relu), *_geom(p))
+    if algo == "direct":
+        _launch(_k(dt)["conv_fprop"], p.N * p.K * p.P * p.Q, dx_, dw_, db_, has_b, dy_, bool(relu), *_geom(p))
+    else:
+        _igemm_fprop(algo, p, dx_, dw_, db_, has_b, dy_, bool(relu), dt)
     call.finish()
 
 
@@ -940,7 +1258,10 @@ def dgrad(algo, p, dy, w, dx):
     d_dy = call.inp(dy, "grad_output", dt, p.N * p.K * p.P * p.Q)
     d_w = call.inp(w, "weight", dt, p.K * (p.C // p.groups) * p.R * p.S)
     d_dx = call.out(dx, "grad_input", dt, p.N * p.C * p.H * p.W)
-    _launch(_k(dt)["conv_dgrad"], p.N * p.C * p.H * p.W, d_dy, d_w, d_dx, *_geom(p))
+    if algo == "direct":
+        _launch(_k(dt)["conv_dgrad"], p.N * p.C * p.H * p.W, d_dy, d_w, d_dx, *_geom(p))
+    else:
+        _igemm_dgrad(algo, p, d_dy, d_w, d_dx, dt)
     call.finish()
 
 
@@ -952,7 +1273,10 @@ def wgrad(algo, p, x, dy, dw_out):
     d_dy = call.inp(dy, "grad_output", dt, p.N * p.K * p.P * p.Q)
     nw = p.K * (p.C // p.groups) * p.R * p.S
     d_dw = call.out(dw_out, "grad_weight", dt, nw)
-    _launch_red(_k(dt)["conv_wgrad"], nw, d_x, d_dy, d_dw, *_geom(p))
+    if algo == "direct":
+        _launch_red(_k(dt)["conv_wgrad"], nw, d_x, d_dy, d_dw, *_geom(p))
+    else:
+        _igemm_wgrad(algo, p, d_x, d_dy, d_dw, dt)
     call.finish()
 
 

@@ -189,8 +189,8 @@ def _pick(algo, problem, op, backend_name=None):
     if algo == "auto":
         a = _auto(problem, op)
         # the table is the compiled CPU path's; a backend without that algorithm
-        # runs im2col instead when it has it (numba: no winograd), else its
-        # direct kernel (numba-cuda: direct only)
+        # (numba: no winograd; numba-cuda: no separable or winograd) runs im2col
+        # instead when it has it, else its direct kernel
         if backend_name is not None and a != "direct":
             mod = _backend_module(backend_name)
             if mod.supports(a, problem):

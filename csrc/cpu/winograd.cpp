@@ -63,6 +63,15 @@ WinoConv<T> make_wino(int64_t N, int64_t Cin, int64_t Hi, int64_t Wi, int64_t Co
   return w;
 }
 
+// Distance between the 16 matrices V[e] (rows x nt) or M[e] of a block: one
+// cache line more than the matrix, so that the 16 streams the transforms
+// walk together never sit a multiple of 4 KiB apart (which mapped them all
+// to the same L1 sets: measured 2-3x slower transforms at 64 channels).
+inline int64_t e_stride(int64_t rows, int64_t nt) {
+  const int64_t n = rows * nt;
+  return n + 16 - (n % 16) + 16;
+}
+
 // U[e][ko][ci] from a 3x3 filter g (row-major) scaled as G g G^T.
 template <typename T>
 inline void weight_tile(const T* g, T* u, int64_t stride_e) {
@@ -101,11 +110,11 @@ void transform_weight(const T* w, int64_t K, int64_t C, bool flip, T* U) {
 // V[e][c][tt] for tiles [t0, t0 + nt) of the block.
 template <typename T>
 void transform_input(const WinoConv<T>& q, const T* x, int64_t t0, int64_t nt, T* V, bool par) {
-  const int64_t Cin = q.Cin, TQ = q.TQ, TPQ = q.TP * q.TQ, se = Cin * nt;
+  const int64_t Cin = q.Cin, TQ = q.TQ, TPQ = q.TP * q.TQ, se = e_stride(Cin, nt);
   const int64_t wbuf = 2 * TQ + 2;  // padded row span read by one row of tiles
 #pragma omp parallel if (par)
   {
-    std::vector<T> rows(static_cast<size_t>(4 * wbuf)), vert(static_cast<size_t>(4 * wbuf));
+    std::vector<T> rows(static_cast<size_t>(4 * wbuf));
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < Cin; ++c) {
       int64_t t = t0;
@@ -129,37 +138,29 @@ void transform_input(const WinoConv<T>& q, const T* x, int64_t t0, int64_t nt, T
           for (int64_t j = ja; j < jb; ++j) d[j] = xr[w0 + j];
           for (int64_t j = jb; j < wn; ++j) d[j] = T(0);
         }
-        // B^T d: along the rows, for the whole run at once
+        // B^T d B per tile, straight from the row buffer (16 loads, 16 stores
+        // per tile: no intermediate arrays, whose mixed-width store/reload
+        // stalled store forwarding)
         const T* r0 = rows.data();
         const T* r1 = r0 + wbuf;
         const T* r2 = r1 + wbuf;
         const T* r3 = r2 + wbuf;
-        T* v0 = vert.data();
-        T* v1 = v0 + wbuf;
-        T* v2 = v1 + wbuf;
-        T* v3 = v2 + wbuf;
-#pragma omp simd
-        for (int64_t j = 0; j < wn; ++j) {
-          v0[j] = r0[j] - r2[j];
-          v1[j] = r1[j] + r2[j];
-          v2[j] = r2[j] - r1[j];
-          v3[j] = r1[j] - r3[j];
-        }
-        // (B^T d) B: along the columns, per tile
         T* out = V + c * nt + (t - t0);
-        const T* vv[4] = {v0, v1, v2, v3};
-        for (int i = 0; i < 4; ++i) {
-          const T* s = vv[i];
-          T* o0 = out + (i * 4 + 0) * se;
-          T* o1 = out + (i * 4 + 1) * se;
-          T* o2 = out + (i * 4 + 2) * se;
-          T* o3 = out + (i * 4 + 3) * se;
-          for (int64_t k = 0; k < tq1 - tq0; ++k) {
-            const T a = s[2 * k], b = s[2 * k + 1], cc = s[2 * k + 2], d = s[2 * k + 3];
-            o0[k] = a - cc;
-            o1[k] = b + cc;
-            o2[k] = cc - b;
-            o3[k] = b - d;
+        const int64_t run = tq1 - tq0;
+        for (int64_t k = 0; k < run; ++k) {
+          T v[4][4];
+          for (int j = 0; j < 4; ++j) {
+            const T d0 = r0[2 * k + j], d1 = r1[2 * k + j], d2 = r2[2 * k + j], d3 = r3[2 * k + j];
+            v[0][j] = d0 - d2;
+            v[1][j] = d1 + d2;
+            v[2][j] = d2 - d1;
+            v[3][j] = d1 - d3;
+          }
+          for (int i = 0; i < 4; ++i) {
+            out[(i * 4 + 0) * se + k] = v[i][0] - v[i][2];
+            out[(i * 4 + 1) * se + k] = v[i][1] + v[i][2];
+            out[(i * 4 + 2) * se + k] = v[i][2] - v[i][1];
+            out[(i * 4 + 3) * se + k] = v[i][1] - v[i][3];
           }
         }
         t += tq1 - tq0;
@@ -168,34 +169,69 @@ void transform_input(const WinoConv<T>& q, const T* x, int64_t t0, int64_t nt, T
   }
 }
 
-// y tiles from M[e][ko][tt] (A^T M A), + bias, ReLU.
+// y tiles from M[e][ko][tt] (A^T M A), + bias, ReLU. Tiles are walked in runs
+// along one tile row of one image: each run's two output rows are built in
+// a row buffer (vectorized over the tiles) and copied out clipped to Wo.
 template <typename T>
 void transform_output(const WinoConv<T>& q, const T* M, int64_t t0, int64_t nt, const T* bias, bool relu,
                       T* y, bool par) {
-  const int64_t Cout = q.Cout, TQ = q.TQ, TPQ = q.TP * q.TQ, se = Cout * nt;
-#pragma omp parallel for schedule(static) if (par)
-  for (int64_t k = 0; k < Cout; ++k) {
-    const T b = bias ? bias[k] : T(0);
-    const T* m = M + k * nt;
-    for (int64_t tt = 0; tt < nt; ++tt) {
-      const int64_t t = t0 + tt, n = t / TPQ, tp = (t % TPQ) / TQ, tq = t % TQ;
-      T s[2][4];
-      for (int j = 0; j < 4; ++j) {
-        const T m0 = m[(0 * 4 + j) * se + tt], m1 = m[(1 * 4 + j) * se + tt];
-        const T m2 = m[(2 * 4 + j) * se + tt], m3 = m[(3 * 4 + j) * se + tt];
-        s[0][j] = m0 + m1 + m2;
-        s[1][j] = m1 - m2 - m3;
-      }
-      T* yk = y + (n * Cout + k) * q.Ho * q.Wo;
-      for (int i = 0; i < 2; ++i) {
-        const int64_t oh = 2 * tp + i;
-        if (oh >= q.Ho) break;
-        T o[2] = {s[i][0] + s[i][1] + s[i][2] + b, s[i][1] - s[i][2] - s[i][3] + b};
-        for (int j = 0; j < 2; ++j) {
-          const int64_t ow = 2 * tq + j;
-          if (ow >= q.Wo) break;
-          yk[oh * q.Wo + ow] = relu ? (o[j] > T(0) ? o[j] : T(0)) : o[j];
+  const int64_t Cout = q.Cout, TQ = q.TQ, TPQ = q.TP * q.TQ, se = e_stride(Cout, nt);
+#pragma omp parallel if (par)
+  {
+    std::vector<T> buf(static_cast<size_t>(4 * TQ + 4));
+    T* row0 = buf.data();
+    T* row1 = row0 + 2 * TQ + 2;
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < Cout; ++k) {
+      const T b = bias ? bias[k] : T(0);
+      const T* m = M + k * nt;
+      int64_t t = t0;
+      while (t < t0 + nt) {
+        const int64_t n = t / TPQ, tp = (t % TPQ) / TQ, tq0 = t % TQ;
+        const int64_t run = std::min(TQ - tq0, t0 + nt - t), tt0 = t - t0;
+        const T* m00 = m + 0 * se + tt0;
+        const T* m01 = m + 1 * se + tt0;
+        const T* m02 = m + 2 * se + tt0;
+        const T* m03 = m + 3 * se + tt0;
+        const T* m10 = m + 4 * se + tt0;
+        const T* m11 = m + 5 * se + tt0;
+        const T* m12 = m + 6 * se + tt0;
+        const T* m13 = m + 7 * se + tt0;
+        const T* m20 = m + 8 * se + tt0;
+        const T* m21 = m + 9 * se + tt0;
+        const T* m22 = m + 10 * se + tt0;
+        const T* m23 = m + 11 * se + tt0;
+        const T* m30 = m + 12 * se + tt0;
+        const T* m31 = m + 13 * se + tt0;
+        const T* m32 = m + 14 * se + tt0;
+        const T* m33 = m + 15 * se + tt0;
+#pragma omp simd
+        for (int64_t r = 0; r < run; ++r) {
+          // A^T along the rows ...
+          const T a0 = m00[r] + m10[r] + m20[r], a1 = m01[r] + m11[r] + m21[r];
+          const T a2 = m02[r] + m12[r] + m22[r], a3 = m03[r] + m13[r] + m23[r];
+          const T c0 = m10[r] - m20[r] - m30[r], c1 = m11[r] - m21[r] - m31[r];
+          const T c2 = m12[r] - m22[r] - m32[r], c3 = m13[r] - m23[r] - m33[r];
+          // ... then along the columns
+          T o00 = a0 + a1 + a2 + b, o01 = a1 - a2 - a3 + b;
+          T o10 = c0 + c1 + c2 + b, o11 = c1 - c2 - c3 + b;
+          if (relu) {
+            o00 = o00 > T(0) ? o00 : T(0);
+            o01 = o01 > T(0) ? o01 : T(0);
+            o10 = o10 > T(0) ? o10 : T(0);
+            o11 = o11 > T(0) ? o11 : T(0);
+          }
+          row0[2 * r] = o00;
+          row0[2 * r + 1] = o01;
+          row1[2 * r] = o10;
+          row1[2 * r + 1] = o11;
         }
+        const int64_t oh = 2 * tp, ow = 2 * tq0, width = std::min(2 * run, q.Wo - ow);
+        T* yk = y + (n * Cout + k) * q.Ho * q.Wo + oh * q.Wo + ow;
+        for (int64_t j = 0; j < width; ++j) yk[j] = row0[j];
+        if (oh + 1 < q.Ho)
+          for (int64_t j = 0; j < width; ++j) yk[q.Wo + j] = row1[j];
+        t += run;
       }
     }
   }
@@ -205,15 +241,15 @@ template <typename T>
 void wino_run(const WinoConv<T>& q, const T* x, const T* U, const T* bias, bool relu, T* y) {
   if (q.tiles == 0) return;
   const int64_t blocks = (q.tiles + q.Tb - 1) / q.Tb;
-  const int64_t scratch = 16 * (q.Cin + q.Cout) * q.Tb;
+  const int64_t scratch = 16 * (e_stride(q.Cin, q.Tb) + e_stride(q.Cout, q.Tb));
   auto body = [&](int64_t blk, T* buf, bool par) {
     const int64_t t0 = blk * q.Tb, nt = std::min(q.Tb, q.tiles - t0);
     T* V = buf;
-    T* M = buf + 16 * q.Cin * q.Tb;
+    T* M = buf + 16 * e_stride(q.Cin, q.Tb);
     transform_input(q, x, t0, nt, V, par);
     for (int e = 0; e < 16; ++e)
-      gemm<T>(q.Cout, nt, q.Cin, U + e * q.Cout * q.Cin, q.Cin, 1, V + e * q.Cin * nt, nt, 1, T(0),
-              M + e * q.Cout * nt, nt, par);
+      gemm<T>(q.Cout, nt, q.Cin, U + e * q.Cout * q.Cin, q.Cin, 1, V + e * e_stride(q.Cin, nt), nt, 1, T(0),
+              M + e * e_stride(q.Cout, nt), nt, par);
     transform_output(q, M, t0, nt, bias, relu, y, par);
   };
   const int threads = max_threads();

@@ -110,13 +110,14 @@ def _auto(p: ConvProblem, op: str) -> str:
     depthwise (groups > 1, one input channel/group)  direct
     1xn / nx1 kernel, groups 1, C >= 32              separable
     3x3, stride 1, dilation 1, groups 1,             winograd (Fprop, Dgrad;
-    C >= 32 and K >= 32                              Wgrad: im2col)
+    C >= 16 and K >= 16                              Wgrad: im2col)
     everything else (incl. 1-channel first layers)   im2col
     ==============================================  =========
 
     Winograd F(2x2, 3x3) does 2.25x fewer multiply-adds; its tile transforms
-    are memory-bound and cost as much as the GEMM saves below 32 channels
-    (measured on the ResNet-20 layers with 16 channels: im2col is faster).
+    cost about as much as that saves below 16 channels (measured, 1 thread:
+    1.2x faster than im2col at 16 channels, 1.4-2.1x at 64-256; slower with
+    3-8 input or output channels).
 
     One-channel first layers (LeNet C1, the Fashion net's conv1) looked like
     direct-convolution territory, but im2col with padded-width columns is 3-30x
@@ -129,7 +130,7 @@ def _auto(p: ConvProblem, op: str) -> str:
         return "direct"
     if (p.R == 1 or p.S == 1) and Cg >= 32 and not _supports("separable", p):
         return "separable"
-    if op != "wgrad" and min(Cg, p.K) >= 32 and not _supports("winograd", p):
+    if op != "wgrad" and min(Cg, p.K) >= 16 and not _supports("winograd", p):
         return "winograd"
     return "im2col"
 

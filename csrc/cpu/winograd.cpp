@@ -21,8 +21,8 @@
 //
 // Dgrad with stride 1 is itself a convolution: grad_input = conv(grad_output,
 // w') with w'[c][k] the weight rotated by 180 degrees and top/left padding
-// 2 - pad, so it runs the same code. Wgrad runs the im2col kernels (the
-// Winograd Wgrad would need a different transform of grad_output per tile).
+// 2 - pad, so it runs the same code. Wgrad differentiates the same
+// formula: dU[e] = sum over tiles of (A dY A^T)[e] * V[e], then dW = G^T dU G.
 #include "conv_common.h"
 
 namespace fastconv {
@@ -266,6 +266,63 @@ void wino_run(const WinoConv<T>& q, const T* x, const T* U, const T* bias, bool 
   }
 }
 
+// Wgrad: Z[e][k][tt] = (A dY A^T)[e] of the 2x2 grad_output tiles (zero
+// outside P x Q), A = [1 0; 1 1; 1 -1; 0 -1].
+template <typename T>
+void transform_grad_output(const WinoConv<T>& q, const T* dy, int64_t t0, int64_t nt, T* Z, bool par) {
+  const int64_t Cout = q.Cout, TQ = q.TQ, TPQ = q.TP * q.TQ, se = e_stride(Cout, nt);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t k = 0; k < Cout; ++k) {
+    T* z = Z + k * nt;
+    for (int64_t tt = 0; tt < nt; ++tt) {
+      const int64_t t = t0 + tt, n = t / TPQ, tp = (t % TPQ) / TQ, tq = t % TQ;
+      const T* g = dy + (n * Cout + k) * q.Ho * q.Wo;
+      T d[2][2];
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) {
+          const int64_t oh = 2 * tp + a, ow = 2 * tq + b;
+          d[a][b] = (oh < q.Ho && ow < q.Wo) ? g[oh * q.Wo + ow] : T(0);
+        }
+      T u[4][2];
+      for (int b = 0; b < 2; ++b) {
+        u[0][b] = d[0][b];
+        u[1][b] = d[0][b] + d[1][b];
+        u[2][b] = d[0][b] - d[1][b];
+        u[3][b] = -d[1][b];
+      }
+      for (int i = 0; i < 4; ++i) {
+        z[(i * 4 + 0) * se + tt] = u[i][0];
+        z[(i * 4 + 1) * se + tt] = u[i][0] + u[i][1];
+        z[(i * 4 + 2) * se + tt] = u[i][0] - u[i][1];
+        z[(i * 4 + 3) * se + tt] = -u[i][1];
+      }
+    }
+  }
+}
+
+// dW[k][c] (3x3) = G^T dU[k][c] G from the 16 K x C matrices dU[e].
+template <typename T>
+void weight_grad_from_u(const T* dU, int64_t K, int64_t C, T* dw) {
+  const int64_t se = K * C;
+#pragma omp parallel for schedule(static) if (K * C > 4096)
+  for (int64_t kc = 0; kc < K * C; ++kc) {
+    T u[4][4];
+    for (int e = 0; e < 16; ++e) u[e / 4][e % 4] = dU[e * se + kc];
+    T t[3][4];
+    for (int j = 0; j < 4; ++j) {
+      t[0][j] = u[0][j] + T(0.5) * (u[1][j] + u[2][j]);
+      t[1][j] = T(0.5) * (u[1][j] - u[2][j]);
+      t[2][j] = T(0.5) * (u[1][j] + u[2][j]) + u[3][j];
+    }
+    T* o = dw + kc * 9;
+    for (int r = 0; r < 3; ++r) {
+      o[r * 3 + 0] = t[r][0] + T(0.5) * (t[r][1] + t[r][2]);
+      o[r * 3 + 1] = T(0.5) * (t[r][1] - t[r][2]);
+      o[r * 3 + 2] = T(0.5) * (t[r][1] + t[r][2]) + t[r][3];
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -284,9 +341,29 @@ void winograd_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
   wino_run(q, dy, U.data(), static_cast<const T*>(nullptr), false, dx);
 }
 
+// Wgrad: dU[e] (K x C) = sum over tiles of Z[e] (K x tiles) . V[e]^T, summed
+// over tile blocks by reduce_weight_grad (fixed chunks, fixed order), then
+// dW = G^T dU G per filter.
 template <typename T>
 void winograd_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
-  im2col_wgrad<T>(p, x, dy, dw);
+  const auto q = make_wino<T>(p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w);
+  const int64_t welems = 16 * p.K * p.C;
+  AlignedBuffer<T> dU(welems);
+  const int64_t blocks = (q.tiles + q.Tb - 1) / q.Tb;
+  const int64_t scratch = 16 * (e_stride(q.Cin, q.Tb) + e_stride(q.Cout, q.Tb));
+  detail::reduce_weight_grad<T>(blocks, welems, dU.data(), [&](int64_t blk, T* acc, bool par) {
+    thread_local AlignedBuffer<T> buf;
+    buf.resize(scratch);
+    const int64_t t0 = blk * q.Tb, nt = std::min(q.Tb, q.tiles - t0);
+    T* V = buf.data();
+    T* Z = V + 16 * e_stride(q.Cin, q.Tb);
+    transform_input(q, x, t0, nt, V, par);
+    transform_grad_output(q, dy, t0, nt, Z, par);
+    for (int e = 0; e < 16; ++e)
+      gemm<T>(p.K, p.C, nt, Z + e * e_stride(p.K, nt), nt, 1, V + e * e_stride(p.C, nt), 1, nt, T(1),
+              acc + e * p.K * p.C, p.C, par);
+  });
+  weight_grad_from_u(dU.data(), p.K, p.C, dw);
 }
 
 #define FC_INST(T)                                                                                     \

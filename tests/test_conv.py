@@ -451,3 +451,36 @@ def test_out_aliasing_the_input_is_still_correct(algo):
     got = ops.conv2d(xa, w, out=xa, algo=algo)
     assert got is xa
     np.testing.assert_allclose(xa, expected, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ winograd blocking
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_winograd_many_tile_blocks(padding):
+    """Enough tiles for several tile blocks (parallel over blocks at 2 threads, serial blocks with
+    parallel GEMMs at 3, a chunked Wgrad reduction) and ragged last tiles (odd output sizes):
+    float64 reference, and bit-identical for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(5 + padding)
+    N, C, K, H, W = 9, 64, 48, 21, 19  # 990 tiles: 5 blocks of 198
+    pads = (padding,) * 4
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    y_ref = ref.conv2d(x64, w64, b64, pads=pads)
+    g = rng.standard_normal(y_ref.shape).astype(np.float32)
+    want = {"fprop": y_ref, "dgrad": ref.conv2d_input(x.shape, w64, g.astype(np.float64), pads=pads),
+            "wgrad": ref.conv2d_weight(x64, w.shape, g.astype(np.float64), pads=pads)}
+    runs = {"fprop": lambda: ops.conv2d(x, w, b, padding=padding, algo="winograd"),
+            "dgrad": lambda: ops.conv2d_input(x.shape, w, g, padding=padding, algo="winograd"),
+            "wgrad": lambda: ops.conv2d_weight(x, w.shape, g, padding=padding, algo="winograd")}
+    before = fastconv.get_num_threads()
+    try:
+        for op, run in runs.items():
+            fastconv.set_num_threads(1)
+            one = run()
+            check_close(one, want[op], TOL32, np.float32, f"winograd {op} padding {padding}")
+            for t in (2, 3):
+                fastconv.set_num_threads(t)
+                np.testing.assert_array_equal(run(), one, err_msg=f"winograd {op}: 1 and {t} threads differ")
+    finally:
+        fastconv.set_num_threads(before)

@@ -12,6 +12,7 @@ import pytest
 
 import fastconv
 from fastconv import ops
+from fastconv.problem import make_problem
 
 import reference as ref
 from helpers import (ALGOS, OPS, TOL32, TOL64, algo_isa_params, bench_params, check_close,
@@ -484,3 +485,52 @@ def test_winograd_many_tile_blocks(padding):
                 np.testing.assert_array_equal(run(), one, err_msg=f"winograd {op}: 1 and {t} threads differ")
     finally:
         fastconv.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ tap pruning ("auto")
+def _small_map_cases():
+    rng = np.random.default_rng(77)
+    cases = [((2, 8, 1, 1), (6, 8, 3, 3), dict(padding=1)),                 # ResNet-18 stage 4 on 32x32
+             ((2, 4, 2, 2), (6, 4, 3, 3), dict(padding=1, stride=2)),       # its stride-2 entry: taps 1..2
+             ((1, 3, 1, 5), (2, 3, 3, 3), dict(padding=1)),                 # rows pruned, columns kept
+             ((2, 4, 3, 2), (4, 2, 5, 3), dict(padding=(2, 1), groups=2)),  # 5-row kernel on 3 rows
+             ((1, 2, 1, 1), (3, 2, 3, 3), dict(padding=2, dilation=2))]     # dilated: only the centre
+    for _ in range(12):
+        k = int(rng.integers(1, 6))
+        d = int(rng.integers(1, 3))
+        pad = int(rng.integers(0, (k - 1) * d + 1))
+        h, w_ = (int(v) for v in rng.integers(1, 4, 2))
+        s = int(rng.integers(1, 4))
+        if h + 2 * pad < (k - 1) * d + 1 or w_ + 2 * pad < (k - 1) * d + 1:
+            continue
+        cases.append(((2, 3, h, w_), (4, 3, k, k), dict(padding=pad, dilation=d, stride=s)))
+    return cases
+
+
+@pytest.mark.parametrize("xs,ws,kw", _small_map_cases())
+def test_auto_prunes_padding_only_taps(xs, ws, kw):
+    """"auto" drops the kernel taps that only read padding (e.g. 3x3/p1 on a 1x1 map runs as 1x1): the
+    three ops still match the float64 reference, and Wgrad is exactly 0 on the dropped taps."""
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal(ws)
+    b = rng.standard_normal(ws[0])
+    p = make_problem(xs, ws, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1), kw.get("groups", 1))
+    pads = (p.pad_h, p.pad_bottom, p.pad_w, p.pad_right)
+    rk = dict(stride=kw.get("stride", 1), pads=pads, dilation=kw.get("dilation", 1), groups=kw.get("groups", 1))
+    y_ref = ref.conv2d(x, w, b, **rk)
+    g = rng.standard_normal(y_ref.shape)
+    for dt, tol in ((np.float32, TOL32), (np.float64, TOL64)):
+        check_close(ops.conv2d(x.astype(dt), w.astype(dt), b.astype(dt), **kw), y_ref, tol, dt, "fprop")
+        check_close(ops.conv2d_input(xs, w.astype(dt), g.astype(dt), **kw), ref.conv2d_input(xs, w, g, **rk),
+                    tol, dt, "dgrad")
+        dw = ops.conv2d_weight(x.astype(dt), ws, g.astype(dt), **kw)
+        dw_ref = ref.conv2d_weight(x, ws, g, **rk)
+        check_close(dw, dw_ref, tol, dt, "wgrad")
+        assert np.array_equal(dw[dw_ref == 0], dw_ref[dw_ref == 0]), "taps that never meet the input: grad 0"
+
+
+def test_auto_pruning_picks_1x1_for_a_1x1_map():
+    assert ops.choose_algo((8, 512, 1, 1), (512, 512, 3, 3), padding=1) == "1x1"
+    assert ops.choose_algo((8, 256, 2, 2), (512, 256, 3, 3), padding=1, stride=2) == "im2col"
+    assert ops.choose_algo((8, 64, 8, 8), (64, 64, 3, 3), padding=1) == "winograd"

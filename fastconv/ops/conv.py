@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -136,10 +137,15 @@ def _auto(p: ConvProblem, op: str) -> str:
 
 
 def choose_algo(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, op="fprop"):
-    """The algorithm "auto" picks for this problem and operator ("fprop", "dgrad", "wgrad")."""
+    """The algorithm "auto" picks for this problem and operator ("fprop", "dgrad", "wgrad").
+
+    "auto" first drops kernel rows/columns that only ever read padding (a 3x3 kernel with padding 1
+    on a 1x1 map is a 1x1 convolution), so this is the pick for the problem that remains.
+    """
     if op not in ("fprop", "dgrad", "wgrad"):
         raise ValueError(f"op must be 'fprop', 'dgrad' or 'wgrad', got {op!r}")
-    return _auto(make_problem(input_shape, weight_shape, stride, padding, dilation, groups), op)
+    p = make_problem(input_shape, weight_shape, stride, padding, dilation, groups)
+    return _auto(_auto_problem("auto", p)[0], op)
 
 
 # ----------------------------------------------------------------- autotune
@@ -206,6 +212,49 @@ def _pick(algo, problem, op, backend_name=None):
     return algo
 
 
+# ------------------------------------------------------------ tap pruning
+def _tap_range(n_out, stride, pad, dil, size, k):
+    """First and last kernel taps that read inside the input for at least one output position."""
+    valid = []
+    for r in range(k):
+        c = r * dil - pad  # input index of output 0 for tap r
+        p0 = 0 if c >= 0 else (-c + stride - 1) // stride  # first output whose tap lands at >= 0
+        if p0 < n_out and p0 * stride + c < size:
+            valid.append(r)
+    return (valid[0], valid[-1]) if valid else (0, k - 1)
+
+
+def _pruned(p):
+    """For "auto": the problem without the kernel rows/columns that only ever read padding, plus the
+    (row, column) slices of the weight that remain; None when nothing can be dropped.
+
+    A 3x3 convolution with padding 1 on a 1x1 feature map (ResNet-18's last stage on 32x32 images)
+    reads only its centre tap: it becomes a 1x1 convolution, 9x fewer multiply-adds. The dropped
+    taps multiply zeros in every output, so Fprop and Dgrad are unchanged and their Wgrad is 0.
+    """
+    r0, r1 = _tap_range(p.P, p.stride_h, p.pad_h, p.dil_h, p.H, p.R)
+    s0, s1 = _tap_range(p.Q, p.stride_w, p.pad_w, p.dil_w, p.W, p.S)
+    if (r0, r1, s0, s1) == (0, p.R - 1, 0, p.S - 1):
+        return None
+    ph, pw = p.pad_h - r0 * p.dil_h, p.pad_w - s0 * p.dil_w
+    if ph < 0 or pw < 0:
+        return None
+    R, S = r1 - r0 + 1, s1 - s0 + 1
+    pb = max(0, (p.P - 1) * p.stride_h + (R - 1) * p.dil_h + 1 - p.H - ph)
+    pr = max(0, (p.Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1 - p.W - pw)
+    q = replace(p, R=R, S=S, pad_h=ph, pad_w=pw, pad_bottom=pb, pad_right=pr)
+    return q, (slice(r0, r1 + 1), slice(s0, s1 + 1))
+
+
+def _auto_problem(algo, p, w=None):
+    """(problem, weight, taps) to run: pruned for algo "auto", else as given (taps None)."""
+    pr = _pruned(p) if algo == "auto" else None
+    if pr is None:
+        return p, w, None
+    q, taps = pr
+    return q, (None if w is None else w[:, :, taps[0], taps[1]]), taps
+
+
 # -------------------------------------------------------------------- ops
 def _batched(arr, name, expect_nd=4):
     if arr.ndim == expect_nd:
@@ -250,6 +299,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
     name = _host_backend(backend)
+    p, w, _ = _auto_problem(algo, p, w)
     a = _pick(algo, p, "fprop", name)
     result_shape = p.output_shape[1:] if unbatched else p.output_shape
     result_dtype = x.dtype
@@ -316,6 +366,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
         raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input_size "
                          f"{tuple(input_size)} and weight shape {w.shape}")
     name = _host_backend(backend)
+    p, w, _ = _auto_problem(algo, p, w)
     a = _pick(algo, p, "dgrad", name)
     dx = np.empty(p.input_shape, dtype)
     if p.N > 0:
@@ -350,6 +401,8 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
         raise ValueError(f"grad_output has shape {dy.shape}, expected {p.output_shape} for input shape "
                          f"{x.shape} and weight_size {wsize}")
     name = _host_backend(backend)
+    full_shape = p.weight_shape
+    p, _, taps = _auto_problem(algo, p)
     a = _pick(algo, p, "wgrad", name)
     dw = np.empty(p.weight_shape, dtype)
     if p.N == 0:
@@ -359,4 +412,8 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
         mod = _backend_module(name)
         a = _tuned(algo, p, "wgrad", dtype, name, lambda alg: mod.wgrad(alg, p, *args)) or a
         mod.wgrad(a, p, *args)
+    if taps is not None:  # the pruned taps only ever met padding: their gradient is 0
+        full = np.zeros(full_shape, dtype)
+        full[:, :, taps[0], taps[1]] = dw
+        dw = full
     return dw.astype(x.dtype, copy=False)

@@ -24,7 +24,8 @@ float32 and rounds back.
   :class:`DeviceArrays` (CuPy, ``xp = cupy``), which converts arguments,
   allocates results with its ``xp`` and looks up the backend's pooling/layer
   kernel (``layer_kernel(name)`` of "cuda" or "numba-cuda"; a GPU backend
-  never falls back to a host backend). A few checks need values held on the
+  never falls back to a host backend; "numba-cuda" launches on Numba's default
+  stream, not CuPy's current one). A few checks need values held on the
   device and copy a scalar back (a synchronization): the range of pooling
   ``indices`` and of cross-entropy ``target``, and the count of non-ignored
   targets that scales the cross-entropy gradient. The cross-entropy loss is a

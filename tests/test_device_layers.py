@@ -427,7 +427,7 @@ def test_device_results_are_gpu_arrays_with_torch_dtypes(fake_gpu):
     assert type(loss) is FakeDeviceArray and np.isnan(float(loss)), "every row ignored: NaN mean (as torch)"
     y, m = ops.dropout(x, 0.0)
     assert type(y) is FakeDeviceArray and type(m) is FakeDeviceArray and m.dtype == bool and m.all()
-    # a DLPack-only or foreign __cuda_array_interface__ producer is wrapped without copying
+    # running statistics given as GPU arrays are wrapped without copying and updated in place
     rm, rv = dev(np.zeros(2, np.float32)), dev(np.ones(2, np.float32))
     ops.batch_norm(x, rm, rv, training=True)
     assert rm.any(), "running statistics on the device are updated in place"

@@ -54,7 +54,7 @@ step() {  # step NAME CMD...: run, tee to $OUT/NAME.txt, remember a failure
   [ "$rc" -eq 0 ] || { echo "=== gpu_check: $name FAILED (exit $rc)"; status=1; }
 }
 step info bash -c "cd / && $PY -m fastconv info --cuda"
-step tests pytest -q -p no:cacheprovider tests/test_cuda_backend.py tests/test_cuda_report.py tests/test_cuda_emu.py
+step tests pytest -q -p no:cacheprovider tests/test_cuda_backend.py tests/test_device_layers.py tests/test_cuda_report.py tests/test_cuda_emu.py
 step bench_conv $PY benchmarks/bench_conv.py --device cuda "${QUICK[@]}" --markdown "$OUT/bench_conv.md" \
   --json "$OUT/bench_conv.json"
 step bench_pool $PY benchmarks/bench_pool.py --device cuda

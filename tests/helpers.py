@@ -186,3 +186,101 @@ def bench_params(full=False, with_skips=True):
 def spec_params(specs=None):
     specs = TEST_SHAPES if specs is None else specs
     return [pytest.param(s, id=s.name) for s in specs]
+
+
+# ------------------------------------ stand-ins for CuPy and a GPU backend (tests without a GPU)
+class FakeDeviceArray(np.ndarray):
+    """A NumPy array that exports __cuda_array_interface__ (host memory standing in for device memory)."""
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ctypes.data, False),
+                "version": 3, "strides": None}
+
+
+def dev(a):
+    """A copy of `a` as a "GPU array" (None stays None)."""
+    return None if a is None else np.array(a).view(FakeDeviceArray)
+
+
+def fake_cupy():
+    """The part of CuPy's API that fastconv.ops uses, on FakeDeviceArray (same names and semantics:
+    every function returns a device array, 0-d for reductions, as CuPy does)."""
+    import types
+
+    def wrap(f):
+        return lambda *a, **k: np.asarray(f(*a, **k)).view(FakeDeviceArray)
+
+    cp = types.SimpleNamespace()
+    cp.ndarray = FakeDeviceArray
+    cp.dtype = np.dtype
+    cp.float16, cp.float32, cp.float64, cp.int64, cp.uint8 = np.float16, np.float32, np.float64, np.int64, np.uint8
+    cp.asarray = lambda a: np.asarray(a).view(FakeDeviceArray)
+    cp.from_dlpack = lambda a: np.from_dlpack(a).view(FakeDeviceArray)
+    cp.ascontiguousarray = lambda a, dtype=None: np.ascontiguousarray(a, dtype=dtype).view(FakeDeviceArray)
+    cp.empty = lambda shape, dtype=np.float64: np.empty(shape, dtype).view(FakeDeviceArray)
+    cp.shares_memory = np.shares_memory
+    for name in ("zeros", "ones", "full", "zeros_like", "sqrt", "abs", "sign", "maximum", "power", "where", "sum",
+                 "argmax", "count_nonzero"):
+        setattr(cp, name, wrap(getattr(np, name)))
+    return cp
+
+
+def _host_views(name, args, kwargs):
+    """The host views of a call's arrays; asserts every array is a C-contiguous "GPU array"."""
+    def one(a):
+        if isinstance(a, np.ndarray):
+            assert isinstance(a, FakeDeviceArray), f"{name} got a host array ({type(a)})"
+            assert a.flags.c_contiguous, f"{name} got a non-contiguous array"
+            return a.view(np.ndarray)
+        assert not isinstance(a, (list, tuple)), f"{name} got {type(a)}"
+        return a
+    return [one(a) for a in args], {k: one(v) for k, v in kwargs.items()}
+
+
+def fake_gpu_backend(calls, name):
+    """A GPU backend whose kernels (conv and pooling/layer tables) are the compiled CPU ones; asserts
+    it only ever receives "CuPy" arrays and records each call in `calls`."""
+    import types
+
+    from fastconv import backends
+
+    cpu = backends.module("cpu")
+
+    def host(*arrays):
+        for a in arrays:
+            assert a is None or isinstance(a, FakeDeviceArray), f"{name} got {type(a)}"
+            assert a is None or a.flags.c_contiguous
+        return [None if a is None else a.view(np.ndarray) for a in arrays]
+
+    mod = types.ModuleType(f"fake_{name}")
+    mod.TAKES_DEVICE_ARRAYS = True
+    mod.supports = cpu.supports
+
+    def fprop(algo, p, x, w, b, y, relu=False):
+        calls.append(("fprop", algo, x.dtype))
+        cpu.fprop(algo, p, *host(x, w, b, y), relu)
+
+    def dgrad(algo, p, dy, w, dx):
+        calls.append(("dgrad", algo, dy.dtype))
+        cpu.dgrad(algo, p, *host(dy, w, dx))
+
+    def wgrad(algo, p, x, dy, dw):
+        calls.append(("wgrad", algo, x.dtype))
+        cpu.wgrad(algo, p, *host(x, dy, dw))
+
+    def layer_kernel(kname):
+        fn = cpu.layer_kernel(kname)
+        if fn is None:
+            return None
+
+        def call(*args, **kwargs):
+            hargs, hkwargs = _host_views(f"{name}.{kname}", args, kwargs)
+            dts = [a.dtype for a in hargs if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
+            calls.append((kname, name, dts[0] if dts else None))
+            return fn(*hargs, **hkwargs)
+
+        return call
+
+    mod.fprop, mod.dgrad, mod.wgrad, mod.layer_kernel = fprop, dgrad, wgrad, layer_kernel
+    return mod

@@ -17,7 +17,6 @@ CPU path on a GPU machine (benchmarks/gpu_check.sh runs them).
 """
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from fastconv.backends import cuda as cuda_backend
 from fastconv.ops import _device
 
 import reference as ref
-from helpers import TOL32, TOL64, check_close, problem, run_op
+from helpers import TOL32, TOL64, FakeDeviceArray, check_close, dev, fake_cupy, fake_gpu_backend, problem, run_op
 from shapes import ConvSpec, TEST_SHAPES
 
 GPU = cuda_backend.AVAILABLE
@@ -139,60 +138,10 @@ def test_gpu_array_without_gpu_backend_is_a_clear_error():
 
 
 # ------------------------------------ the device path, with stand-ins for CuPy and the GPU
-class FakeDeviceArray(np.ndarray):
-    """A NumPy array that exports __cuda_array_interface__ (host memory standing in for device memory)."""
-
-    @property
-    def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ctypes.data, False),
-                "version": 3, "strides": None}
-
-
-def _dev(a):
-    return np.array(a).view(FakeDeviceArray)
-
-
-def _fake_cupy():
-    cp = types.SimpleNamespace()
-    cp.ndarray = FakeDeviceArray
-    cp.dtype = np.dtype
-    cp.float32, cp.float64 = np.float32, np.float64
-    cp.asarray = lambda a: np.asarray(a).view(FakeDeviceArray)
-    cp.from_dlpack = lambda a: np.from_dlpack(a).view(FakeDeviceArray)
-    cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(FakeDeviceArray)
-    cp.empty = lambda shape, dtype: np.empty(shape, dtype).view(FakeDeviceArray)
-    cp.shares_memory = np.shares_memory
-    return cp
-
-
-def _fake_gpu_backend(calls, name):
-    """A GPU backend whose kernels are the CPU ones; asserts it only ever receives 'CuPy' arrays."""
-    cpu = backends.module("cpu")
-
-    def host(*arrays):
-        for a in arrays:
-            assert a is None or isinstance(a, FakeDeviceArray), f"{name} got {type(a)}"
-            assert a is None or a.flags.c_contiguous
-        return [None if a is None else a.view(np.ndarray) for a in arrays]
-
-    mod = types.ModuleType(f"fake_{name}")
-    mod.TAKES_DEVICE_ARRAYS = True
-    mod.supports = cpu.supports
-
-    def fprop(algo, p, x, w, b, y, relu=False):
-        calls.append(("fprop", algo, x.dtype))
-        cpu.fprop(algo, p, *host(x, w, b, y), relu)
-
-    def dgrad(algo, p, dy, w, dx):
-        calls.append(("dgrad", algo, dy.dtype))
-        cpu.dgrad(algo, p, *host(dy, w, dx))
-
-    def wgrad(algo, p, x, dy, dw):
-        calls.append(("wgrad", algo, x.dtype))
-        cpu.wgrad(algo, p, *host(x, dy, dw))
-
-    mod.fprop, mod.dgrad, mod.wgrad = fprop, dgrad, wgrad
-    return mod
+# (FakeDeviceArray, fake_cupy, fake_gpu_backend: tests/helpers.py, shared with test_device_layers.py)
+_dev = dev
+_fake_cupy = fake_cupy
+_fake_gpu_backend = fake_gpu_backend
 
 
 @pytest.fixture

@@ -18,7 +18,9 @@ the names and argument lists of the compiled module's functions
 ``dropout_backward``, ``linear``, ``linear_backward``; see
 ``csrc/bindings/cpu_pool.cpp`` and ``cpu_layers.cpp`` for the arguments).
 A backend that lacks a kernel falls back, for that kernel only, to the
-fastest available backend that has it (logged once at DEBUG level).
+fastest available backend that has it (logged once at DEBUG level). This
+fallback is for NumPy arrays only: GPU arrays get the kernel of their GPU
+backend or a ValueError (``fastconv.ops._device.DeviceArrays.kernel``).
 
 * ``"cpu"``: the compiled C++ module (``fastconv._cpu``), NumPy arrays.
 * ``"cuda-emu"``: the CUDA sources compiled for the CPU grid emulator (tests).

@@ -14,9 +14,15 @@ CuPy's *current* stream (``cupy.cuda.get_current_stream()``); to interleave
 with torch, run the call under
 ``cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)``.
 
-The function table is the one of every backend (``supports/fprop/dgrad/wgrad``)
-but its array arguments are CuPy arrays (``fastconv.ops`` converts objects with
-``__cuda_array_interface__`` or a CUDA DLPack capsule before calling here).
+The function table is the one of every backend (``supports/fprop/dgrad/wgrad``,
+and ``layer_kernel(name)`` for the pooling / layer kernels, with the argument
+lists of the CPU module's functions) but its array arguments are CuPy arrays
+(``fastconv.ops`` converts objects with ``__cuda_array_interface__`` or a CUDA
+DLPack capsule before calling here). The pooling / layer bindings
+(``csrc/bindings/cuda_layers.cpp``) read each array's
+``__cuda_array_interface__`` (C-contiguous; float32/float64 data, int64
+indices and targets, uint8 masks, float64 batch-norm statistics);
+``layer_kernel`` adds CuPy's current stream to every call.
 
 Algorithms: ``direct`` (one output / input element per thread; Wgrad one
 weight element per block) and ``im2col`` (the implicit GEMM for Fprop, Dgrad
@@ -29,6 +35,8 @@ Status: compiled in CI; not yet run on a GPU by this project.
 from __future__ import annotations
 
 import importlib.util
+
+from ._names import LAYER_KERNELS
 
 # the device path of fastconv.ops hands this backend GPU arrays, not NumPy arrays
 TAKES_DEVICE_ARRAYS = True
@@ -111,3 +119,26 @@ def wgrad(algo, problem, x, dy, dw):
         if n:  # split-K partials, from CuPy's pool on the current stream
             ws = _cupy().empty(n, dtype=_cupy().float32)
     m.wgrad(kernel, kp, x, dy, dw, ws, _stream())
+
+
+_layer_wrappers: dict = {}
+
+
+def layer_kernel(name):
+    """Pooling / layer kernel ``name`` of ``fastconv._cuda`` (see ``fastconv.backends.layer_kernel``),
+    launched on CuPy's current stream; None when unavailable."""
+    if not AVAILABLE or name not in LAYER_KERNELS:
+        return None
+    fn = _layer_wrappers.get(name)
+    if fn is None:
+        raw = getattr(_cuda, name, None)
+        if raw is None:
+            return None
+
+        def fn(*args, _raw=raw, **kwargs):
+            return _raw(*args, stream=_stream(), **kwargs)
+
+        fn.__name__ = fn.__qualname__ = name
+        fn.__doc__ = raw.__doc__
+        _layer_wrappers[name] = fn
+    return fn

@@ -1,4 +1,7 @@
-"""Array-level API: NumPy in, NumPy out, ``torch.nn.functional`` names and semantics.
+"""Array-level API: NumPy in, NumPy out; GPU arrays in, CuPy out; ``torch.nn.functional`` names and semantics.
+
+Every op (convolution, pooling, layer kernels) takes GPU arrays (CuPy,
+``__cuda_array_interface__``, CUDA DLPack) too: see :mod:`fastconv.ops._device`.
 
 * convolution: :mod:`fastconv.ops.conv` (``conv2d``, ``conv2d_input``, ``conv2d_weight``)
 * pooling: :mod:`fastconv.ops.pool` (max/min/avg/lp/adaptive pooling and their backwards)

@@ -1,25 +1,42 @@
-"""The GPU-array path of the convolution ops (``fastconv.ops.conv`` dispatches here).
+"""The GPU-array path of fastconv.ops: convolution, pooling and layer ops.
 
 A "device array" is an object with ``__cuda_array_interface__`` (CuPy arrays,
 torch CUDA tensors, Numba device arrays) or a DLPack tensor whose
 ``__dlpack_device__()`` is CUDA memory. Such inputs go to the ``"cuda"``
 backend when it is available, else to ``"numba-cuda"`` when that one is,
 else a ValueError says why neither can run. Inputs are wrapped as CuPy arrays
-without copying (``cupy.asarray`` / ``cupy.from_dlpack``), the result is a
-CuPy array, and the kernels launch on CuPy's current stream. NumPy arrays
-never come here.
+without copying (``cupy.asarray`` / ``cupy.from_dlpack``), results are CuPy
+arrays, and the kernels launch on CuPy's current stream. NumPy arrays
+never come here; a host array mixed with GPU arrays is a TypeError naming it,
+and so is a NumPy-only backend (``backend="cpu"``...) asked to take GPU arrays.
 
-Semantics follow the NumPy path (``torch.nn.functional.conv2d`` /
-``torch.nn.grad``): the same argument checks, float32 and float64 compute in
-their own precision, float16 computes in float32 and rounds back. The
-autotune cache is not used for GPU arrays (its host timer cannot see
-asynchronous kernels); "auto" uses the heuristic table.
+Semantics follow the NumPy path: the same argument checks and messages,
+float32 and float64 compute in their own precision, float16 computes in
+float32 and rounds back.
+
+* Convolution: :func:`conv2d`, :func:`conv2d_input`, :func:`conv2d_weight`
+  below (``fastconv.ops.conv`` dispatches here). The autotune cache is not
+  used for GPU arrays (its host timer cannot see asynchronous kernels); "auto"
+  uses the heuristic table.
+* Pooling and layer ops (``fastconv.ops.pool``, ``fastconv.ops.layers``) run
+  one code path for both kinds of array: :func:`arrays_for` returns the call's
+  array context, :class:`HostArrays` (NumPy, ``xp = numpy``) or
+  :class:`DeviceArrays` (CuPy, ``xp = cupy``), which converts arguments,
+  allocates results with its ``xp`` and looks up the backend's pooling/layer
+  kernel (``layer_kernel(name)`` of "cuda" or "numba-cuda"; a GPU backend
+  never falls back to a host backend; "numba-cuda" launches on Numba's default
+  stream, not CuPy's current one). A few checks need values held on the
+  device and copy a scalar back (a synchronization): the range of pooling
+  ``indices`` and of cross-entropy ``target``, and the count of non-ignored
+  targets that scales the cross-entropy gradient. The cross-entropy loss is a
+  0-d (or (N,)) CuPy array.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import backends
+from ._arrays import float_array
 
 DEVICE_BACKENDS = ("cuda", "numba-cuda")
 # DLPack device types whose memory kernels can read: kDLCUDA, kDLCUDAManaged
@@ -213,3 +230,104 @@ def conv2d_weight(input, weight_size, grad_output, stride, padding, dilation, gr
     else:
         backends.module(name).wgrad(a, p, _prep(cp, x4, dtype), _prep(cp, dy4, dtype), dw)
     return dw.astype(x.dtype, copy=False)
+
+
+# ------------------------------------------- pooling and layer ops: one path, two array modules
+def host_backend(backend):
+    """resolve() for NumPy arrays: a backend that takes GPU arrays only is a TypeError here."""
+    name = backends.resolve(backend)
+    if not backends.takes_host_arrays(name):
+        raise TypeError(f"backend {name!r} takes GPU arrays (CuPy arrays, __cuda_array_interface__ or CUDA "
+                        f"DLPack tensors), got NumPy arrays: move them with cupy.asarray(...) or pick a "
+                        f"NumPy backend ({backends.available()})")
+    return name
+
+
+class HostArrays:
+    """NumPy arrays in, NumPy arrays out (the fast path: no per-call checks beyond the op's own)."""
+
+    __slots__ = ("backend",)
+    xp = np
+    on_device = False
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def array(self, value, name):
+        """A floating-point argument as an ndarray (lists and scalars are converted)."""
+        return float_array(value, name)
+
+    def any_array(self, value, name):
+        """An argument of any dtype (targets, indices, masks) as an ndarray."""
+        return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+    def kernel(self, name):
+        return backends.layer_kernel(name, self.backend)[0]
+
+    def kernel_and_backend(self, name):
+        """(kernel, name of the backend that runs it: per-kernel fallback may pick another one)."""
+        return backends.layer_kernel(name, self.backend)
+
+    @staticmethod
+    def c(arr, dtype):
+        """`arr` C-contiguous in `dtype` (no copy when it already is); None stays None."""
+        return None if arr is None else np.ascontiguousarray(arr, dtype=dtype)
+
+
+_HOST_DEFAULT = HostArrays(None)
+
+
+class DeviceArrays:
+    """GPU arrays in, CuPy arrays out; ``backend`` is "cuda" or "numba-cuda"."""
+
+    __slots__ = ("backend", "xp")
+    on_device = True
+
+    def __init__(self, backend, cp):
+        self.backend = backend
+        self.xp = cp
+
+    def array(self, value, name):
+        return _as_cupy(self.xp, value, name)
+
+    def any_array(self, value, name):
+        if not is_device_array(value):
+            raise TypeError(f"{name} is a host array ({_typename(value)}) while the other arguments are GPU "
+                            f"arrays: all array arguments must live on the same device")
+        cp = self.xp
+        if isinstance(value, cp.ndarray):
+            return value
+        return cp.asarray(value) if hasattr(value, "__cuda_array_interface__") else cp.from_dlpack(value)
+
+    def kernel(self, name):
+        mod = backends.module(self.backend)
+        table = getattr(mod, "layer_kernel", None)
+        fn = table(name) if table is not None else None
+        if fn is None:  # never a host backend's kernel: it cannot read device memory
+            raise ValueError(f"backend {self.backend!r} has no {name} kernel for GPU arrays; copy the arrays "
+                             f"to the host (cupy.asnumpy) to run it on the CPU")
+        return fn
+
+    def kernel_and_backend(self, name):
+        return self.kernel(name), self.backend
+
+    def c(self, arr, dtype):
+        return None if arr is None else self.xp.ascontiguousarray(arr.astype(dtype, copy=False))
+
+
+def arrays_for(backend, *named):
+    """The array context of one pooling / layer op call.
+
+    `named`: ``(argument name, value)`` of the call's array arguments. Any GPU array among them
+    makes it a :class:`DeviceArrays` on :func:`device_backend`'s choice (the other array arguments
+    must then be GPU arrays too: :meth:`DeviceArrays.array` raises TypeError for host ones);
+    otherwise a :class:`HostArrays` (a GPU-only backend asked by name is a TypeError).
+    """
+    for what, value in named:
+        if value is not None and type(value) is not np.ndarray and is_device_array(value):
+            return DeviceArrays(device_backend(backend, what, value), _cupy())
+    if backend is None:
+        return _HOST_DEFAULT
+    if not backends.takes_host_arrays(backend):
+        host_backend(backend)  # raises: unavailable (ValueError) or GPU-only (TypeError)
+    return HostArrays(backend)

@@ -52,14 +52,7 @@ def _backend_module(name):
     return backends.module(name)
 
 
-def _host_backend(backend):
-    """resolve() for NumPy arrays: a backend that takes GPU arrays is a TypeError here."""
-    name = backends.resolve(backend)
-    if not backends.takes_host_arrays(name):
-        raise TypeError(f"backend {name!r} takes GPU arrays (CuPy arrays, __cuda_array_interface__ or CUDA "
-                        f"DLPack tensors), got NumPy arrays: move them with cupy.asarray(...) or pick a "
-                        f"NumPy backend ({backends.available()})")
-    return name
+_host_backend = _device.host_backend  # resolve() for NumPy arrays; GPU-only backends are a TypeError
 
 
 # ------------------------------------------------------------- algorithms

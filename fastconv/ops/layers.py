@@ -1,4 +1,4 @@
-"""Layer kernels with ``torch.nn.functional`` semantics: NumPy in, NumPy out.
+"""Layer kernels with ``torch.nn.functional`` semantics: NumPy in, NumPy out; GPU arrays in, CuPy out.
 
 Batch norm, local response norm, relu / sigmoid / tanh, softmax / log_softmax,
 a fused cross entropy (loss and gradient in one pass), dropout with an explicit
@@ -11,6 +11,16 @@ bit-identical for any thread count.
 dtypes: float32 computes in float32, float64 in float64, float16 is computed
 in float32 and rounded back. Integer, bool and complex arrays raise TypeError,
 as do mixed dtypes. Any strides are accepted (non-contiguous inputs are copied).
+
+GPU arrays (CuPy arrays, ``__cuda_array_interface__`` objects, CUDA DLPack
+tensors) run on backend "cuda" (else "numba-cuda"; see
+:mod:`fastconv.ops._device`) with the same checks, dtype rules and results,
+and come back as CuPy arrays: batch norm's running statistics (GPU arrays
+then) are updated in place on the device, dropout draws the same mask for the
+same seed / Generator state as on the host, and cross_entropy returns its loss
+as a CuPy array (0-d, or (N,) for ``reduction='none'``). Every array argument
+of one call must live on the same side (a host array among GPU arrays is a
+TypeError naming it).
 """
 from __future__ import annotations
 
@@ -20,8 +30,7 @@ import os
 
 import numpy as np
 
-from ._arrays import float_array as _float_array
-from .. import backends as _backends
+from ._device import arrays_for as _arrays_for
 
 __all__ = [
     "batch_norm", "batch_norm_forward_train", "batch_norm_backward",
@@ -34,10 +43,9 @@ __all__ = [
 
 
 # ----------------------------------------------------------------- helpers
-def _k(name, backend):
-    return _backends.layer_kernel(name, backend)[0]
-
-
+# Every op takes an array context `A` (fastconv.ops._device.arrays_for): A.array converts an
+# argument (NumPy, or CuPy for GPU arrays), A.xp allocates, A.c makes a contiguous copy of the
+# compute dtype when needed, A.kernel(name) is the backend's kernel.
 
 
 def _compute_dtype(*named):
@@ -47,10 +55,6 @@ def _compute_dtype(*named):
         raise TypeError(f"dtypes must match: {desc}")
     dt = dts.pop()
     return np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
-
-
-def _c(arr, dtype):
-    return None if arr is None else np.ascontiguousarray(arr, dtype=dtype)
 
 
 def _same_shape(a, name_a, b, name_b):
@@ -102,10 +106,10 @@ def _bn_view(x):
     return N, C, L
 
 
-def _channel_vec(v, name, C, x_shape):
+def _channel_vec(A, v, name, C, x_shape):
     if v is None:
         return None
-    v = _float_array(v, name)
+    v = A.array(v, name)
     if v.shape != (C,):
         raise ValueError(f"{name} must have shape ({C},) for input shape {x_shape}, got {v.shape}")
     return v
@@ -121,29 +125,32 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     average, which needs a step count torch keeps in the module, so it is rejected here).
     training=False: normalizes with the running statistics.
     """
-    x = _float_array(input, "input")
+    A = _arrays_for(backend, ("input", input), ("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias))
+    x = A.array(input, "input")
     N, C, L = _bn_view(x)
-    rm = _channel_vec(running_mean, "running_mean", C, x.shape)
-    rv = _channel_vec(running_var, "running_var", C, x.shape)
-    w = _channel_vec(weight, "weight", C, x.shape)
-    b = _channel_vec(bias, "bias", C, x.shape)
+    rm = _channel_vec(A, running_mean, "running_mean", C, x.shape)
+    rv = _channel_vec(A, running_var, "running_var", C, x.shape)
+    w = _channel_vec(A, weight, "weight", C, x.shape)
+    b = _channel_vec(A, bias, "bias", C, x.shape)
     eps = _real(eps, "eps", 0.0)
     dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
     if not training:
         if rm is None or rv is None:
             raise ValueError("running_mean and running_var are required when training=False")
-        mean = np.ascontiguousarray(rm, dtype=np.float64)
-        invstd = 1.0 / np.sqrt(np.asarray(rv, dtype=np.float64) + eps)
-        return _bn_apply(x, dtype, N, C, L, mean, invstd, w, b, backend)
+        mean = A.c(rm, np.float64)
+        invstd = 1.0 / A.xp.sqrt(rv.astype(np.float64, copy=False) + eps)
+        return _bn_apply(A, x, dtype, N, C, L, mean, invstd, w, b)
     if momentum is None:
         raise ValueError("momentum=None (cumulative moving average) is not supported; pass a float")
     momentum = _real(momentum, "momentum")
-    for v, n in ((rm, "running_mean"), (rv, "running_var")):
-        if v is not None and (not isinstance(v, np.ndarray) or not v.flags.writeable):
-            raise ValueError(f"{n} must be a writeable numpy array: it is updated in place")
+    if not A.on_device:  # GPU arrays (views of the caller's memory) are always writeable
+        for v, n in ((rm, "running_mean"), (rv, "running_var")):
+            if v is not None and (not isinstance(v, np.ndarray) or not v.flags.writeable):
+                raise ValueError(f"{n} must be a writeable numpy array: it is updated in place")
     if N * L <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-    y, mean, invstd, var = _bn_train(x, dtype, N, C, L, w, b, eps, backend)
+    y, mean, invstd, var = _bn_train(A, x, dtype, N, C, L, w, b, eps)
     count = N * L
     if rm is not None:
         rm[...] = (1.0 - momentum) * rm.astype(np.float64) + momentum * mean
@@ -152,21 +159,21 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return y
 
 
-def _bn_apply(x, dtype, N, C, L, mean, invstd, w, b, backend):
-    y = np.empty(x.shape, dtype)
-    _k("bn_apply", backend)(_c(x, dtype), N, C, L, np.ascontiguousarray(mean, np.float64),
-                  np.ascontiguousarray(invstd, np.float64), _c(w, dtype), _c(b, dtype), y)
+def _bn_apply(A, x, dtype, N, C, L, mean, invstd, w, b):
+    y = A.xp.empty(x.shape, dtype)
+    A.kernel("bn_apply")(A.c(x, dtype), N, C, L, A.c(mean, np.float64), A.c(invstd, np.float64), A.c(w, dtype),
+                         A.c(b, dtype), y)
     return y.astype(x.dtype, copy=False)
 
 
-def _bn_train(x, dtype, N, C, L, w, b, eps, backend):
-    xc = _c(x, dtype)
-    mean = np.empty(C, np.float64)
-    var = np.empty(C, np.float64)
-    _k("bn_stats", backend)(xc, N, C, L, mean, var)
-    invstd = 1.0 / np.sqrt(var + eps)
-    y = np.empty(x.shape, dtype)
-    _k("bn_apply", backend)(xc, N, C, L, mean, invstd, _c(w, dtype), _c(b, dtype), y)
+def _bn_train(A, x, dtype, N, C, L, w, b, eps):
+    xc = A.c(x, dtype)
+    mean = A.xp.empty(C, np.float64)
+    var = A.xp.empty(C, np.float64)
+    A.kernel("bn_stats")(xc, N, C, L, mean, var)
+    invstd = 1.0 / A.xp.sqrt(var + eps)
+    y = A.xp.empty(x.shape, dtype)
+    A.kernel("bn_apply")(xc, N, C, L, mean, invstd, A.c(w, dtype), A.c(b, dtype), y)
     return y.astype(x.dtype, copy=False), mean, invstd, var
 
 
@@ -176,15 +183,16 @@ def batch_norm_forward_train(input, weight=None, bias=None, eps=1e-5, *, backend
     Returns ``(output, save_mean, save_invstd)``; the saved statistics (float64, shape (C,)) are
     what :func:`batch_norm_backward` needs. ``save_invstd = 1 / sqrt(biased_var + eps)``.
     """
-    x = _float_array(input, "input")
+    A = _arrays_for(backend, ("input", input), ("weight", weight), ("bias", bias))
+    x = A.array(input, "input")
     N, C, L = _bn_view(x)
-    w = _channel_vec(weight, "weight", C, x.shape)
-    b = _channel_vec(bias, "bias", C, x.shape)
+    w = _channel_vec(A, weight, "weight", C, x.shape)
+    b = _channel_vec(A, bias, "bias", C, x.shape)
     eps = _real(eps, "eps", 0.0)
     dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
     if N * L <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-    y, mean, invstd, _ = _bn_train(x, dtype, N, C, L, w, b, eps, backend)
+    y, mean, invstd, _ = _bn_train(A, x, dtype, N, C, L, w, b, eps)
     return y, mean, invstd
 
 
@@ -199,38 +207,41 @@ def batch_norm_backward(grad_output, input, weight, save_mean=None, save_invstd=
     grad_weight and grad_bias are always returned (computed as if weight were ones when
     ``weight`` is None).
     """
-    x = _float_array(input, "input")
-    dy = _float_array(grad_output, "grad_output")
+    A = _arrays_for(backend, ("grad_output", grad_output), ("input", input), ("weight", weight),
+                    ("save_mean", save_mean), ("save_invstd", save_invstd), ("running_mean", running_mean),
+                    ("running_var", running_var))
+    x = A.array(input, "input")
+    dy = A.array(grad_output, "grad_output")
     _same_shape(dy, "grad_output", x, "input")
     N, C, L = _bn_view(x)
-    w = _channel_vec(weight, "weight", C, x.shape)
+    w = _channel_vec(A, weight, "weight", C, x.shape)
     dtype = _compute_dtype((x, "input"), (dy, "grad_output"), (w, "weight"))
     if training:
         if save_mean is None or save_invstd is None:
             raise ValueError("training=True needs save_mean and save_invstd (from batch_norm_forward_train)")
-        mean = _channel_vec(save_mean, "save_mean", C, x.shape)
-        invstd = _channel_vec(save_invstd, "save_invstd", C, x.shape)
+        mean = _channel_vec(A, save_mean, "save_mean", C, x.shape)
+        invstd = _channel_vec(A, save_invstd, "save_invstd", C, x.shape)
         if N * L == 0:
             raise ValueError(f"batch_norm_backward: input shape {x.shape} has no elements per channel")
     else:
         if save_mean is not None and save_invstd is not None:
-            mean = _channel_vec(save_mean, "save_mean", C, x.shape)
-            invstd = _channel_vec(save_invstd, "save_invstd", C, x.shape)
+            mean = _channel_vec(A, save_mean, "save_mean", C, x.shape)
+            invstd = _channel_vec(A, save_invstd, "save_invstd", C, x.shape)
         elif running_mean is not None and running_var is not None:
-            mean = _channel_vec(running_mean, "running_mean", C, x.shape)
-            rv = _channel_vec(running_var, "running_var", C, x.shape)
-            invstd = 1.0 / np.sqrt(rv.astype(np.float64) + _real(eps, "eps", 0.0))
+            mean = _channel_vec(A, running_mean, "running_mean", C, x.shape)
+            rv = _channel_vec(A, running_var, "running_var", C, x.shape)
+            invstd = 1.0 / A.xp.sqrt(rv.astype(np.float64) + _real(eps, "eps", 0.0))
         else:
             raise ValueError("training=False needs save_mean/save_invstd or running_mean/running_var")
-    dx = np.empty(x.shape, dtype)
-    dw = np.empty(C, dtype)
-    db = np.empty(C, dtype)
+    dx = A.xp.empty(x.shape, dtype)
+    dw = A.xp.empty(C, dtype)
+    db = A.xp.empty(C, dtype)
     if N * L == 0:
         dw[...] = 0
         db[...] = 0
     else:
-        _k("bn_backward", backend)(_c(dy, dtype), _c(x, dtype), N, C, L, np.ascontiguousarray(mean, np.float64),
-                         np.ascontiguousarray(invstd, np.float64), _c(w, dtype), bool(training), dx, dw, db)
+        A.kernel("bn_backward")(A.c(dy, dtype), A.c(x, dtype), N, C, L, A.c(mean, np.float64),
+                                A.c(invstd, np.float64), A.c(w, dtype), bool(training), dx, dw, db)
     od = x.dtype
     return dx.astype(od, copy=False), dw.astype(od, copy=False), db.astype(od, copy=False)
 
@@ -256,23 +267,25 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, *, backend=No
     ``y = x / (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]} x_{c'}^2) ** beta``,
     channels outside [0, C) counting as zero.
     """
-    x = _float_array(input, "input")
+    A = _arrays_for(backend, ("input", input))
+    x = A.array(input, "input")
     size, alpha, beta, k, N, C, L = _lrn_args(x, size, alpha, beta, k)
     dtype = _compute_dtype((x, "input"))
-    y = np.empty(x.shape, dtype)
-    _k("lrn", backend)(None, _c(x, dtype), N, C, L, size, alpha, beta, k, y)
+    y = A.xp.empty(x.shape, dtype)
+    A.kernel("lrn")(None, A.c(x, dtype), N, C, L, size, alpha, beta, k, y)
     return y.astype(x.dtype, copy=False)
 
 
 def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75, k=1.0, *, backend=None):
     """Gradient of :func:`local_response_norm` with respect to its input."""
-    x = _float_array(input, "input")
-    dy = _float_array(grad_output, "grad_output")
+    A = _arrays_for(backend, ("grad_output", grad_output), ("input", input))
+    x = A.array(input, "input")
+    dy = A.array(grad_output, "grad_output")
     _same_shape(dy, "grad_output", x, "input")
     size, alpha, beta, k, N, C, L = _lrn_args(x, size, alpha, beta, k)
     dtype = _compute_dtype((x, "input"), (dy, "grad_output"))
-    dx = np.empty(x.shape, dtype)
-    _k("lrn", backend)(_c(dy, dtype), _c(x, dtype), N, C, L, size, alpha, beta, k, dx)
+    dx = A.xp.empty(x.shape, dtype)
+    A.kernel("lrn")(A.c(dy, dtype), A.c(x, dtype), N, C, L, size, alpha, beta, k, dx)
     return dx.astype(x.dtype, copy=False)
 
 
@@ -281,20 +294,22 @@ _KIND = {"relu": 0, "sigmoid": 1, "tanh": 2}
 
 
 def _act(kind, input, backend):
-    x = _float_array(input, "input")
+    A = _arrays_for(backend, ("input", input))
+    x = A.array(input, "input")
     dtype = _compute_dtype((x, "input"))
-    y = np.empty(x.shape, dtype)
-    _k("activation", backend)(_KIND[kind], None, _c(x, dtype), y)
+    y = A.xp.empty(x.shape, dtype)
+    A.kernel("activation")(_KIND[kind], None, A.c(x, dtype), y)
     return y.astype(x.dtype, copy=False)
 
 
 def _act_bwd(kind, grad_output, y_or_x, name, backend):
-    dy = _float_array(grad_output, "grad_output")
-    y = _float_array(y_or_x, name)
+    A = _arrays_for(backend, ("grad_output", grad_output), (name, y_or_x))
+    dy = A.array(grad_output, "grad_output")
+    y = A.array(y_or_x, name)
     _same_shape(dy, "grad_output", y, name)
     dtype = _compute_dtype((dy, "grad_output"), (y, name))
-    dx = np.empty(y.shape, dtype)
-    _k("activation", backend)(_KIND[kind], _c(dy, dtype), _c(y, dtype), dx)
+    dx = A.xp.empty(y.shape, dtype)
+    A.kernel("activation")(_KIND[kind], A.c(dy, dtype), A.c(y, dtype), dx)
     return dx.astype(y.dtype, copy=False)
 
 
@@ -329,24 +344,26 @@ def tanh_backward(grad_output, output, *, backend=None):
 
 
 def _softmax(input, dim, log, backend):
-    x = _float_array(input, "input")
+    A = _arrays_for(backend, ("input", input))
+    x = A.array(input, "input")
     d = _dim(dim, x.ndim)
     dtype = _compute_dtype((x, "input"))
     outer, D, inner = _split(x.shape, d)
-    y = np.empty(x.shape, dtype)
-    _k("softmax", backend)(log, outer, D, inner, None, _c(x, dtype), y)
+    y = A.xp.empty(x.shape, dtype)
+    A.kernel("softmax")(log, outer, D, inner, None, A.c(x, dtype), y)
     return y.astype(x.dtype, copy=False)
 
 
 def _softmax_bwd(grad_output, output, dim, log, backend):
-    dy = _float_array(grad_output, "grad_output")
-    y = _float_array(output, "output")
+    A = _arrays_for(backend, ("grad_output", grad_output), ("output", output))
+    dy = A.array(grad_output, "grad_output")
+    y = A.array(output, "output")
     _same_shape(dy, "grad_output", y, "output")
     d = _dim(dim, y.ndim)
     dtype = _compute_dtype((dy, "grad_output"), (y, "output"))
     outer, D, inner = _split(y.shape, d)
-    dx = np.empty(y.shape, dtype)
-    _k("softmax", backend)(log, outer, D, inner, _c(dy, dtype), _c(y, dtype), dx)
+    dx = A.xp.empty(y.shape, dtype)
+    A.kernel("softmax")(log, outer, D, inner, A.c(dy, dtype), A.c(y, dtype), dx)
     return dx.astype(y.dtype, copy=False)
 
 
@@ -382,12 +399,15 @@ def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_i
     divided by the number of non-ignored rows, for ``'sum'`` it is not; for ``'none'`` (loss of
     shape (N,)) it is the gradient of ``loss.sum()``, i.e. row i holds d loss[i] / d input[i].
     With every row ignored, the 'mean' loss is NaN (0/0, as torch) and the gradient zero.
-    The loss is float64-accumulated and returned as a scalar of the input's dtype.
+    The loss is float64-accumulated and returned as a scalar of the input's dtype (for GPU
+    arrays: a 0-d CuPy array; the target check and the row count copy scalars back).
     """
-    z = _float_array(input, "input")
+    A = _arrays_for(backend, ("input", input), ("target", target))
+    xp = A.xp
+    z = A.array(input, "input")
     if z.ndim != 2:
         raise ValueError(f"input must be 2-D logits (N, C), got {z.ndim}-D with shape {z.shape}")
-    t = target if isinstance(target, np.ndarray) else np.asarray(target)
+    t = A.any_array(target, "target")
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must be an integer array of class indices, got dtype {t.dtype} with shape "
                         f"{t.shape}")
@@ -400,21 +420,27 @@ def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_i
     if eps > 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
     ignore_index = _int(ignore_index, "ignore_index")
-    t64 = np.ascontiguousarray(t, dtype=np.int64)
+    t64 = A.c(t, np.int64)
     bad = (t64 != ignore_index) & ((t64 < 0) | (t64 >= C))
     if bad.any():
-        i = int(np.argmax(bad))
+        i = int(xp.argmax(bad))
         raise ValueError(f"target[{i}] = {int(t64[i])} is out of range: class indices must be in [0, {C}) "
                          f"(C = {C} from input shape {z.shape}), or equal ignore_index={ignore_index}")
     dtype = _compute_dtype((z, "input"))
-    count = int(np.count_nonzero(t64 != ignore_index))
+    count = int(xp.count_nonzero(t64 != ignore_index))
     scale = 1.0 / count if (reduction == "mean" and count > 0) else 1.0
-    rows = np.empty(N, np.float64)
-    grad = np.empty(z.shape, dtype)
-    _k("cross_entropy", backend)(_c(z, dtype), t64, N, C, ignore_index, eps, scale, rows, grad)
+    rows = xp.empty(N, np.float64)
+    grad = xp.empty(z.shape, dtype)
+    A.kernel("cross_entropy")(A.c(z, dtype), t64, N, C, ignore_index, eps, scale, rows, grad)
     od = z.dtype
     if reduction == "none":
         loss = rows.astype(od)
+    elif A.on_device:  # a 0-d device array: no copy back
+        total = xp.sum(rows)
+        if reduction == "sum":
+            loss = total.astype(od)
+        else:
+            loss = (total / count).astype(od) if count > 0 else xp.full((), np.nan, od)
     elif reduction == "sum":
         loss = od.type(rows.sum())
     else:
@@ -467,7 +493,9 @@ def dropout(input, p=0.5, training=True, seed=None, *, backend=None):
     ``1/(1-p)``. ``mask`` is a bool array of the input's shape (True = kept). ``p == 0`` or
     ``training=False``: the output is a copy of the input and the mask all True; ``p == 1``: zeros.
     """
-    x = _float_array(input, "input")
+    A = _arrays_for(backend, ("input", input))
+    xp = A.xp
+    x = A.array(input, "input")
     p = _dropout_p(p)
     if isinstance(seed, Generator):
         gen = seed
@@ -476,32 +504,33 @@ def dropout(input, p=0.5, training=True, seed=None, *, backend=None):
     else:
         raise TypeError(f"seed must be None, an int or a fastconv Generator, got {seed!r}")
     if not training or p == 0.0:
-        return x.copy(), np.ones(x.shape, dtype=bool)
+        return x.copy(), xp.ones(x.shape, dtype=bool)
     if p == 1.0:
         gen._take(x.size)
-        return np.zeros_like(x), np.zeros(x.shape, dtype=bool)
+        return xp.zeros_like(x), xp.zeros(x.shape, dtype=bool)
     dtype = _compute_dtype((x, "input"))
     s, off = gen._take(x.size)
     threshold = min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1)
-    y = np.empty(x.shape, dtype)
-    mask = np.empty(x.shape, np.uint8)
-    _k("dropout", backend)(_c(x, dtype), s, off, threshold, 1.0 / (1.0 - p), y, mask)
+    y = xp.empty(x.shape, dtype)
+    mask = xp.empty(x.shape, np.uint8)
+    A.kernel("dropout")(A.c(x, dtype), s, off, threshold, 1.0 / (1.0 - p), y, mask)
     return y.astype(x.dtype, copy=False), mask.view(bool)
 
 
 def dropout_backward(grad_output, mask, p, *, backend=None):
     """``grad_output * mask / (1 - p)`` (zeros when p == 1)."""
-    dy = _float_array(grad_output, "grad_output")
-    m = np.asarray(mask)
+    A = _arrays_for(backend, ("grad_output", grad_output), ("mask", mask))
+    dy = A.array(grad_output, "grad_output")
+    m = A.any_array(mask, "mask")
     if m.dtype != bool:
         raise TypeError(f"mask must be a bool array (from dropout), got dtype {m.dtype}")
     _same_shape(dy, "grad_output", m, "mask")
     p = _dropout_p(p)
     if p == 1.0:
-        return np.zeros_like(dy)
+        return A.xp.zeros_like(dy)
     dtype = _compute_dtype((dy, "grad_output"))
-    dx = np.empty(dy.shape, dtype)
-    _k("dropout_backward", backend)(_c(dy, dtype), np.ascontiguousarray(m).view(np.uint8), 1.0 / (1.0 - p), dx)
+    dx = A.xp.empty(dy.shape, dtype)
+    A.kernel("dropout_backward")(A.c(dy, dtype), A.c(m, bool).view(np.uint8), 1.0 / (1.0 - p), dx)
     return dx.astype(dy.dtype, copy=False)
 
 
@@ -523,24 +552,26 @@ def _linear_args(x, w, in_name="input"):
 def linear(input, weight, bias=None, *, backend=None):
     """``input @ weight.T + bias`` as ``torch.nn.functional.linear`` (input (..., in), weight (out, in)),
     on fastconv's GEMM."""
-    x = _float_array(input, "input")
-    w = _float_array(weight, "weight")
-    b = None if bias is None else _float_array(bias, "bias")
+    A = _arrays_for(backend, ("input", input), ("weight", weight), ("bias", bias))
+    x = A.array(input, "input")
+    w = A.array(weight, "weight")
+    b = None if bias is None else A.array(bias, "bias")
     M, I, O = _linear_args(x, w)
     if b is not None and b.shape != (O,):
         raise ValueError(f"bias must have shape ({O},) for weight shape {w.shape}, got {b.shape}")
     dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
-    y = np.empty(x.shape[:-1] + (O,), dtype)
-    _k("linear", backend)(_c(x, dtype), _c(w, dtype), _c(b, dtype), M, I, O, y)
+    y = A.xp.empty(x.shape[:-1] + (O,), dtype)
+    A.kernel("linear")(A.c(x, dtype), A.c(w, dtype), A.c(b, dtype), M, I, O, y)
     return y.astype(x.dtype, copy=False)
 
 
 def linear_backward(grad_output, input, weight, needs=(True, True, True), *, backend=None):
     """``(grad_input, grad_weight, grad_bias)`` of :func:`linear`; entries of ``needs`` that are
     False come back as None (and are not computed)."""
-    x = _float_array(input, "input")
-    w = _float_array(weight, "weight")
-    dy = _float_array(grad_output, "grad_output")
+    A = _arrays_for(backend, ("grad_output", grad_output), ("input", input), ("weight", weight))
+    x = A.array(input, "input")
+    w = A.array(weight, "weight")
+    dy = A.array(grad_output, "grad_output")
     M, I, O = _linear_args(x, w)
     if dy.shape != x.shape[:-1] + (O,):
         raise ValueError(f"grad_output must have shape {x.shape[:-1] + (O,)} for input shape {x.shape} and "
@@ -550,13 +581,13 @@ def linear_backward(grad_output, input, weight, needs=(True, True, True), *, bac
     except (TypeError, ValueError):
         raise TypeError(f"needs must be three booleans, got {needs!r}") from None
     dtype = _compute_dtype((x, "input"), (w, "weight"), (dy, "grad_output"))
-    dx = np.empty(x.shape, dtype) if nx else None
-    dw = np.empty(w.shape, dtype) if nw else None
-    db = np.empty(O, dtype) if nb else None
+    dx = A.xp.empty(x.shape, dtype) if nx else None
+    dw = A.xp.empty(w.shape, dtype) if nw else None
+    db = A.xp.empty(O, dtype) if nb else None
     if M == 0 or I == 0 or O == 0:  # empty products: gradients of empty sums are zero
         for a in (dx, dw, db):
             if a is not None:
                 a[...] = 0
-    _k("linear_backward", backend)(_c(dy, dtype), _c(x, dtype), _c(w, dtype), M, I, O, dx, dw, db)
+    A.kernel("linear_backward")(A.c(dy, dtype), A.c(x, dtype), A.c(w, dtype), M, I, O, dx, dw, db)
     od = x.dtype
     return tuple(None if a is None else a.astype(od, copy=False) for a in (dx, dw, db))

@@ -1,8 +1,12 @@
 """2-D pooling with ``torch.nn.functional`` names, argument order and semantics.
 
-NumPy in, NumPy out; NCHW (or unbatched CHW) input. float32 computes in
-float32, float64 in float64, float16 in float32 (result rounded back to
-float16); integer, bool and complex arrays raise TypeError.
+NumPy in, NumPy out; GPU arrays (CuPy arrays, ``__cuda_array_interface__``
+objects, CUDA DLPack tensors) in, CuPy arrays out, on backend "cuda" (else
+"numba-cuda"; see :mod:`fastconv.ops._device`), with the same checks and
+results; indices come back as int64 arrays of the input's kind. NCHW (or
+unbatched CHW) input. float32 computes in float32, float64 in float64, float16
+in float32 (result rounded back to float16); integer, bool and complex arrays
+raise TypeError.
 
 Rules shared by the ops:
 
@@ -33,9 +37,8 @@ import numbers
 
 import numpy as np
 
-from .. import backends as _backends
 from ..problem import _is_int, out_size
-from ._arrays import float_array as _array
+from ._device import arrays_for as _arrays_for
 
 __all__ = [
     "max_pool2d", "min_pool2d", "avg_pool2d", "lp_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
@@ -47,10 +50,8 @@ _MAX, _MIN, _AVG = 0, 1, 2
 
 
 # ----------------------------------------------------------------- arguments
-def _kernel(name, backend):
-    return _backends.layer_kernel(name, backend)[0]
-
-
+# Every op takes an array context `A` (fastconv.ops._device.arrays_for): A.array converts an
+# argument (NumPy, or CuPy for GPU arrays), A.xp allocates, A.kernel(name) is the backend's kernel.
 
 
 def _compute_dtype(arr):
@@ -151,9 +152,9 @@ def _divisor(divisor_override):
     return int(divisor_override)
 
 
-def _planes(arr4, dtype):
+def _planes(A, arr4, dtype):
     N, C, H, W = arr4.shape
-    return np.ascontiguousarray(arr4, dtype=dtype).reshape(N * C, H, W)
+    return A.c(arr4, dtype).reshape(N * C, H, W)
 
 
 def _finish(out, shape4, unbatched, result_dtype):
@@ -163,9 +164,9 @@ def _finish(out, shape4, unbatched, result_dtype):
     return out.astype(result_dtype, copy=False)
 
 
-def _check_grad(grad_output, x, expect_shape4, what):
+def _check_grad(A, grad_output, x, expect_shape4, what):
     """grad_output as an array of the expected shape (batched like `x`)."""
-    g = _array(grad_output, "grad_output")
+    g = A.array(grad_output, "grad_output")
     expect = tuple(expect_shape4[1:]) if x.ndim == 3 else tuple(expect_shape4)
     if tuple(g.shape) != expect:
         raise ValueError(f"grad_output has shape {tuple(g.shape)}, expected {expect} ({what} of input shape "
@@ -177,12 +178,14 @@ def _check_grad(grad_output, x, expect_shape4, what):
 
 def _index_range_error(indices, H, W):
     return ValueError(f"indices must lie in [0, {H * W}) (flat positions in a {H}x{W} input plane), got "
-                      f"values in [{indices.min()}, {indices.max()}]")
+                      f"values in [{int(indices.min())}, {int(indices.max())}]")
 
 
-def _check_indices(indices, x, expect_shape4, H, W, check_range=True):
+def _check_indices(A, indices, x, expect_shape4, H, W, check_range=True):
     """Indices as (planes, P, Q); `check_range=False` when the kernel counts out-of-range ones itself."""
-    if not isinstance(indices, np.ndarray):
+    if A.on_device:
+        indices = A.any_array(indices, "indices")  # TypeError for a host array
+    elif not isinstance(indices, np.ndarray):
         raise ValueError(f"indices must be an int64 numpy array, got {type(indices).__name__}")
     expect = tuple(expect_shape4[1:]) if x.ndim == 3 else tuple(expect_shape4)
     if indices.dtype != np.int64:
@@ -191,22 +194,23 @@ def _check_indices(indices, x, expect_shape4, H, W, check_range=True):
         raise ValueError(f"indices has shape {tuple(indices.shape)}, expected {expect} for input shape "
                          f"{tuple(x.shape)}")
     if check_range and indices.size and (indices.min() < 0 or indices.max() >= H * W):
-        raise _index_range_error(indices, H, W)
+        raise _index_range_error(indices, H, W)  # on a GPU: copies two scalars back
     N, C, P, Q = expect_shape4
-    return np.ascontiguousarray(indices).reshape(N * C, P, Q)
+    return A.c(indices, np.int64).reshape(N * C, P, Q)
 
 
 # ------------------------------------------------------------- max / min
 def _maxmin_forward(kind, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
-    x = _array(input, "input")
+    A = _arrays_for(backend, ("input", input))
+    x = A.array(input, "input")
     x4, unbatched = _as4d(x, "input")
     g = _Geom(x4.shape, kernel_size, stride, padding, dilation, ceil_mode)
     want_idx = _bool(return_indices, "return_indices")
     dtype = _compute_dtype(x)
-    y = np.empty((g.N * g.C, g.P, g.Q), dtype)
-    idx = np.empty((g.N * g.C, g.P, g.Q), np.int64) if want_idx else None
-    _kernel("pool2d_forward", backend)(kind, _planes(x4, dtype), y, idx, count_include_pad=True, divisor_override=0,
-                             **g.kernel_args())
+    y = A.xp.empty((g.N * g.C, g.P, g.Q), dtype)
+    idx = A.xp.empty((g.N * g.C, g.P, g.Q), np.int64) if want_idx else None
+    A.kernel("pool2d_forward")(kind, _planes(A, x4, dtype), y, idx, count_include_pad=True, divisor_override=0,
+                               **g.kernel_args())
     out = _finish(y, g.out_shape, unbatched, x.dtype)
     if want_idx:
         return out, _finish(idx, g.out_shape, unbatched, np.int64)
@@ -226,19 +230,20 @@ def min_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 def _maxmin_backward(kind, grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices, backend):
-    x = _array(input, "input")
+    A = _arrays_for(backend, ("grad_output", grad_output), ("input", input), ("indices", indices))
+    x = A.array(input, "input")
     x4, unbatched = _as4d(x, "input")
     geo = _Geom(x4.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    gy = _check_grad(grad_output, x, geo.out_shape, "pooling output")
+    gy = _check_grad(A, grad_output, x, geo.out_shape, "pooling output")
     dtype = _compute_dtype(x)
-    kernel, ran_on = _backends.layer_kernel("pool2d_backward", backend)
     # the compiled CPU kernel counts out-of-range indices while it scatters
     # (skipping them), which saves two passes over the int64 indices
+    kernel, ran_on = A.kernel_and_backend("pool2d_backward")
     in_kernel = ran_on == "cpu"
-    idx = None if indices is None else _check_indices(indices, x, geo.out_shape, geo.H, geo.W, not in_kernel)
-    dx = np.empty((geo.N * geo.C, geo.H, geo.W), dtype)
+    idx = None if indices is None else _check_indices(A, indices, x, geo.out_shape, geo.H, geo.W, not in_kernel)
+    dx = A.xp.empty((geo.N * geo.C, geo.H, geo.W), dtype)
     gy4 = gy[None] if unbatched else gy
-    bad = kernel(kind, _planes(gy4, dtype), None if idx is not None else _planes(x4, dtype), idx, dx,
+    bad = kernel(kind, _planes(A, gy4, dtype), None if idx is not None else _planes(A, x4, dtype), idx, dx,
                  count_include_pad=True, divisor_override=0, **geo.kernel_args())
     if in_kernel and idx is not None and bad:
         raise _index_range_error(indices, geo.H, geo.W)
@@ -263,32 +268,34 @@ def min_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, backend=None):
     """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
-    x = _array(input, "input")
+    A = _arrays_for(backend, ("input", input))
+    x = A.array(input, "input")
     x4, unbatched = _as4d(x, "input")
     g = _Geom(x4.shape, kernel_size, stride, padding, 1, ceil_mode)
     cip = _bool(count_include_pad, "count_include_pad")
     div = _divisor(divisor_override)
     dtype = _compute_dtype(x)
-    y = np.empty((g.N * g.C, g.P, g.Q), dtype)
-    _kernel("pool2d_forward", backend)(_AVG, _planes(x4, dtype), y, None, count_include_pad=cip, divisor_override=div,
-                             **g.kernel_args())
+    y = A.xp.empty((g.N * g.C, g.P, g.Q), dtype)
+    A.kernel("pool2d_forward")(_AVG, _planes(A, x4, dtype), y, None, count_include_pad=cip, divisor_override=div,
+                               **g.kernel_args())
     return _finish(y, g.out_shape, unbatched, x.dtype)
 
 
 def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True, divisor_override=None, *, backend=None):
     """grad_input of :func:`avg_pool2d` (``input`` gives the shape and dtype)."""
-    x = _array(input, "input")
+    A = _arrays_for(backend, ("grad_output", grad_output), ("input", input))
+    x = A.array(input, "input")
     x4, unbatched = _as4d(x, "input")
     geo = _Geom(x4.shape, kernel_size, stride, padding, 1, ceil_mode)
     cip = _bool(count_include_pad, "count_include_pad")
     div = _divisor(divisor_override)
-    gy = _check_grad(grad_output, x, geo.out_shape, "avg_pool2d output")
+    gy = _check_grad(A, grad_output, x, geo.out_shape, "avg_pool2d output")
     dtype = _compute_dtype(x)
-    dx = np.empty((geo.N * geo.C, geo.H, geo.W), dtype)
+    dx = A.xp.empty((geo.N * geo.C, geo.H, geo.W), dtype)
     gy4 = gy[None] if unbatched else gy
-    _kernel("pool2d_backward", backend)(_AVG, _planes(gy4, dtype), None, None, dx, count_include_pad=cip,
-                              divisor_override=div, **geo.kernel_args())
+    A.kernel("pool2d_backward")(_AVG, _planes(A, gy4, dtype), None, None, dx, count_include_pad=cip,
+                                divisor_override=div, **geo.kernel_args())
     return _finish(dx, x4.shape, unbatched, x.dtype)
 
 
@@ -311,50 +318,56 @@ def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False, *, ba
     ``max_pool2d(|x|)``, ``-inf`` is ``-max_pool2d(-|x|)``.
     """
     p = _norm(norm_type)
-    x = _array(input, "input")
+    A = _arrays_for(backend, ("input", input))
+    xp = A.xp
+    x = A.array(input, "input")
     _as4d(x, "input")
     if math.isinf(p):
-        a = np.abs(x)
+        a = xp.abs(x)
         if p > 0:
             return max_pool2d(a, kernel_size, stride, 0, 1, ceil_mode, backend=backend)
         return -max_pool2d(-a, kernel_size, stride, 0, 1, ceil_mode, backend=backend)
     kh, kw = _pair(kernel_size, "kernel_size", 1)
     dtype = _compute_dtype(x)
     xc = x.astype(dtype, copy=False)
-    with np.errstate(all="ignore"):
-        a = avg_pool2d(np.power(xc, dtype.type(p)), kernel_size, stride, 0, ceil_mode, backend=backend)
-        t = np.sign(a) * np.maximum(np.abs(a), dtype.type(0)) * dtype.type(kh * kw)
-        y = np.power(t, dtype.type(1.0 / p))
+    with np.errstate(all="ignore"):  # NumPy's warnings only (CuPy never warns)
+        a = avg_pool2d(xp.power(xc, dtype.type(p)), kernel_size, stride, 0, ceil_mode, backend=backend)
+        t = xp.sign(a) * xp.maximum(xp.abs(a), dtype.type(0)) * dtype.type(kh * kw)
+        y = xp.power(t, dtype.type(1.0 / p))
     return y.astype(x.dtype, copy=False)
 
 
 def lp_pool2d_backward(grad_output, input, norm_type, kernel_size, stride=None, ceil_mode=False, *, backend=None):
     """grad_input of :func:`lp_pool2d` (zero where a window's sum of powers is zero, as torch documents)."""
     p = _norm(norm_type)
-    x = _array(input, "input")
-    _as4d(x, "input")
+    A = _arrays_for(backend, ("grad_output", grad_output), ("input", input))
+    xp = A.xp
+    x = A.array(input, "input")
+    x4, _ = _as4d(x, "input")
     if math.isinf(p):
-        a = np.abs(x)
+        a = xp.abs(x)
         if p > 0:
             g = max_pool2d_backward(grad_output, a, kernel_size, stride, 0, 1, ceil_mode, backend=backend)
         else:
             g = max_pool2d_backward(grad_output, -a, kernel_size, stride, 0, 1, ceil_mode, backend=backend)
-        return (g * np.sign(x)).astype(x.dtype, copy=False)
+        return (g * xp.sign(x)).astype(x.dtype, copy=False)
     kh, kw = _pair(kernel_size, "kernel_size", 1)
     dtype = _compute_dtype(x)
     xc = x.astype(dtype, copy=False)
-    with np.errstate(all="ignore"):
-        xp = np.power(xc, dtype.type(p))
-        a = avg_pool2d(xp, kernel_size, stride, 0, ceil_mode, backend=backend)
-        gy = _check_grad(grad_output, x, a.shape if a.ndim == 4 else (1,) + a.shape, "lp_pool2d output")
+    with np.errstate(all="ignore"):  # NumPy's warnings only (CuPy never warns)
+        x_p = xp.power(xc, dtype.type(p))
+        # the geometry avg_pool2d checks, so that grad_output is checked before any kernel runs
+        geo = _Geom(x4.shape, kernel_size, stride, 0, 1, ceil_mode)
+        gy = _check_grad(A, grad_output, x, geo.out_shape, "lp_pool2d output")
+        a = avg_pool2d(x_p, kernel_size, stride, 0, ceil_mode, backend=backend)
         gy = gy.astype(dtype, copy=False)
         kk = dtype.type(kh * kw)
-        t = np.sign(a) * np.maximum(np.abs(a), dtype.type(0)) * kk
+        t = xp.sign(a) * xp.maximum(xp.abs(a), dtype.type(0)) * kk
         e = dtype.type(1.0 / p)
-        ga = gy * e * np.power(t, e - dtype.type(1)) * kk
-        ga = np.where(a != 0, ga, dtype.type(0)).astype(dtype, copy=False)
-        gxp = avg_pool2d_backward(ga, xp, kernel_size, stride, 0, ceil_mode, backend=backend)
-        gx = gxp * dtype.type(p) * np.power(xc, dtype.type(p - 1))
+        ga = gy * e * xp.power(t, e - dtype.type(1)) * kk
+        ga = xp.where(a != 0, ga, dtype.type(0)).astype(dtype, copy=False)
+        gxp = avg_pool2d_backward(ga, x_p, kernel_size, stride, 0, ceil_mode, backend=backend)
+        gx = gxp * dtype.type(p) * xp.power(xc, dtype.type(p - 1))
     return gx.astype(x.dtype, copy=False)
 
 
@@ -382,8 +395,8 @@ def _adaptive_size(output_size, H, W):
     return tuple(out)
 
 
-def _adaptive_input(input):
-    x = _array(input, "input")
+def _adaptive_input(A, input):
+    x = A.array(input, "input")
     x4, unbatched = _as4d(x, "input")
     if x4.shape[2] <= 0 or x4.shape[3] <= 0:
         raise ValueError(f"input has an empty spatial dimension: shape {tuple(x.shape)}")
@@ -392,25 +405,27 @@ def _adaptive_input(input):
 
 def adaptive_avg_pool2d(input, output_size, *, backend=None):
     """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``."""
-    x, x4, unbatched = _adaptive_input(input)
+    A = _arrays_for(backend, ("input", input))
+    x, x4, unbatched = _adaptive_input(A, input)
     N, C, H, W = x4.shape
     P, Q = _adaptive_size(output_size, H, W)
     dtype = _compute_dtype(x)
-    y = np.empty((N * C, P, Q), dtype)
-    _kernel("adaptive_pool2d_forward", backend)(_AVG, _planes(x4, dtype), y, None)
+    y = A.xp.empty((N * C, P, Q), dtype)
+    A.kernel("adaptive_pool2d_forward")(_AVG, _planes(A, x4, dtype), y, None)
     return _finish(y, (N, C, P, Q), unbatched, x.dtype)
 
 
 def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=None):
     """Adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool2d`` (first maximum wins ties)."""
-    x, x4, unbatched = _adaptive_input(input)
+    A = _arrays_for(backend, ("input", input))
+    x, x4, unbatched = _adaptive_input(A, input)
     N, C, H, W = x4.shape
     P, Q = _adaptive_size(output_size, H, W)
     want_idx = _bool(return_indices, "return_indices")
     dtype = _compute_dtype(x)
-    y = np.empty((N * C, P, Q), dtype)
-    idx = np.empty((N * C, P, Q), np.int64) if want_idx else None
-    _kernel("adaptive_pool2d_forward", backend)(_MAX, _planes(x4, dtype), y, idx)
+    y = A.xp.empty((N * C, P, Q), dtype)
+    idx = A.xp.empty((N * C, P, Q), np.int64) if want_idx else None
+    A.kernel("adaptive_pool2d_forward")(_MAX, _planes(A, x4, dtype), y, idx)
     out = _finish(y, (N, C, P, Q), unbatched, x.dtype)
     if want_idx:
         return out, _finish(idx, (N, C, P, Q), unbatched, np.int64)
@@ -419,9 +434,10 @@ def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=Non
 
 def adaptive_avg_pool2d_backward(grad_output, input, *, backend=None):
     """grad_input of :func:`adaptive_avg_pool2d` (the output size is grad_output's)."""
-    x, x4, unbatched = _adaptive_input(input)
+    A = _arrays_for(backend, ("grad_output", grad_output), ("input", input))
+    x, x4, unbatched = _adaptive_input(A, input)
     N, C, H, W = x4.shape
-    gy = _array(grad_output, "grad_output")
+    gy = A.array(grad_output, "grad_output")
     if gy.ndim != x.ndim or tuple(gy.shape[:-2]) != tuple(x.shape[:-2]):
         raise ValueError(f"grad_output has shape {tuple(gy.shape)}, expected {tuple(x.shape[:-2])} + (P, Q) "
                          f"for input shape {tuple(x.shape)}")
@@ -432,22 +448,22 @@ def adaptive_avg_pool2d_backward(grad_output, input, *, backend=None):
     P, Q = gy.shape[-2:]
     dtype = _compute_dtype(x)
     gy4 = gy[None] if unbatched else gy
-    dx = np.empty((N * C, H, W), dtype)
-    _kernel("adaptive_pool2d_backward", backend)(_AVG, _planes(gy4, dtype), None, None, dx)
+    dx = A.xp.empty((N * C, H, W), dtype)
+    A.kernel("adaptive_pool2d_backward")(_AVG, _planes(A, gy4, dtype), None, None, dx)
     return _finish(dx, x4.shape, unbatched, x.dtype)
 
 
 def adaptive_max_pool2d_backward(grad_output, input, output_size, indices=None, *, backend=None):
     """grad_input of :func:`adaptive_max_pool2d` (``indices`` or None to recompute the argmax)."""
-    x, x4, unbatched = _adaptive_input(input)
+    A = _arrays_for(backend, ("grad_output", grad_output), ("input", input), ("indices", indices))
+    x, x4, unbatched = _adaptive_input(A, input)
     N, C, H, W = x4.shape
     P, Q = _adaptive_size(output_size, H, W)
-    gy = _check_grad(grad_output, x, (N, C, P, Q), "adaptive_max_pool2d output")
-    idx = None if indices is None else _check_indices(indices, x, (N, C, P, Q), H, W)
+    gy = _check_grad(A, grad_output, x, (N, C, P, Q), "adaptive_max_pool2d output")
+    idx = None if indices is None else _check_indices(A, indices, x, (N, C, P, Q), H, W)
     dtype = _compute_dtype(x)
     gy4 = gy[None] if unbatched else gy
-    dx = np.empty((N * C, H, W), dtype)
-    x_planes = None if idx is not None else _planes(x4, dtype)
-    _kernel("adaptive_pool2d_backward", backend)(_MAX, _planes(gy4, dtype), x_planes,
-                                       idx, dx)
+    dx = A.xp.empty((N * C, H, W), dtype)
+    x_planes = None if idx is not None else _planes(A, x4, dtype)
+    A.kernel("adaptive_pool2d_backward")(_MAX, _planes(A, gy4, dtype), x_planes, idx, dx)
     return _finish(dx, x4.shape, unbatched, x.dtype)

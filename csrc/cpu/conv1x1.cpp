@@ -63,12 +63,72 @@ void for_items(int64_t items, int64_t scratch_elems, Body&& body) {
     for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), threads > 1);
   }
 }
+
+// Images per GEMM: small outputs (PQ < 256: late ResNet stages, 1x1 maps)
+// would make one skinny GEMM per image, re-reading the whole weight each
+// time; several images side by side (Cg x nb*PQ) keep the GEMM wide. The
+// count depends on the problem only, so results do not depend on threads.
+int64_t images_per_block(const ConvProblem& p) {
+  const int64_t PQ = p.P * p.Q;
+  if (PQ >= 256 || p.N <= 1) return 1;
+  const int64_t nb = std::min<int64_t>(p.N, std::max<int64_t>(1, 512 / PQ));
+  const int64_t blocks = (p.N + nb - 1) / nb;
+  return (p.N + blocks - 1) / blocks;
+}
+
+// (Cg x nimg*PQ) block of input channels of group g, images [n0, n0+nimg), subsampled
+template <typename T>
+void gather_input(const ConvProblem& p, const T* x, int64_t g, int64_t n0, int64_t nimg, T* dst) {
+  const int64_t Cg = p.Cg(), HW = p.H * p.W, PQ = p.P * p.Q, width = nimg * PQ;
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t i = 0; i < nimg; ++i) {
+      const T* src = x + ((n0 + i) * p.C + g * Cg + c) * HW;
+      T* d = dst + c * width + i * PQ;
+      for (int64_t pp = 0; pp < p.P; ++pp)
+        for (int64_t q = 0; q < p.Q; ++q) d[pp * p.Q + q] = src[pp * p.stride_h * p.W + q * p.stride_w];
+    }
+}
+
+// (rows x nimg*PQ) block <-> rows [r0, r0+rows) of an NxRowsxPQ tensor, images [n0, n0+nimg)
+template <typename T>
+void gather_rows(const T* t, int64_t total_rows, int64_t r0, int64_t rows, int64_t PQ, int64_t n0,
+                 int64_t nimg, T* dst) {
+  const int64_t width = nimg * PQ;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < nimg; ++i)
+      std::memcpy(dst + r * width + i * PQ, t + ((n0 + i) * total_rows + r0 + r) * PQ, sizeof(T) * PQ);
+}
+template <typename T>
+void scatter_rows(const T* src, int64_t total_rows, int64_t r0, int64_t rows, int64_t PQ, int64_t n0,
+                  int64_t nimg, T* t) {
+  const int64_t width = nimg * PQ;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < nimg; ++i)
+      std::memcpy(t + ((n0 + i) * total_rows + r0 + r) * PQ, src + r * width + i * PQ, sizeof(T) * PQ);
+}
 }  // namespace
 
 template <typename T>
 void conv1x1_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu) {
   const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
   const bool direct_view = unit_stride(p);
+  const int64_t nb = images_per_block(p);
+  if (nb > 1) {
+    const int64_t blocks = (p.N + nb - 1) / nb, wmax = nb * PQ;
+    for_items<T>(blocks * p.groups, (Cg + Kg) * wmax, [&](int64_t item, T* scratch, bool par) {
+      const int64_t g = item % p.groups, n0 = (item / p.groups) * nb, nimg = std::min(nb, p.N - n0);
+      const int64_t width = nimg * PQ;
+      T* xb = scratch;
+      T* yb = scratch + Cg * wmax;
+      gather_input(p, x, g, n0, nimg, xb);
+      GemmEpilogue<T> ep;
+      ep.row_bias = bias ? bias + g * Kg : nullptr;
+      ep.relu = relu;
+      gemm<T>(Kg, width, Cg, w + g * Kg * Cg, Cg, 1, xb, width, 1, T(0), yb, width, par, ep);
+      scatter_rows(yb, p.K, g * Kg, Kg, PQ, n0, nimg, y);
+    });
+    return;
+  }
   for_items<T>(p.N * p.groups, direct_view ? 1 : Cg * PQ, [&](int64_t item, T* scratch, bool par) {
     const int64_t g = item % p.groups, n = item / p.groups;
     const T* xg = x + (n * p.C + g * Cg) * HW;
@@ -88,6 +148,33 @@ template <typename T>
 void conv1x1_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
   const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
   const bool direct_view = unit_stride(p);
+  const int64_t nb = images_per_block(p);
+  if (nb > 1) {
+    const int64_t blocks = (p.N + nb - 1) / nb, wmax = nb * PQ;
+    for_items<T>(blocks * p.groups, (Cg + Kg) * wmax, [&](int64_t item, T* scratch, bool par) {
+      const int64_t g = item % p.groups, n0 = (item / p.groups) * nb, nimg = std::min(nb, p.N - n0);
+      const int64_t width = nimg * PQ;
+      T* dyb = scratch;
+      T* dxb = scratch + Kg * wmax;
+      gather_rows(dy, p.K, g * Kg, Kg, PQ, n0, nimg, dyb);
+      gemm<T>(Cg, width, Kg, w + g * Kg * Cg, 1, Cg, dyb, width, 1, T(0), dxb, width, par);
+      for (int64_t i = 0; i < nimg; ++i) {
+        T* dxg = dx + ((n0 + i) * p.C + g * Cg) * HW;
+        for (int64_t c = 0; c < Cg; ++c) {
+          T* d = dxg + c * HW;
+          const T* src = dxb + c * width + i * PQ;
+          if (direct_view) {
+            std::memcpy(d, src, sizeof(T) * PQ);
+            continue;
+          }
+          std::memset(d, 0, sizeof(T) * HW);
+          for (int64_t pp = 0; pp < p.P; ++pp)
+            for (int64_t q = 0; q < p.Q; ++q) d[pp * p.stride_h * p.W + q * p.stride_w] = src[pp * p.Q + q];
+        }
+      }
+    });
+    return;
+  }
   for_items<T>(p.N * p.groups, direct_view ? 1 : Cg * PQ, [&](int64_t item, T* scratch, bool par) {
     const int64_t g = item % p.groups, n = item / p.groups;
     T* dxg = dx + (n * p.C + g * Cg) * HW;
@@ -103,6 +190,23 @@ template <typename T>
 void conv1x1_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
   const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, HW = p.H * p.W;
   const bool direct_view = unit_stride(p);
+  const int64_t nb = images_per_block(p);
+  if (nb > 1) {
+    const int64_t blocks = (p.N + nb - 1) / nb, wmax = nb * PQ;
+    detail::reduce_weight_grad<T>(blocks * p.groups, p.K * Cg, dw, [&](int64_t item, T* acc, bool par) {
+      thread_local AlignedBuffer<T> buf;
+      buf.resize((Cg + Kg) * wmax);
+      const int64_t g = item % p.groups, n0 = (item / p.groups) * nb, nimg = std::min(nb, p.N - n0);
+      const int64_t width = nimg * PQ;
+      T* xb = buf.data();
+      T* dyb = xb + Cg * wmax;
+      gather_input(p, x, g, n0, nimg, xb);
+      gather_rows(dy, p.K, g * Kg, Kg, PQ, n0, nimg, dyb);
+      // acc[g] (Kg x Cg) += grad_output block (Kg x width) . input block^T (width x Cg)
+      gemm<T>(Kg, Cg, width, dyb, width, 1, xb, 1, width, T(1), acc + g * Kg * Cg, Cg, par);
+    });
+    return;
+  }
   detail::reduce_weight_grad<T>(p.N * p.groups, p.K * Cg, dw, [&](int64_t item, T* acc, bool par) {
     thread_local AlignedBuffer<T> sub;
     const int64_t g = item % p.groups, n = item / p.groups;

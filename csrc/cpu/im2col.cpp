@@ -88,7 +88,36 @@ Block block_at(const ConvProblem& p, const Blocking& b, int64_t index) {
 // col (CRS x width) for one block of group g
 template <typename T>
 void build_columns(const ConvProblem& p, const T* x, int64_t g, const Block& k, T* col, bool par) {
-  const int64_t Cg = p.Cg(), HW = p.H * p.W, CRS = Cg * p.R * p.S;
+  const int64_t Cg = p.Cg(), HW = p.H * p.W, CRS = Cg * p.R * p.S, RS = p.R * p.S;
+  const int64_t PQ = p.P * p.Q;
+  if (k.nimg > 1 && PQ <= 64) {
+    // Tiny outputs (late stages, stride-2 entries into 2x2 / 1x1 maps): one
+    // im2col_rows call per (image, row) would do a few divisions and loop
+    // set-ups for 1-64 values. Instead each tap's input offsets (or -1 for
+    // padding) are tabulated once and every row is a table-driven gather.
+    std::vector<int64_t> off(static_cast<size_t>(RS * PQ));
+    for (int64_t rs = 0; rs < RS; ++rs) {
+      const int64_t r = rs / p.S, s = rs % p.S;
+      for (int64_t pp = 0; pp < p.P; ++pp)
+        for (int64_t q = 0; q < p.Q; ++q) {
+          const int64_t ih = pp * p.stride_h - p.pad_h + r * p.dil_h;
+          const int64_t iw = q * p.stride_w - p.pad_w + s * p.dil_w;
+          off[rs * PQ + pp * p.Q + q] = (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) ? ih * p.W + iw : -1;
+        }
+    }
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t row = 0; row < CRS; ++row) {
+      const int64_t c = row / RS, rs = row % RS;
+      const int64_t* o = off.data() + rs * PQ;
+      T* dst = col + row * k.width;
+      for (int64_t i = 0; i < k.nimg; ++i) {
+        const T* xc = x + ((k.n0 + i) * p.C + g * Cg + c) * HW;
+        T* d = dst + i * PQ;
+        for (int64_t j = 0; j < PQ; ++j) d[j] = o[j] >= 0 ? xc[o[j]] : T(0);
+      }
+    }
+    return;
+  }
   const int64_t units = k.nimg * CRS;
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t u = 0; u < units; ++u) {
@@ -102,6 +131,11 @@ void build_columns(const ConvProblem& p, const T* x, int64_t g, const Block& k, 
 template <typename T>
 void gather_block(const ConvProblem& p, const T* t, int64_t g, const Block& k, T* dst) {
   const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
+  if (PQ == 1) {  // 1x1 outputs: a strided gather instead of one 4-byte memcpy per value
+    for (int64_t kk = 0; kk < Kg; ++kk)
+      for (int64_t i = 0; i < k.nimg; ++i) dst[kk * k.width + i] = t[(k.n0 + i) * p.K + g * Kg + kk];
+    return;
+  }
   for (int64_t kk = 0; kk < Kg; ++kk)
     for (int64_t i = 0; i < k.nimg; ++i)
       std::memcpy(dst + kk * k.width + i * PQ, t + ((k.n0 + i) * p.K + g * Kg + kk) * PQ,
@@ -110,6 +144,11 @@ void gather_block(const ConvProblem& p, const T* t, int64_t g, const Block& k, T
 template <typename T>
 void scatter_block(const ConvProblem& p, const T* src, int64_t g, const Block& k, T* t) {
   const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
+  if (PQ == 1) {
+    for (int64_t i = 0; i < k.nimg; ++i)
+      for (int64_t kk = 0; kk < Kg; ++kk) t[(k.n0 + i) * p.K + g * Kg + kk] = src[kk * k.width + i];
+    return;
+  }
   for (int64_t kk = 0; kk < Kg; ++kk)
     for (int64_t i = 0; i < k.nimg; ++i)
       std::memcpy(t + ((k.n0 + i) * p.K + g * Kg + kk) * PQ, src + kk * k.width + i * PQ,
@@ -414,6 +453,39 @@ void im2col_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
       T* dyb = scratch + CRS * b.cols;
       gather_block(p, dy, g, k, dyb);
       gemm<T>(CRS, k.width, Kg, w + g * Kg * CRS, 1, CRS, dyb, k.width, 1, T(0), dcol, k.width, par);
+      if (PQ <= 64) {
+        // tiny outputs: each input pixel sums its (tap, output pixel) entries
+        // from a table built once per block (in tap, then pixel order)
+        const int64_t RS = p.R * p.S;
+        std::vector<int64_t> start(static_cast<size_t>(HW + 1), 0), ent(static_cast<size_t>(RS * PQ));
+        std::vector<int64_t> pos(static_cast<size_t>(RS * PQ), -1);
+        for (int64_t rs = 0; rs < RS; ++rs)
+          for (int64_t j = 0; j < PQ; ++j) {
+            const int64_t ih = (j / p.Q) * p.stride_h - p.pad_h + (rs / p.S) * p.dil_h;
+            const int64_t iw = (j % p.Q) * p.stride_w - p.pad_w + (rs % p.S) * p.dil_w;
+            if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) {
+              pos[rs * PQ + j] = ih * p.W + iw;
+              ++start[ih * p.W + iw + 1];
+            }
+          }
+        for (int64_t e = 0; e < HW; ++e) start[e + 1] += start[e];
+        std::vector<int64_t> fill(start.begin(), start.end() - 1);
+        for (int64_t rs = 0; rs < RS; ++rs)
+          for (int64_t j = 0; j < PQ; ++j)
+            if (pos[rs * PQ + j] >= 0) ent[fill[pos[rs * PQ + j]]++] = rs * k.width + j;
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t u = 0; u < k.nimg * Cg; ++u) {
+          const int64_t i = u / Cg, c = u % Cg;
+          T* dxc = dx + ((k.n0 + i) * p.C + g * Cg + c) * HW;
+          const T* base = dcol + c * RS * k.width + i * PQ;
+          for (int64_t e = 0; e < HW; ++e) {
+            T acc = T(0);
+            for (int64_t t = start[e]; t < start[e + 1]; ++t) acc += base[ent[t]];
+            dxc[e] = acc;
+          }
+        }
+        return;
+      }
       const int64_t rows = k.nimg * Cg * p.H;
 #pragma omp parallel for schedule(static) if (par)
       for (int64_t u = 0; u < rows; ++u) {

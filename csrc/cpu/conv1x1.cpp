@@ -46,24 +46,6 @@ void scatter_strided(const ConvProblem& p, const T* src, int64_t channels, T* ds
   }
 }
 
-// run body(item, scratch, parallel) over items: items in parallel when there
-// are enough of them, else one after another with parallel GEMMs inside.
-template <typename T, typename Body>
-void for_items(int64_t items, int64_t scratch_elems, Body&& body) {
-  const int threads = max_threads();
-  if (threads > 1 && items >= threads) {
-#pragma omp parallel
-    {
-      AlignedBuffer<T> scratch(scratch_elems);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), false);
-    }
-  } else {
-    AlignedBuffer<T> scratch(scratch_elems);
-    for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), threads > 1);
-  }
-}
-
 // Images per GEMM: small outputs (PQ < 256: late ResNet stages, 1x1 maps)
 // would make one skinny GEMM per image, re-reading the whole weight each
 // time; several images side by side (Cg x nb*PQ) keep the GEMM wide. The
@@ -115,7 +97,8 @@ void conv1x1_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, 
   const int64_t nb = images_per_block(p);
   if (nb > 1) {
     const int64_t blocks = (p.N + nb - 1) / nb, wmax = nb * PQ;
-    for_items<T>(blocks * p.groups, (Cg + Kg) * wmax, [&](int64_t item, T* scratch, bool par) {
+    detail::for_items<T>(blocks * p.groups, (Cg + Kg) * wmax, 1, [&](int64_t item, T* scratch,
+                                                                     bool par) {
       const int64_t g = item % p.groups, n0 = (item / p.groups) * nb, nimg = std::min(nb, p.N - n0);
       const int64_t width = nimg * PQ;
       T* xb = scratch;
@@ -129,7 +112,8 @@ void conv1x1_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, 
     });
     return;
   }
-  for_items<T>(p.N * p.groups, direct_view ? 1 : Cg * PQ, [&](int64_t item, T* scratch, bool par) {
+  detail::for_items<T>(p.N * p.groups, direct_view ? 1 : Cg * PQ, 1, [&](int64_t item, T* scratch,
+                                                                          bool par) {
     const int64_t g = item % p.groups, n = item / p.groups;
     const T* xg = x + (n * p.C + g * Cg) * HW;
     if (!direct_view) {
@@ -151,7 +135,8 @@ void conv1x1_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
   const int64_t nb = images_per_block(p);
   if (nb > 1) {
     const int64_t blocks = (p.N + nb - 1) / nb, wmax = nb * PQ;
-    for_items<T>(blocks * p.groups, (Cg + Kg) * wmax, [&](int64_t item, T* scratch, bool par) {
+    detail::for_items<T>(blocks * p.groups, (Cg + Kg) * wmax, 1, [&](int64_t item, T* scratch,
+                                                                     bool par) {
       const int64_t g = item % p.groups, n0 = (item / p.groups) * nb, nimg = std::min(nb, p.N - n0);
       const int64_t width = nimg * PQ;
       T* dyb = scratch;
@@ -175,7 +160,8 @@ void conv1x1_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
     });
     return;
   }
-  for_items<T>(p.N * p.groups, direct_view ? 1 : Cg * PQ, [&](int64_t item, T* scratch, bool par) {
+  detail::for_items<T>(p.N * p.groups, direct_view ? 1 : Cg * PQ, 1, [&](int64_t item, T* scratch,
+                                                                          bool par) {
     const int64_t g = item % p.groups, n = item / p.groups;
     T* dxg = dx + (n * p.C + g * Cg) * HW;
     T* dst = direct_view ? dxg : scratch;

@@ -138,5 +138,26 @@ inline int64_t im2col_tile_cols(int64_t rows, int64_t total_cols, int64_t elem_b
   return std::min(nt, total_cols);
 }
 
+// Run body(item, scratch, parallel) over items [0, items): in parallel, one
+// item per thread at a time with serial GEMMs inside, when there are at
+// least min_items per thread; else one after another with parallel GEMMs
+// inside. Each thread gets its own scratch of scratch_elems elements. The
+// items themselves never depend on the thread count (determinism).
+template <typename T, typename Body>
+void for_items(int64_t items, int64_t scratch_elems, int64_t min_items, Body&& body) {
+  const int threads = max_threads();
+  if (threads > 1 && items >= min_items * threads) {
+#pragma omp parallel
+    {
+      AlignedBuffer<T> scratch(scratch_elems);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), false);
+    }
+  } else {
+    AlignedBuffer<T> scratch(scratch_elems);
+    for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), threads > 1);
+  }
+}
+
 }  // namespace detail
 }  // namespace fastconv

@@ -22,6 +22,7 @@
 namespace fastconv {
 
 using detail::im2col_rows;
+using detail::for_items;
 using detail::im2col_tile_cols;
 
 std::string im2col_supports(const ConvProblem&) { return ""; }
@@ -153,24 +154,6 @@ void scatter_block(const ConvProblem& p, const T* src, int64_t g, const Block& k
     for (int64_t i = 0; i < k.nimg; ++i)
       std::memcpy(t + ((k.n0 + i) * p.K + g * Kg + kk) * PQ, src + kk * k.width + i * PQ,
                   sizeof(T) * PQ);
-}
-
-// run body(item, scratch, parallel) over items: in parallel with serial GEMMs
-// when there are enough items, else one after another with parallel GEMMs.
-template <typename T, typename Body>
-void for_items(int64_t items, int64_t scratch_elems, int64_t min_items, Body&& body) {
-  const int threads = max_threads();
-  if (threads > 1 && items >= min_items * threads) {
-#pragma omp parallel
-    {
-      AlignedBuffer<T> scratch(scratch_elems);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), false);
-    }
-  } else {
-    AlignedBuffer<T> scratch(scratch_elems);
-    for (int64_t i = 0; i < items; ++i) body(i, scratch.data(), threads > 1);
-  }
 }
 
 }  // namespace

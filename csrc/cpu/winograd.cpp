@@ -242,7 +242,7 @@ void wino_run(const WinoConv<T>& q, const T* x, const T* U, const T* bias, bool 
   if (q.tiles == 0) return;
   const int64_t blocks = (q.tiles + q.Tb - 1) / q.Tb;
   const int64_t scratch = 16 * (e_stride(q.Cin, q.Tb) + e_stride(q.Cout, q.Tb));
-  auto body = [&](int64_t blk, T* buf, bool par) {
+  detail::for_items<T>(blocks, scratch, 2, [&](int64_t blk, T* buf, bool par) {
     const int64_t t0 = blk * q.Tb, nt = std::min(q.Tb, q.tiles - t0);
     T* V = buf;
     T* M = buf + 16 * e_stride(q.Cin, q.Tb);
@@ -251,19 +251,7 @@ void wino_run(const WinoConv<T>& q, const T* x, const T* U, const T* bias, bool 
       gemm<T>(q.Cout, nt, q.Cin, U + e * q.Cout * q.Cin, q.Cin, 1, V + e * e_stride(q.Cin, nt), nt, 1, T(0),
               M + e * e_stride(q.Cout, nt), nt, par);
     transform_output(q, M, t0, nt, bias, relu, y, par);
-  };
-  const int threads = max_threads();
-  if (threads > 1 && blocks >= 2 * threads) {
-#pragma omp parallel
-    {
-      AlignedBuffer<T> buf(scratch);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t b = 0; b < blocks; ++b) body(b, buf.data(), false);
-    }
-  } else {
-    AlignedBuffer<T> buf(scratch);
-    for (int64_t b = 0; b < blocks; ++b) body(b, buf.data(), threads > 1);
-  }
+  });
 }
 
 // Wgrad: Z[e][k][tt] = (A dY A^T)[e] of the 2x2 grad_output tiles (zero

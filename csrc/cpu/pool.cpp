@@ -256,16 +256,12 @@ int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x,
   }
   if (kind != PoolKind::Avg) {
     // max/min: each plane is owned by one thread, zeroed (it then sits in
-    // L2), then every output adds its gradient at its argmax. The order is
-    // fixed, so overlapping windows accumulate deterministically: within an
-    // output row the even columns first, then the odd ones. Neighbouring
-    // windows of a 3x3/s2 pool share a column, and adding them back to back
-    // makes each load wait on the store just before it (measured: ~8 cycles
-    // per output); columns two apart never share an input element when the
-    // stride is at least half the window. Out-of-range indices are counted
-    // and skipped: the range check rides along instead of costing a pass.
-    const int64_t HW = p.H * p.W, PQ = p.P * p.Q, Q = p.Q;
-    const bool split_cols = 2 * p.sw >= (p.kw - 1) * p.dw + 1 && Q > 2;
+    // L2), then every output adds its gradient at its argmax in row-major
+    // output order: a fixed order, so overlapping windows accumulate
+    // deterministically and bit-identically to the CUDA kernels (a gather in
+    // the same order). Out-of-range indices are counted and skipped: the
+    // range check rides along instead of costing a pass over the indices.
+    const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
     int64_t bad = 0;
 #pragma omp parallel for schedule(static) reduction(+ : bad) if (p.planes * (HW + PQ) > kParallelMin)
     for (int64_t plane = 0; plane < p.planes; ++plane) {
@@ -274,18 +270,10 @@ int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x,
       const int64_t* ix = idx + plane * PQ;
       for (int64_t i = 0; i < HW; ++i) d[i] = T(0);
       int64_t nbad = 0;
-      auto add = [&](int64_t o) {
+      for (int64_t o = 0; o < PQ; ++o) {
         const int64_t i = ix[o];
         if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) d[i] += g[o];
         else ++nbad;
-      };
-      if (split_cols) {
-        for (int64_t r = 0; r < PQ; r += Q) {
-          for (int64_t q = 0; q < Q; q += 2) add(r + q);
-          for (int64_t q = 1; q < Q; q += 2) add(r + q);
-        }
-      } else {
-        for (int64_t o = 0; o < PQ; ++o) add(o);
       }
       bad += nbad;
     }

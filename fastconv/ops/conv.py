@@ -104,14 +104,15 @@ def _auto(p: ConvProblem, op: str) -> str:
     depthwise (groups > 1, one input channel/group)  direct
     1xn / nx1 kernel, groups 1, C >= 32              separable
     3x3, stride 1, dilation 1, groups 1,             winograd
-    C >= 16 and K >= 16
+    C >= 16 and K >= 16 (Wgrad: >= 32)
     everything else (incl. 1-channel first layers)   im2col
     ==============================================  =========
 
     Winograd F(2x2, 3x3) does 2.25x fewer multiply-adds; its tile transforms
     cost about as much as that saves below 16 channels (measured, 1 thread:
-    Fprop/Dgrad 1.2x faster than im2col at 16 channels, 1.4-2.1x at 64-256,
-    Wgrad 1.0x at 16 and 1.3-1.8x at 32-512; slower with 3-8 channels).
+    Fprop/Dgrad 1.2x faster than im2col at 16 channels, 1.4-2.1x at 64-256;
+    Wgrad 1.2-2.0x faster from 64 channels at 2 threads, 0.85x at 16; slower
+    with 3-8 channels).
 
     One-channel first layers (LeNet C1, the Fashion net's conv1) looked like
     direct-convolution territory, but im2col with padded-width columns is 3-30x
@@ -124,7 +125,7 @@ def _auto(p: ConvProblem, op: str) -> str:
         return "direct"
     if (p.R == 1 or p.S == 1) and Cg >= 32 and not _supports("separable", p):
         return "separable"
-    if min(Cg, p.K) >= 16 and not _supports("winograd", p):
+    if min(Cg, p.K) >= (32 if op == "wgrad" else 16) and not _supports("winograd", p):
         return "winograd"
     return "im2col"
 

@@ -456,12 +456,14 @@ def test_out_aliasing_the_input_is_still_correct(algo):
 
 # ------------------------------------------------------------------ winograd blocking
 @pytest.mark.parametrize("padding", [0, 1, 2])
-def test_winograd_many_tile_blocks(padding):
+@pytest.mark.parametrize("shape", [(9, 64, 48, 21, 19), (4, 96, 192, 17, 15)], ids=["small_dU", "large_dU"])
+def test_winograd_many_tile_blocks(padding, shape):
     """Enough tiles for several tile blocks (parallel over blocks at 2 threads, serial blocks with
-    parallel GEMMs at 3, a chunked Wgrad reduction) and ragged last tiles (odd output sizes):
-    float64 reference, and bit-identical for 1, 2 and 3 threads."""
+    parallel GEMMs at 3; Wgrad: chunked reduction for a small dU, the 16 positions split over the
+    threads for a large one) and ragged last tiles (odd output sizes): float64 reference, and
+    bit-identical for 1, 2 and 3 threads."""
     rng = np.random.default_rng(5 + padding)
-    N, C, K, H, W = 9, 64, 48, 21, 19  # 990 tiles: 5 blocks of 198
+    N, C, K, H, W = shape  # small_dU: 990 tiles, 5 blocks of 198; large_dU: 16*K*C*4 > 1 MiB, 2 Wgrad blocks
     pads = (padding,) * 4
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)

@@ -330,7 +330,7 @@ void winograd_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
 }
 
 // Wgrad: dU[e] (K x C) = sum over tiles of Z[e] (K x tiles) . V[e]^T, then
-// dW = G^T dU G per filter. Tile blocks run one after another (transforms
+// dW = G^T dU G per filter. With many channels, tile blocks run one after another (transforms
 // parallel over channels); within a block the 16 positions e are split over
 // the threads, each adding its block GEMMs into its own dU[e] in block
 // order. So every dU[e] sees the same sums in the same order for any thread
@@ -341,12 +341,34 @@ void winograd_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
 template <typename T>
 void winograd_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
   auto q = make_wino<T>(p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w);
+  const int64_t KC = p.K * p.C;
+  if (16 * KC * int64_t(sizeof(T)) <= (int64_t(1) << 20)) {
+    // Few channels (dU <= 1 MiB): the 16 block GEMMs are tiny, so blocks run
+    // in parallel instead, each chunk of blocks summing into its own copy of
+    // dU, and the copies are added in a fixed order (reduce_weight_grad).
+    const int64_t blocks = (q.tiles + q.Tb - 1) / q.Tb;
+    const int64_t scratch = 16 * (e_stride(q.Cin, q.Tb) + e_stride(q.Cout, q.Tb));
+    AlignedBuffer<T> dU(16 * KC);
+    detail::reduce_weight_grad<T>(blocks, 16 * KC, dU.data(), [&](int64_t blk, T* acc, bool par) {
+      thread_local AlignedBuffer<T> buf;
+      buf.resize(scratch);
+      const int64_t t0 = blk * q.Tb, nt = std::min(q.Tb, q.tiles - t0);
+      T* V = buf.data();
+      T* Z = V + 16 * e_stride(q.Cin, q.Tb);
+      transform_input(q, x, t0, nt, V, par);
+      transform_grad_output(q, dy, t0, nt, Z, par);
+      for (int e = 0; e < 16; ++e)
+        gemm<T>(p.K, p.C, nt, Z + e * e_stride(p.K, nt), nt, 1, V + e * e_stride(p.C, nt), 1, nt, T(1),
+                acc + e * KC, p.C, par);
+    });
+    weight_grad_from_u(dU.data(), p.K, p.C, dw);
+    return;
+  }
   if (q.tiles > q.Tb) {
     const int64_t want = std::max<int64_t>(q.Tb, 256);
     const int64_t blocks = (q.tiles + want - 1) / want;
     q.Tb = (q.tiles + blocks - 1) / blocks;
   }
-  const int64_t KC = p.K * p.C;
   AlignedBuffer<T> dU(16 * KC);
   std::memset(dU.data(), 0, sizeof(T) * 16 * KC);
   const int64_t blocks = (q.tiles + q.Tb - 1) / q.Tb;

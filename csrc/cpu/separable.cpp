@@ -146,22 +146,6 @@ Scratch scratch_layout(const ConvProblem& p, const ConvProblem& v, bool tr) {
   return s;
 }
 
-template <typename T, typename Body>
-void for_images(int64_t N, int64_t scratch, Body&& body) {
-  const int threads = max_threads();
-  if (threads > 1 && N >= threads) {
-#pragma omp parallel
-    {
-      AlignedBuffer<T> buf(scratch);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t n = 0; n < N; ++n) body(n, buf.data(), false);
-    }
-  } else {
-    AlignedBuffer<T> buf(scratch);
-    for (int64_t n = 0; n < N; ++n) body(n, buf.data(), threads > 1);
-  }
-}
-
 // Bring one image into the vertical view of width Q. Returns a pointer to
 // (C x Hv x Qv) data: either the input itself or `scratch`.
 template <typename T>
@@ -187,7 +171,7 @@ void separable_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias
   AlignedBuffer<T> wt(p.R * p.S * KC);
   taps_major(p, w, wt.data());
   const Scratch L = scratch_layout(p, v, tr);
-  for_images<T>(p.N, L.total(), [&](int64_t n, T* scratch, bool par) {
+  detail::for_items<T>(p.N, L.total(), 1, [&](int64_t n, T* scratch, bool par) {
     T* s_t = scratch;         // transposed input
     T* s_r = s_t + L.tin;     // resampled input
     T* s_y = s_r + L.view;    // vertical output
@@ -222,7 +206,7 @@ void separable_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
   AlignedBuffer<T> wt(p.R * p.S * KC);
   taps_major(p, w, wt.data());
   const Scratch L = scratch_layout(p, v, tr);
-  for_images<T>(p.N, L.total(), [&](int64_t n, T* scratch, bool par) {
+  detail::for_items<T>(p.N, L.total(), 1, [&](int64_t n, T* scratch, bool par) {
     T* s_dy = scratch + L.tin;     // transposed grad_output
     T* s_dxv = s_dy + L.tout;      // grad of the width-Q view
     T* s_band = s_dxv + L.view;    // one tap's rows (strided H)

@@ -873,7 +873,8 @@ FC_TGT void avg_bwd_range(const PoolProblem& p, const T* __restrict dy, T* __res
 // on one thread).
 template <class Op, typename T>
 FC_TGT void global_rows(const T* __restrict x, int64_t HW, T* __restrict y, T div, int64_t b, int64_t e) {
-  constexpr int L = 8;
+  // 16 lanes: one AVX-512 vector of floats (7x7 planes: 3 vector steps + 1)
+  constexpr int L = 16;
   for (int64_t pl = b; pl < e; ++pl) {
     const T* __restrict xp = x + pl * HW;
     T acc[L];
@@ -883,8 +884,9 @@ FC_TGT void global_rows(const T* __restrict x, int64_t HW, T* __restrict y, T di
       for (int j = 0; j < L; ++j) acc[j] = Op::comb(acc[j], xp[i + j]);
     T tail = Op::id();
     for (; i < HW; ++i) tail = Op::comb(tail, xp[i]);
-    const T t = Op::comb(Op::comb(Op::comb(acc[0], acc[4]), Op::comb(acc[1], acc[5])),
-                         Op::comb(Op::comb(acc[2], acc[6]), Op::comb(acc[3], acc[7])));
+    for (int j = 0; j < L / 2; ++j) acc[j] = Op::comb(acc[j], acc[j + L / 2]);
+    for (int j = 0; j < L / 4; ++j) acc[j] = Op::comb(acc[j], acc[j + L / 4]);
+    const T t = Op::comb(Op::comb(acc[0], acc[2]), Op::comb(acc[1], acc[3]));
     const T r = Op::comb(t, tail);
     y[pl] = Op::avg ? r / div : r;
   }

@@ -33,6 +33,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr-schedule", choices=("none", "onecycle"), default="none",
+                    help="onecycle: both sides step a OneCycleLR (peak --lr) after every batch")
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
@@ -49,7 +51,8 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     trainer, _ = build_run(model=a.model, dataset="fashion-mnist", data_dir=a.data_dir, epochs=a.epochs,
                            batch_size=a.batch_size, lr=a.lr, momentum=a.momentum, seed=a.seed, threads=a.threads,
-                           limit_train=a.limit_train, limit_test=a.limit_test, progress=False)
+                           limit_train=a.limit_train, limit_test=a.limit_test, progress=False,
+                           lr_schedule=a.lr_schedule)
     fm, fopt = trainer.model, trainer.optimizer
     tm = torch_models(torch)[a.model]()
     src, dst = list(fm.state_dict().values()), list(tm.state_dict().values())
@@ -59,6 +62,9 @@ def main(argv=None):
         for s, d in zip(src, dst):
             d.copy_(torch.from_numpy(np.asarray(s.data if hasattr(s, "data") else s)))
     topt = torch.optim.SGD(tm.parameters(), lr=a.lr, momentum=a.momentum)
+    fsched = trainer.scheduler if a.lr_schedule == "onecycle" else None
+    tsched = (torch.optim.lr_scheduler.OneCycleLR(topt, a.lr, epochs=a.epochs, steps_per_epoch=len(trainer.train_loader))
+              if a.lr_schedule == "onecycle" else None)
 
     def evaluate():
         fm.eval()
@@ -73,7 +79,8 @@ def main(argv=None):
         tm.train()
         return fc / n, tc / n
 
-    print(f"{a.model} on Fashion-MNIST: SGD lr {a.lr} momentum {a.momentum}, batch {a.batch_size}, seed {a.seed}, "
+    sched = ", one-cycle schedule (peak lr)" if a.lr_schedule == "onecycle" else ""
+    print(f"{a.model} on Fashion-MNIST: SGD lr {a.lr}{sched} momentum {a.momentum}, batch {a.batch_size}, seed {a.seed}, "
           f"{a.threads} threads; same initial weights and batches for both")
     print(f"{'epoch':>5} {'fastconv acc':>13} {'torch acc':>10} {'fastconv loss':>14} {'torch loss':>11} "
           f"{'fastconv s':>11} {'torch s':>8}")
@@ -90,11 +97,15 @@ def main(argv=None):
             fopt.zero_grad()
             loss.backward()
             fopt.step()
+            if fsched is not None:
+                fsched.step()
             t1 = time.perf_counter()
             tloss = torch.nn.functional.cross_entropy(tm(torch.from_numpy(x)), torch.from_numpy(y.astype(np.int64)))
             topt.zero_grad()
             tloss.backward()
             topt.step()
+            if tsched is not None:
+                tsched.step()
             t2 = time.perf_counter()
             ft += t1 - t0
             tt += t2 - t1

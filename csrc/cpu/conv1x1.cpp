@@ -19,10 +19,11 @@ inline bool unit_stride(const ConvProblem& p) {
   return p.stride_h == 1 && p.stride_w == 1 && p.P == p.H && p.Q == p.W;
 }
 
-// (Cg x H x W) -> (Cg x P x Q): pick every stride-th pixel
+// (Cg x H x W) -> (Cg x P x Q): pick every stride-th pixel; ld: distance
+// between the destination's channel rows (PQ, or wider inside an image block)
 template <typename T>
-void subsample(const ConvProblem& p, const T* src, int64_t channels, T* dst, bool par) {
-  const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
+void subsample(const ConvProblem& p, const T* src, int64_t channels, T* dst, bool par, int64_t ld = -1) {
+  const int64_t HW = p.H * p.W, PQ = ld < 0 ? p.P * p.Q : ld;
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t cp = 0; cp < channels * p.P; ++cp) {
     const int64_t c = cp / p.P, pp = cp % p.P;
@@ -32,10 +33,10 @@ void subsample(const ConvProblem& p, const T* src, int64_t channels, T* dst, boo
   }
 }
 
-// (Cg x P x Q) -> zeroed (Cg x H x W) at the strided positions
+// (Cg x P x Q) -> zeroed (Cg x H x W) at the strided positions; ld as in subsample, for src
 template <typename T>
-void scatter_strided(const ConvProblem& p, const T* src, int64_t channels, T* dst, bool par) {
-  const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
+void scatter_strided(const ConvProblem& p, const T* src, int64_t channels, T* dst, bool par, int64_t ld = -1) {
+  const int64_t HW = p.H * p.W, PQ = ld < 0 ? p.P * p.Q : ld;
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t c = 0; c < channels; ++c) {
     T* d = dst + c * HW;
@@ -61,14 +62,9 @@ int64_t images_per_block(const ConvProblem& p) {
 // (Cg x nimg*PQ) block of input channels of group g, images [n0, n0+nimg), subsampled
 template <typename T>
 void gather_input(const ConvProblem& p, const T* x, int64_t g, int64_t n0, int64_t nimg, T* dst) {
-  const int64_t Cg = p.Cg(), HW = p.H * p.W, PQ = p.P * p.Q, width = nimg * PQ;
-  for (int64_t c = 0; c < Cg; ++c)
-    for (int64_t i = 0; i < nimg; ++i) {
-      const T* src = x + ((n0 + i) * p.C + g * Cg + c) * HW;
-      T* d = dst + c * width + i * PQ;
-      for (int64_t pp = 0; pp < p.P; ++pp)
-        for (int64_t q = 0; q < p.Q; ++q) d[pp * p.Q + q] = src[pp * p.stride_h * p.W + q * p.stride_w];
-    }
+  const int64_t Cg = p.Cg(), PQ = p.P * p.Q;
+  for (int64_t i = 0; i < nimg; ++i)
+    subsample(p, x + ((n0 + i) * p.C + g * Cg) * p.H * p.W, Cg, dst + i * PQ, false, nimg * PQ);
 }
 
 // (rows x nimg*PQ) block <-> rows [r0, r0+rows) of an NxRowsxPQ tensor, images [n0, n0+nimg)
@@ -143,20 +139,9 @@ void conv1x1_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
       T* dxb = scratch + Kg * wmax;
       gather_rows(dy, p.K, g * Kg, Kg, PQ, n0, nimg, dyb);
       gemm<T>(Cg, width, Kg, w + g * Kg * Cg, 1, Cg, dyb, width, 1, T(0), dxb, width, par);
-      for (int64_t i = 0; i < nimg; ++i) {
-        T* dxg = dx + ((n0 + i) * p.C + g * Cg) * HW;
-        for (int64_t c = 0; c < Cg; ++c) {
-          T* d = dxg + c * HW;
-          const T* src = dxb + c * width + i * PQ;
-          if (direct_view) {
-            std::memcpy(d, src, sizeof(T) * PQ);
-            continue;
-          }
-          std::memset(d, 0, sizeof(T) * HW);
-          for (int64_t pp = 0; pp < p.P; ++pp)
-            for (int64_t q = 0; q < p.Q; ++q) d[pp * p.stride_h * p.W + q * p.stride_w] = src[pp * p.Q + q];
-        }
-      }
+      // back to NCHW (scattered to the strided positions, zeros between)
+      for (int64_t i = 0; i < nimg; ++i)
+        scatter_strided(p, dxb + i * PQ, Cg, dx + ((n0 + i) * p.C + g * Cg) * HW, false, width);
     });
     return;
   }

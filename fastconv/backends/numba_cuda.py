@@ -108,14 +108,10 @@ COL_BYTES = 16 << 20
 
 
 def supports(algo: str, p) -> str:
-    if algo in ("direct", "im2col"):
-        return ""
-    if algo == "1x1":
-        if p.R != 1 or p.S != 1:
-            return f"the 1x1 algorithm needs a 1x1 kernel, got {p.R}x{p.S}"
-        if p.pad_h or p.pad_w or p.pad_bottom or p.pad_right:
-            return "the 1x1 algorithm needs zero padding"
-        return ""
+    if algo in ("direct", "im2col", "1x1"):
+        from ..ops.conv import _supports  # the ops layer's shape rules (1x1: kernel 1x1, no padding)
+
+        return _supports(algo, p)
     if algo == "separable":
         return ("the numba-cuda backend has no separable kernel (algos: direct, im2col, 1x1): the CPU one is "
                 "built around packed GEMM panels sized for CPU caches; run 1xn / nx1 filters with im2col")

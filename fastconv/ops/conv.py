@@ -12,6 +12,7 @@ DLPack tensors) take the device path (:mod:`fastconv.ops._device`): backend
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -218,6 +219,7 @@ def _tap_range(n_out, stride, pad, dil, size, k):
     return (valid[0], valid[-1]) if valid else (0, k - 1)
 
 
+@functools.lru_cache(maxsize=256)
 def _pruned(p):
     """For "auto": the problem without the kernel rows/columns that only ever read padding, plus the
     (row, column) slices of the weight that remain; None when nothing can be dropped.

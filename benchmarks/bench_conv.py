@@ -232,7 +232,8 @@ class Bench:
         ops_ = ("fprop",) if direction == "fwd" else ("dgrad", "wgrad")
         try:
             picks = [self.ops.choose_algo(spec.input_shape, spec.weight_shape, spec.stride,
-                                          spec.padding, spec.dilation, spec.groups, op=o)
+                                          spec.padding, spec.dilation, spec.groups, op=o,
+                                          backend=self.args.backend)
                      for o in ops_]
         except Exception as e:  # choose_algo missing or failing must not stop the run
             return f"auto(?{type(e).__name__})"

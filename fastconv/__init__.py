@@ -29,9 +29,11 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
-    numba = sys.modules.get("numba")
-    if numba is not None:
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    backends.requested_threads["n"] = n
+    # Numba only once fastconv's numba backend is loaded: it picks Numba's threading layer before
+    # Numba's first parallel launch, and it applies the count stored above when it loads
+    if "fastconv.backends.numba_cpu" in sys.modules:
+        sys.modules["fastconv.backends.numba_cpu"].apply_thread_count()
     if _cpu_backend.CPU_AVAILABLE:
         _cpu_backend._cpu.set_num_threads(n)
 

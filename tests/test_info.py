@@ -1,4 +1,5 @@
 """fastconv.info(), thread control, ISA selection and the command line."""
+import os
 import subprocess
 import sys
 
@@ -93,8 +94,6 @@ def test_set_isa_unknown_raises():
 def test_cli_info(tmp_path):
     # run outside the source tree (cwd would shadow the built package with the
     # bare sources) but import the same fastconv this process imported
-    import os
-
     env = dict(os.environ)
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -118,3 +117,33 @@ def test_numba_run_keeps_the_thread_count(threads):
     fastconv.set_num_threads(2)
     ops.conv2d(x, w, backend="numba")
     assert fastconv.get_num_threads() == 2
+
+
+@pytest.mark.skipif("numba" not in fastconv.backends.available(), reason="numba not installed")
+@pytest.mark.parametrize("layer", ["default", "omp", "workqueue"])
+def test_thread_count_reaches_numba_loaded_later(tmp_path, layer):
+    # set_num_threads before the numba backend is loaded (a fresh process): the count must reach
+    # Numba when it loads; and Numba's own launches (its omp layer calls omp_set_num_threads) must
+    # not change the count of the compiled kernels
+    code = (
+        "import numpy as np, fastconv, numba\n"
+        "fastconv.set_num_threads(1)\n"
+        "x = np.ones((1, 3, 6, 6), np.float32); w = np.ones((2, 3, 3, 3), np.float32)\n"
+        "fastconv.ops.conv2d(x, w, backend='numba')\n"
+        "print(numba.get_num_threads(), fastconv.get_num_threads())\n"
+        "numba.set_num_threads(2)\n"
+        "fastconv.ops.conv2d(x, w, backend='numba')\n"
+        "print(numba.get_num_threads(), fastconv.get_num_threads())\n"
+        "fastconv.set_num_threads(2)\n"
+        "fastconv.ops.conv2d(x, w, backend='numba')\n"
+        "print(numba.get_num_threads(), fastconv.get_num_threads())\n")
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", NUMBA_THREADING_LAYER=layer)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in [env.get("PYTHONPATH")] if p])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=tmp_path)
+    if out.returncode != 0 and "threading layer" in out.stderr.lower():
+        pytest.skip(f"numba has no {layer!r} threading layer here")
+    assert out.returncode == 0, out.stderr
+    lines = [line.split() for line in out.stdout.strip().split("\n")]
+    assert lines == [["1", "1"], ["2", "1"], ["2", "2"]]

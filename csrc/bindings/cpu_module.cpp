@@ -147,6 +147,7 @@ void register_pool(py::module_& m);    // cpu_pool.cpp
 void register_layers(py::module_& m);  // cpu_layers.cpp
 
 PYBIND11_MODULE(_cpu, m) {
+  fastconv::max_threads();  // the count at import (OMP_NUM_THREADS), before any other library changes it
   m.doc() = "fastconv compiled CPU kernels (C++, OpenMP, AVX-512/AVX2 dispatch)";
 
   fastconv::bindings::bind_conv_problem(m, /*module_local=*/false);
@@ -194,9 +195,7 @@ PYBIND11_MODULE(_cpu, m) {
 
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#endif
+    fastconv::set_max_threads(n);
   });
   m.def("get_num_threads", &fastconv::max_threads);
   m.def("gemm_isa", &fastconv::gemm_isa);

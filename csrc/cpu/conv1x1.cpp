@@ -24,7 +24,7 @@ inline bool unit_stride(const ConvProblem& p) {
 template <typename T>
 void subsample(const ConvProblem& p, const T* src, int64_t channels, T* dst, bool par, int64_t ld = -1) {
   const int64_t HW = p.H * p.W, PQ = ld < 0 ? p.P * p.Q : ld;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t cp = 0; cp < channels * p.P; ++cp) {
     const int64_t c = cp / p.P, pp = cp % p.P;
     const T* s = src + c * HW + pp * p.stride_h * p.W;
@@ -37,7 +37,7 @@ void subsample(const ConvProblem& p, const T* src, int64_t channels, T* dst, boo
 template <typename T>
 void scatter_strided(const ConvProblem& p, const T* src, int64_t channels, T* dst, bool par, int64_t ld = -1) {
   const int64_t HW = p.H * p.W, PQ = ld < 0 ? p.P * p.Q : ld;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t c = 0; c < channels; ++c) {
     T* d = dst + c * HW;
     std::memset(d, 0, sizeof(T) * HW);

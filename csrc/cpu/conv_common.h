@@ -101,14 +101,14 @@ void reduce_weight_grad(int64_t items, int64_t welems, T* dw, Body&& body) {
   if (chunks > 1 && max_threads() > 1 && welems * chunks * int64_t(sizeof(T)) <= kPartialBytes) {
     AlignedBuffer<T> partial(welems * chunks);
     T* part = partial.data();
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(dynamic, 1)
     for (int64_t ch = 0; ch < chunks; ++ch) {
       T* acc = part + ch * welems;
       std::memset(acc, 0, sizeof(T) * welems);
       const int64_t i0 = items * ch / chunks, i1 = items * (ch + 1) / chunks;
       for (int64_t i = i0; i < i1; ++i) body(i, acc, false);
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static)
     for (int64_t e = 0; e < welems; ++e) {
       T s = part[e];
       for (int64_t ch = 1; ch < chunks; ++ch) s += part[ch * welems + e];
@@ -147,7 +147,7 @@ template <typename T, typename Body>
 void for_items(int64_t items, int64_t scratch_elems, int64_t min_items, Body&& body) {
   const int threads = max_threads();
   if (threads > 1 && items >= min_items * threads) {
-#pragma omp parallel
+#pragma omp parallel num_threads(::fastconv::max_threads())
     {
       AlignedBuffer<T> scratch(scratch_elems);
 #pragma omp for schedule(dynamic, 1)

@@ -17,6 +17,7 @@
 #include <new>
 
 #include "fastconv/conv_cpu.h"
+#include "fastconv/parallel.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -81,7 +82,7 @@ void direct_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T
   const int64_t RS = p.R * p.S;
   const int64_t rows = p.N * p.K * p.P;  // one work item = one output row
   const TapCols tc(p);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static)
   for (int64_t item = 0; item < rows; ++item) {
     const int64_t pp = item % p.P;
     const int64_t nk = item / p.P;
@@ -116,7 +117,7 @@ void direct_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
   const int64_t RS = p.R * p.S;
   const int64_t rows = p.N * p.C * p.H;
   const TapCols tc(p);
-#pragma omp parallel
+#pragma omp parallel num_threads(::fastconv::max_threads())
   {
     // (r, output row) pairs that reach the current input row
     int64_t* taps = static_cast<int64_t*>(std::malloc(sizeof(int64_t) * 2 * p.R));
@@ -172,7 +173,7 @@ void direct_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
   const int64_t RS = p.R * p.S;
   const int64_t slices = p.K * Cg;
   const TapCols tc(p);
-#pragma omp parallel
+#pragma omp parallel num_threads(::fastconv::max_threads())
   {
     double* acc = static_cast<double*>(std::malloc(sizeof(double) * RS));
 #pragma omp for schedule(dynamic, 1)

@@ -15,6 +15,7 @@
 // C^T = B^T A^T in BLIS's column-major terms): the broadcast operand stays in
 // L1 and the vector operand streams from L2, which suits a row-major C.
 #include <fastconv/gemm.h>
+#include <fastconv/parallel.h>
 
 #include <omp.h>
 
@@ -544,7 +545,7 @@ void gemm_impl(const Problem<T>& P, bool parallel) {
   const GemmKernel<T> kr = select_kernel<T>(P.M, P.N);
 
   int threads = 1;
-  if (parallel && !omp_in_parallel()) threads = omp_get_max_threads();
+  if (parallel && !omp_in_parallel()) threads = ::fastconv::max_threads();
   // Tiny products: the fork/join costs more than the work.
   if (threads > 1 && double(P.M) * P.N * P.K < 64.0 * 1024) threads = 1;
   if (threads > 1) {
@@ -639,7 +640,7 @@ void set_gemm_isa(const char* isa) {
 }
 
 double measure_peak_gflops(int threads, double seconds) {
-  if (threads <= 0) threads = omp_get_max_threads();
+  if (threads <= 0) threads = ::fastconv::max_threads();
   if (!(seconds > 0)) seconds = 0.1;
   double (*loop)(int64_t) = &detail::peak_fma_loop_portable;
   const int isa = detail::active_isa();

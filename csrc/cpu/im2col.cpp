@@ -106,7 +106,7 @@ void build_columns(const ConvProblem& p, const T* x, int64_t g, const Block& k, 
           off[rs * PQ + pp * p.Q + q] = (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) ? ih * p.W + iw : -1;
         }
     }
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
     for (int64_t row = 0; row < CRS; ++row) {
       const int64_t c = row / RS, rs = row % RS;
       const int64_t* o = off.data() + rs * PQ;
@@ -120,7 +120,7 @@ void build_columns(const ConvProblem& p, const T* x, int64_t g, const Block& k, 
     return;
   }
   const int64_t units = k.nimg * CRS;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t u = 0; u < units; ++u) {
     const int64_t i = u / CRS, row = u % CRS;
     const T* xg = x + ((k.n0 + i) * p.C + g * Cg) * HW;
@@ -203,7 +203,7 @@ template <typename T>
 const T* padded_input(const ConvProblem& p, const Padded& g, const T* xg, T* buf, bool par) {
   const int64_t Cg = p.Cg();
   if (p.pad_h == 0 && p.pad_w == 0 && g.Hp == p.H && g.Wp == p.W) return xg;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t c = 0; c < Cg; ++c)
     for (int64_t h = 0; h < g.Hp; ++h) {
       T* d = buf + (c * g.Hp + h) * g.Wp;
@@ -221,7 +221,7 @@ template <typename T>
 void padded_columns(const ConvProblem& p, const Padded& g, const T* xp, int64_t i, int64_t width,
                     T* col, bool par) {
   const int64_t CRS = p.Cg() * p.R * p.S, RS = p.R * p.S;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t row = 0; row < CRS; ++row) {
     const int64_t c = row / RS, r = (row % RS) / p.S, s = row % p.S;
     const T* src = xp + c * g.Hp * g.Wp + r * p.dil_h * g.Wp + s * p.dil_w;
@@ -262,7 +262,7 @@ void padded_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T
     ep.row_bias = bias ? bias + grp * Kg : nullptr;
     ep.relu = relu;
     gemm<T>(Kg, width, CRS, w + grp * Kg * CRS, CRS, 1, col, width, 1, T(0), out, width, par, ep);
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
     for (int64_t ik = 0; ik < nimg * Kg; ++ik) {
       const int64_t i = ik / Kg, kk = ik % Kg;
       T* yk = y + ((n0 + i) * p.K + grp * Kg + kk) * PQ;
@@ -278,7 +278,7 @@ template <typename T>
 void padded_grad_output(const ConvProblem& p, const Padded& g, const T* dy, int64_t grp,
                         int64_t n0, int64_t nimg, int64_t width, T* dst, bool par) {
   const int64_t Kg = p.Kg(), PQ = p.P * p.Q;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t kk = 0; kk < Kg; ++kk)
     for (int64_t i = 0; i < nimg; ++i) {
       const T* src = dy + ((n0 + i) * p.K + grp * Kg + kk) * PQ;
@@ -308,7 +308,7 @@ void padded_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
     gemm<T>(CRS, width, Kg, w + grp * Kg * CRS, 1, CRS, dyb, width, 1, T(0), dcol, width, par);
     for (int64_t i = 0; i < nimg; ++i) {
       // each channel's padded gradient sums its taps' slices in (r, s) order
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
       for (int64_t c = 0; c < Cg; ++c) {
         T* d = dxp + c * plane;
         for (int64_t e = 0; e < plane; ++e) d[e] = T(0);
@@ -456,7 +456,7 @@ void im2col_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
         for (int64_t rs = 0; rs < RS; ++rs)
           for (int64_t j = 0; j < PQ; ++j)
             if (pos[rs * PQ + j] >= 0) ent[fill[pos[rs * PQ + j]]++] = rs * k.width + j;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
         for (int64_t u = 0; u < k.nimg * Cg; ++u) {
           const int64_t i = u / Cg, c = u % Cg;
           T* dxc = dx + ((k.n0 + i) * p.C + g * Cg + c) * HW;
@@ -470,7 +470,7 @@ void im2col_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
         return;
       }
       const int64_t rows = k.nimg * Cg * p.H;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
       for (int64_t u = 0; u < rows; ++u) {
         const int64_t i = u / (Cg * p.H), row = u % (Cg * p.H);
         T* dxg = dx + ((k.n0 + i) * p.C + g * Cg) * HW;
@@ -494,7 +494,7 @@ void im2col_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
       // dcol = weight[g]^T (CRS x Kg) . grad_output tile (Kg x ncols)
       gemm<T>(CRS, ncols, Kg, w + g * Kg * CRS, 1, CRS, dy + (n * p.K + g * Kg) * PQ + p0 * p.Q,
               PQ, 1, T(0), dcol, ncols, par);
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
       for (int64_t i = 0; i < Cg * p.H; ++i)
         col2im_gather_rows(p, dcol, ncols, p0, p1, i, i + 1, dxg);
     }

@@ -41,7 +41,7 @@ FC_CLONES void act_bwd_leaf(int kind, int64_t n, const T* dy, const T* y, T* dx)
 template <typename F>
 void for_chunks(int64_t n, F&& f) {
   const int64_t nch = ceil_div(n, kChunk);
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (n > kParallelMin)
   for (int64_t ch = 0; ch < nch; ++ch) {
     const int64_t i0 = ch * kChunk;
     f(i0, std::min(kChunk, n - i0));
@@ -263,12 +263,12 @@ template <typename T>
 void softmax_forward(bool log, int64_t outer, int64_t D, int64_t inner, const T* x, T* y) {
   const int64_t total = outer * D * inner;
   if (inner == 1) {
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
     for (int64_t o = 0; o < outer; ++o) softmax_row<T>(log, x + o * D, D, y + o * D);
     return;
   }
   const int64_t TL = col_tile(D, inner), nt = ceil_div(inner, TL);
-#pragma omp parallel if (total > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (total > kParallelMin)
   {
     AlignedBuffer<T> mx(TL);
     AlignedBuffer<double> acc(TL);
@@ -286,12 +286,12 @@ void softmax_backward(bool log, int64_t outer, int64_t D, int64_t inner, const T
                       T* dx) {
   const int64_t total = outer * D * inner;
   if (inner == 1) {
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
     for (int64_t o = 0; o < outer; ++o) softmax_row_bwd<T>(log, dy + o * D, y + o * D, D, dx + o * D);
     return;
   }
   const int64_t TL = col_tile(D, inner), nt = ceil_div(inner, TL);
-#pragma omp parallel if (total > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (total > kParallelMin)
   {
     AlignedBuffer<double> acc(TL);
 #pragma omp for schedule(static)
@@ -307,7 +307,7 @@ template <typename T>
 void cross_entropy_fused(int64_t N, int64_t C, const T* logits, const int64_t* target,
                          int64_t ignore_index, double label_smoothing, double grad_scale,
                          double* row_loss, T* grad) {
-#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (N * C > kParallelMin)
   for (int64_t i = 0; i < N; ++i) {
     const bool ign = target[i] == ignore_index;
     row_loss[i] = ce_row<T>(logits + i * C, C, ign ? 0 : target[i], ign, label_smoothing,

@@ -32,7 +32,7 @@ void linear_forward(int64_t M, int64_t I, int64_t O, const T* x, const T* w, con
   if (b) {
     // The bias runs along the columns of y, which the GEMM's row-bias
     // epilogue does not cover: pre-fill y with it and accumulate (beta = 1).
-#pragma omp parallel for schedule(static) if (M * O > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (M * O > kParallelMin)
     for (int64_t m = 0; m < M; ++m) copy_row<T>(b, O, y + m * O);
     beta = T(1);
   }
@@ -60,7 +60,7 @@ void linear_backward(int64_t M, int64_t I, int64_t O, const T* dy, const T* x, c
     // blocks spread over threads
     constexpr int64_t kBlock = 256;
     const int64_t nb = ceil_div(O, kBlock);
-#pragma omp parallel if (M * O > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (M * O > kParallelMin)
     {
       std::vector<double> acc(kBlock);
 #pragma omp for schedule(static)

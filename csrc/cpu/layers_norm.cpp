@@ -91,12 +91,12 @@ void channel_sums(int64_t N, int64_t C, int64_t L, double* out1, double* out2, P
                   StridedFn strided) {
   const int64_t total = N * C * L;
   if (L < 64) {
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
     for (int64_t c = 0; c < C; ++c) strided(c, &out1[c], &out2[c]);
     return;
   }
   std::vector<double> p1(N * C), p2(N * C);
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
   for (int64_t nc = 0; nc < N * C; ++nc) plane(nc, &p1[nc], &p2[nc]);
   for (int64_t c = 0; c < C; ++c) {
     double s1 = 0, s2 = 0;
@@ -154,12 +154,12 @@ void bn_apply(int64_t N, int64_t C, int64_t L, const T* x, const double* mean, c
   }
   const int64_t total = N * C * L;
   if (L == 1) {
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = 0; c < C; ++c) y[n * C + c] = (x[n * C + c] - m[c]) * a[c] + bb[c];
     return;
   }
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
   for (int64_t nc = 0; nc < N * C; ++nc) {
     const int64_t c = nc % C;
     plane_affine<T>(x + nc * L, L, m[c], a[c], bb[c], y + nc * L);
@@ -211,7 +211,7 @@ void bn_backward(int64_t N, int64_t C, int64_t L, const T* dy, const T* x, const
     }
   }
   if (L == 1) {
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t i = n * C + c;
@@ -219,7 +219,7 @@ void bn_backward(int64_t N, int64_t C, int64_t L, const T* dy, const T* x, const
       }
     return;
   }
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
   for (int64_t nc = 0; nc < N * C; ++nc) {
     const int64_t c = nc % C;
     if (training)
@@ -301,7 +301,7 @@ void lrn_forward(int64_t N, int64_t C, int64_t L, const T* x, int64_t size, doub
   const int64_t TL = std::min<int64_t>(L, 1024);
   const int64_t ntiles = ceil_div(L, TL);
   const int64_t total = N * C * L;
-#pragma omp parallel if (total > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (total > kParallelMin)
   {
     AlignedBuffer<double> acc(TL);
     AlignedBuffer<T> b(TL), s(TL);
@@ -336,7 +336,7 @@ void lrn_backward(int64_t N, int64_t C, int64_t L, const T* dy, const T* x, int6
   const int64_t TL = lrn_tile(C, L, 2 * sizeof(T));
   const int64_t ntiles = ceil_div(L, TL);
   const int64_t total = N * C * L;
-#pragma omp parallel if (total > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (total > kParallelMin)
   {
     AlignedBuffer<double> acc(TL);
     AlignedBuffer<T> b(TL), s(C * TL), t(C * TL);

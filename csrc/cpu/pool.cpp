@@ -162,7 +162,7 @@ bool is_global(const PoolProblem& p) {
 
 template <typename T>
 void global_fwd(PoolKind kind, int64_t planes, int64_t HW, const T* x, T* y, int64_t* idx, T div) {
-#pragma omp parallel if (planes * HW > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (planes * HW > kParallelMin)
   {
     int64_t b, e;
     split(planes, b, e);
@@ -230,7 +230,7 @@ void pool2d_fwd(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* 
   }
   const int64_t items = p.planes * p.P;
   const int64_t scr = fwd_scratch(p);
-#pragma omp parallel if (p.planes * (p.H * p.W + p.P * p.Q) > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (p.planes * (p.H * p.W + p.P * p.Q) > kParallelMin)
   {
     int64_t b, e;
     split(items, b, e);
@@ -263,7 +263,7 @@ int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x,
     // range check rides along instead of costing a pass over the indices.
     const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
     int64_t bad = 0;
-#pragma omp parallel for schedule(static) reduction(+ : bad) if (p.planes * (HW + PQ) > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) reduction(+ : bad) if (p.planes * (HW + PQ) > kParallelMin)
     for (int64_t plane = 0; plane < p.planes; ++plane) {
       T* d = dx + plane * HW;
       const T* g = dy + plane * PQ;
@@ -281,7 +281,7 @@ int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x,
   }
   const int64_t items = p.planes * p.H;
   const int64_t scr = bwd_scratch(p);
-#pragma omp parallel if (p.planes * (p.H * p.W + p.P * p.Q) > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (p.planes * (p.H * p.W + p.P * p.Q) > kParallelMin)
   {
     int64_t b, e;
     split(items, b, e);
@@ -303,7 +303,7 @@ void adaptive_pool2d_fwd(PoolKind kind, const AdaptiveProblem& p, const T* x, T*
     return;
   }
   const int64_t items = p.planes * P;
-#pragma omp parallel if (p.planes * (H * W + P * Q) > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (p.planes * (H * W + P * Q) > kParallelMin)
   {
     int64_t b, e;
     split(items, b, e);
@@ -347,7 +347,7 @@ void adaptive_pool2d_bwd(PoolKind kind, const AdaptiveProblem& p, const T* dy, c
     // Global pooling (the end of every ResNet/GoogLeNet): a broadcast per
     // plane for avg, one store per plane for max/min with saved indices.
     const int64_t HW = H * W;
-#pragma omp parallel for schedule(static) if (p.planes * HW > kParallelMin)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (p.planes * HW > kParallelMin)
     for (int64_t plane = 0; plane < p.planes; ++plane) {
       T* d = dx + plane * HW;
       if (kind == PoolKind::Avg) {
@@ -373,7 +373,7 @@ void adaptive_pool2d_bwd(PoolKind kind, const AdaptiveProblem& p, const T* dy, c
   std::vector<T> colcnt(static_cast<size_t>(Q));
   for (int64_t q = 0; q < Q; ++q) colcnt[q] = T(a_end(q, W, Q) - a_start(q, W, Q));
   const int64_t items = p.planes * H;
-#pragma omp parallel if (p.planes * (H * W + P * Q) > kParallelMin)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (p.planes * (H * W + P * Q) > kParallelMin)
   {
     int64_t b, e;
     split(items, b, e);

@@ -42,7 +42,7 @@ bool use_transpose(const ConvProblem& p) { return p.S != 1; }
 template <typename T>
 void transpose_planes(const T* src, int64_t C, int64_t A, int64_t B, T* dst, bool par) {
   constexpr int64_t kBlk = 32;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t c = 0; c < C; ++c) {
     const T* s = src + c * A * B;
     T* d = dst + c * A * B;
@@ -61,7 +61,7 @@ inline bool width_identity(const ConvProblem& v) {
 // (C x H x W) -> (C x H x Q): column q holds input column q*stride_w - pad_w or 0
 template <typename T>
 void resample_width(const ConvProblem& v, const T* src, int64_t C, T* dst, bool par) {
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t ch = 0; ch < C * v.H; ++ch) {
     const T* s = src + ch * v.W;
     T* d = dst + ch * v.Q;
@@ -75,7 +75,7 @@ void resample_width(const ConvProblem& v, const T* src, int64_t C, T* dst, bool 
 // inverse of resample_width for gradients: dst (C x H x W) = 0 except sampled columns
 template <typename T>
 void scatter_width(const ConvProblem& v, const T* src, int64_t C, T* dst, bool par) {
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t ch = 0; ch < C * v.H; ++ch) {
     const T* s = src + ch * v.Q;
     T* d = dst + ch * v.W;

@@ -97,7 +97,7 @@ inline void weight_tile(const T* g, T* u, int64_t stride_e) {
 template <typename T>
 void transform_weight(const T* w, int64_t K, int64_t C, bool flip, T* U) {
   const int64_t rows = flip ? C : K, cols = flip ? K : C, se = rows * cols;
-#pragma omp parallel for schedule(static) if (K * C > 4096)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (K * C > 4096)
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) {
       const T* src = flip ? w + (j * C + i) * 9 : w + (i * C + j) * 9;
@@ -112,7 +112,7 @@ template <typename T>
 void transform_input(const WinoConv<T>& q, const T* x, int64_t t0, int64_t nt, T* V, bool par) {
   const int64_t Cin = q.Cin, TQ = q.TQ, TPQ = q.TP * q.TQ, se = e_stride(Cin, nt);
   const int64_t wbuf = 2 * TQ + 2;  // padded row span read by one row of tiles
-#pragma omp parallel if (par)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (par)
   {
     std::vector<T> rows(static_cast<size_t>(4 * wbuf));
 #pragma omp for schedule(static)
@@ -176,7 +176,7 @@ template <typename T>
 void transform_output(const WinoConv<T>& q, const T* M, int64_t t0, int64_t nt, const T* bias, bool relu,
                       T* y, bool par) {
   const int64_t Cout = q.Cout, TQ = q.TQ, TPQ = q.TP * q.TQ, se = e_stride(Cout, nt);
-#pragma omp parallel if (par)
+#pragma omp parallel num_threads(::fastconv::max_threads()) if (par)
   {
     std::vector<T> buf(static_cast<size_t>(4 * TQ + 4));
     T* row0 = buf.data();
@@ -259,7 +259,7 @@ void wino_run(const WinoConv<T>& q, const T* x, const T* U, const T* bias, bool 
 template <typename T>
 void transform_grad_output(const WinoConv<T>& q, const T* dy, int64_t t0, int64_t nt, T* Z, bool par) {
   const int64_t Cout = q.Cout, TQ = q.TQ, TPQ = q.TP * q.TQ, se = e_stride(Cout, nt);
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t k = 0; k < Cout; ++k) {
     T* z = Z + k * nt;
     for (int64_t tt = 0; tt < nt; ++tt) {
@@ -292,7 +292,7 @@ void transform_grad_output(const WinoConv<T>& q, const T* dy, int64_t t0, int64_
 template <typename T>
 void weight_grad_from_u(const T* dU, int64_t K, int64_t C, T* dw) {
   const int64_t se = K * C;
-#pragma omp parallel for schedule(static) if (K * C > 4096)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (K * C > 4096)
   for (int64_t kc = 0; kc < K * C; ++kc) {
     T u[4][4];
     for (int e = 0; e < 16; ++e) u[e / 4][e % 4] = dU[e * se + kc];
@@ -380,7 +380,7 @@ void winograd_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
     T* Z = V + 16 * e_stride(q.Cin, q.Tb);
     transform_input(q, x, t0, nt, V, par);
     transform_grad_output(q, dy, t0, nt, Z, par);
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
     for (int e = 0; e < 16; ++e)
       gemm<T>(p.K, p.C, nt, Z + e * e_stride(p.K, nt), nt, 1, V + e * e_stride(p.C, nt), 1, nt, T(1),
               dU.data() + e * KC, p.C, false);

@@ -101,6 +101,8 @@ def module(name):
     return mod
 
 
+# fastconv.set_num_threads(n): the count, kept for the numba backend, which may load later
+requested_threads = {"n": None}
 _default = {"name": None}  # set_backend(); None: FASTCONV_BACKEND, else automatic
 _logged: set = set()
 

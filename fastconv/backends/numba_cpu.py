@@ -34,20 +34,17 @@ from __future__ import annotations
 
 from ._names import LAYER_KERNELS
 
-import os
-
 import numpy as np
 
 try:
     import numba
     from numba import njit, prange
 
-    # Numba's "omp" threading layer shares libgomp with the compiled module and
-    # calls omp_set_num_threads() on every parallel launch, which silently
-    # reset fastconv.set_num_threads() for the C++ kernels. The workqueue layer
-    # leaves OpenMP alone. A user's NUMBA_THREADING_LAYER still wins.
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        numba.config.THREADING_LAYER = "workqueue"
+    # Numba's default threading layer is used (tbb, else omp, else workqueue). Its "omp" layer
+    # shares libgomp with the compiled module and calls omp_set_num_threads() on its launches;
+    # the compiled kernels keep their own count (parallel.h), so fastconv.set_num_threads()
+    # stays in force. (The "workqueue" layer, used here before, costs ~90 us per parallel launch
+    # against ~1.5 us for "omp": most of the time of a small convolution.)
 
     AVAILABLE = True
     IMPORT_ERROR = None
@@ -57,6 +54,17 @@ except ImportError as exc:  # pragma: no cover - exercised where numba is not in
     IMPORT_ERROR = repr(exc)
 
 ALGOS = ("direct", "im2col", "1x1", "separable")
+
+
+def apply_thread_count():
+    """Numba's thread count from fastconv.set_num_threads() (capped at NUMBA_NUM_THREADS)."""
+    from . import requested_threads
+
+    if AVAILABLE and requested_threads["n"] is not None:
+        numba.set_num_threads(min(requested_threads["n"], numba.config.NUMBA_NUM_THREADS))
+
+
+apply_thread_count()
 
 # Micro-tile: MR filter rows x NR output columns. LLVM's loop vectorizer (numba
 # leaves the SLP vectorizer off) handles the j loop of the micro-kernel; with
@@ -112,6 +120,84 @@ if AVAILABLE:
         q1 = min(Q, (W - 1 - off) // sw + 1)
         return q0, max(q0, q1)
 
+    # Inner loops index views (slices) from 0: Numba then needs no negative-index wraparound
+    # and LLVM vectorizes them (an indexed loop like `row[q] += w * x[q * sw + off]` stayed
+    # scalar: ~10x slower on a 112-wide row).
+    @njit(**_SEQ)
+    def _axpy(dst, a, src, n):
+        """dst[:n] += a * src[:n]"""
+        for i in range(n):
+            dst[i] += a * src[i]
+
+    @njit(**_SEQ)
+    def _fma_lanes(acc, u, v, n):
+        """acc[:n] += u[:n] * v[:n]"""
+        for i in range(n):
+            acc[i] += u[i] * v[i]
+
+    @njit(**_SEQ)
+    def _bias_relu(dst, src, bias, relu, n):
+        """dst[:n] = src[:n] + bias, then max(., 0) when relu"""
+        zero = dst.dtype.type(0)
+        if relu:
+            for i in range(n):
+                v = src[i] + bias
+                dst[i] = v if v > zero else zero
+        else:
+            for i in range(n):
+                dst[i] = src[i] + bias
+
+    @njit(**_SEQ)
+    def _copy(dst, src, n):
+        """dst[:n] = src[:n]"""
+        for i in range(n):
+            dst[i] = src[i]
+
+    @njit(**_SEQ)
+    def _add(dst, src, n):
+        """dst[:n] += src[:n]"""
+        for i in range(n):
+            dst[i] += src[i]
+
+    @njit(**_SEQ)
+    def _gather_columns(dst, plane, j0, nj, Q, sh, sw, hoff, woff):
+        """dst[j] = plane[p*sh + hoff, q*sw + woff] for the output pixels j0 + j = p*Q + q,
+        j < nj (zero where that reads padding); dst[nj:] = 0. One im2col row of a column panel,
+        copied a row segment at a time."""
+        H, W = plane.shape
+        zero = dst.dtype.type(0)
+        qa, qb = _qrange(woff, sw, W, Q)  # the output columns that read inside the row
+        p = j0 // Q
+        q = j0 - p * Q
+        j = 0
+        while j < nj:
+            seg = min(Q - q, nj - j)
+            h = p * sh + hoff
+            d = dst[j:j + seg]
+            if h < 0 or h >= H:
+                for i in range(seg):
+                    d[i] = zero
+            else:
+                lo = min(max(q, qa), q + seg)
+                hi = max(min(q + seg, qb), lo)
+                for i in range(lo - q):
+                    d[i] = zero
+                if hi > lo:
+                    dd = d[lo - q:hi - q]
+                    if sw == 1:  # a contiguous view: the copy vectorizes
+                        _copy(dd, plane[h, lo + woff:hi + woff], hi - lo)
+                    else:
+                        _copy(dd, plane[h, lo * sw + woff:(hi - 1) * sw + woff + 1:sw], hi - lo)
+                tail = d[hi - q:]
+                for i in range(q + seg - hi):
+                    tail[i] = zero
+            j += seg
+            p += 1
+            q = 0
+        rest = dst[nj:]
+        for i in range(dst.shape[0] - nj):
+            rest[i] = zero
+
     # ------------------------------------------------------------ direct
     @njit(**_PAR)
     def _direct_fprop(x, w, b, y, relu, sh, sw, pt, pl, dh, dw, G):
@@ -139,8 +225,10 @@ if AVAILABLE:
                         wv = w[k, c, r, s]
                         off = s * dw - pl
                         q0, q1 = _qrange(off, sw, W, Q)
-                        for q in range(q0, q1):
-                            row[q] += wv * xrow[q * sw + off]
+                        if sw == 1:
+                            _axpy(row[q0:q1], wv, xrow[q0 + off:q1 + off], q1 - q0)
+                        else:
+                            _axpy(row[q0:q1], wv, xrow[q0 * sw + off:(q1 - 1) * sw + off + 1:sw], q1 - q0)
             bk = b[k]
             for q in range(Q):
                 v = row[q] + bk
@@ -178,8 +266,10 @@ if AVAILABLE:
                         wv = w[k, cl, r, s]
                         off = s * dw - pl
                         q0, q1 = _qrange(off, sw, W, Q)
-                        for q in range(q0, q1):
-                            drow[q * sw + off] += wv * dyrow[q]
+                        if sw == 1:
+                            _axpy(drow[q0 + off:q1 + off], wv, dyrow[q0:q1], q1 - q0)
+                        else:
+                            _axpy(drow[q0 * sw + off:(q1 - 1) * sw + off + 1:sw], wv, dyrow[q0:q1], q1 - q0)
 
     @njit(**_PAR)
     def _direct_wgrad(x, dy, dwt, sh, sw, pt, pl, dh, dw, G):
@@ -191,20 +281,30 @@ if AVAILABLE:
             k = t // Cg
             c = t - k * Cg
             ci = (k // Kg) * Cg + c
+            # one partial sum per output column q (a vectorizable update), added up in q order at
+            # the end: the same order for any thread count
+            lanes = np.empty(Q, dwt.dtype)
             for r in range(R):
                 for s in range(S):
                     off = s * dw - pl
                     q0, q1 = _qrange(off, sw, W, Q)
-                    acc = dwt.dtype.type(0)
+                    nq = q1 - q0
+                    for i in range(nq):
+                        lanes[i] = 0
                     for n in range(N):
                         for p in range(P):
                             h = p * sh - pt + r * dh
                             if h < 0 or h >= H:
                                 continue
                             xrow = x[n, ci, h]
-                            dyrow = dy[n, k, p]
-                            for q in range(q0, q1):
-                                acc += dyrow[q] * xrow[q * sw + off]
+                            if sw == 1:
+                                _fma_lanes(lanes, dy[n, k, p, q0:q1], xrow[q0 + off:q1 + off], nq)
+                            else:
+                                _fma_lanes(lanes, dy[n, k, p, q0:q1],
+                                           xrow[q0 * sw + off:(q1 - 1) * sw + off + 1:sw], nq)
+                    acc = dwt.dtype.type(0)
+                    for i in range(nq):
+                        acc += lanes[i]
                     dwt[k, c, r, s] = acc
 
     # -------------------------------------------------------------- GEMM
@@ -290,23 +390,7 @@ if AVAILABLE:
                 c = kd // RS
                 r = (kd // S) % R
                 s = kd - (kd // S) * S
-                plane = x[n, g * Cg + c]
-                hoff = r * dh - pt
-                woff = s * dw - pl
-                p = j0 // Q
-                q = j0 - p * Q
-                for j in range(NR):
-                    v = zero
-                    if j < nj:
-                        h = p * sh + hoff
-                        wi = q * sw + woff
-                        if h >= 0 and h < H and wi >= 0 and wi < W:
-                            v = plane[h, wi]
-                        q += 1
-                        if q == Q:
-                            q = 0
-                            p += 1
-                    Bp[kd, j] = v
+                _gather_columns(Bp[kd], x[n, g * Cg + c], j0, nj, Q, sh, sw, r * dh - pt, s * dw - pl)
             Ct = np.empty((MR, NR), y3.dtype)
             Ag = Ap[g]
             for ip in range(nMp):
@@ -316,13 +400,7 @@ if AVAILABLE:
                     if kl >= Kg:
                         break
                     k = g * Kg + kl
-                    bk = b[k]
-                    out = y3[n, k]
-                    for j in range(nj):
-                        v = Ct[i, j] + bk
-                        if relu and v < zero:
-                            v = zero
-                        out[j0 + j] = v
+                    _bias_relu(y3[n, k, j0:j0 + nj], Ct[i], b[k], relu, nj)
 
     @njit(**_PAR)
     def _gemm_dgrad(dy3, wt, dx, R, S, P, Q, sh, sw, pt, pl, dh, dw, G, chunk_c, n_split):
@@ -358,8 +436,10 @@ if AVAILABLE:
                         Bp = np.empty((Kg, NR), dx.dtype)
                         for kk in range(Kg):
                             src = dy3[n, g * Kg + kk]
-                            for j in range(NR):
-                                Bp[kk, j] = src[j0 + j] if j < nj else zero
+                            _copy(Bp[kk], src[j0:j0 + nj], nj)
+                            tail = Bp[kk, nj:]
+                            for j in range(NR - nj):
+                                tail[j] = zero
                         Ct = np.empty((MR, NR), dx.dtype)
                         for ip in range(blk * nMp // nb, (blk + 1) * nMp // nb):
                             _micro(Ap, ip, Bp, Kg, Ct, False)
@@ -367,8 +447,7 @@ if AVAILABLE:
                                 m = ip * MR + i
                                 if m >= rows:
                                     break
-                                for j in range(nj):
-                                    dcol[m, j0 + j] = Ct[i, j]
+                                _copy(dcol[m, j0:j0 + nj], Ct[i], nj)
                     for t in prange((c1 - c0) * H):
                         cl = t // H
                         h = t - cl * H
@@ -386,8 +465,11 @@ if AVAILABLE:
                                 drow = dcol[(cl * R + r) * S + s]
                                 off = s * dw - pl
                                 q0, q1 = _qrange(off, sw, W, Q)
-                                for q in range(q0, q1):
-                                    out[q * sw + off] += drow[p * Q + q]
+                                src = drow[p * Q + q0:p * Q + q1]
+                                if sw == 1:
+                                    _add(out[q0 + off:q1 + off], src, q1 - q0)
+                                else:
+                                    _add(out[q0 * sw + off:(q1 - 1) * sw + off + 1:sw], src, q1 - q0)
 
     @njit(**_PAR)
     def _pack_dy(dy3, G, Lc, Apk):
@@ -413,9 +495,9 @@ if AVAILABLE:
             for i in range(MR):
                 kl = ip * MR + i
                 if kl < Kg:
-                    src = dy3[n, g * Kg + kl]
+                    src = dy3[n, g * Kg + kl, pq0:pq0 + L]
                     for u in range(L):
-                        dst[u, i] = src[pq0 + u]
+                        dst[u, i] = src[u]
                 else:
                     for u in range(L):
                         dst[u, i] = zero

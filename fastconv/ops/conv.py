@@ -131,16 +131,21 @@ def _auto(p: ConvProblem, op: str) -> str:
     return "im2col"
 
 
-def choose_algo(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, op="fprop"):
-    """The algorithm "auto" picks for this problem and operator ("fprop", "dgrad", "wgrad").
+def choose_algo(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, op="fprop",
+                backend=None):
+    """The algorithm "auto" runs for this problem and operator ("fprop", "dgrad", "wgrad").
 
     "auto" first drops kernel rows/columns that only ever read padding (a 3x3 kernel with padding 1
-    on a 1x1 map is a 1x1 convolution), so this is the pick for the problem that remains.
+    on a 1x1 map is a 1x1 convolution), so this is the pick for the problem that remains. The table
+    is the compiled CPU path's; `backend` (a name, or None for the one NumPy arrays get) names the
+    backend the call would run on, and a backend without the table's pick (numba has no winograd)
+    reports the algorithm it runs instead.
     """
     if op not in ("fprop", "dgrad", "wgrad"):
         raise ValueError(f"op must be 'fprop', 'dgrad' or 'wgrad', got {op!r}")
     p = make_problem(input_shape, weight_shape, stride, padding, dilation, groups)
-    return _auto(_auto_problem("auto", p)[0], op)
+    name = backends.resolve(backend)
+    return _pick("auto", _auto_problem("auto", p)[0], op, name)
 
 
 # ----------------------------------------------------------------- autotune

@@ -1,5 +1,6 @@
 // Small OpenMP helpers shared by the CPU kernels.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -10,11 +11,33 @@
 
 namespace fastconv {
 
+// The thread count of every parallel region of the CPU kernels (each names it with
+// num_threads(max_threads())). Kept here and not only in OpenMP's nthreads ICV: Numba's OpenMP
+// threading layer shares libgomp with this module and calls omp_set_num_threads() on each of its
+// parallel launches, which would otherwise change the count of the compiled kernels behind the
+// user's back. 0 until the first use, which takes OpenMP's default (OMP_NUM_THREADS or the cores).
+inline std::atomic<int>& thread_setting() {
+  static std::atomic<int> n{0};
+  return n;
+}
+
 inline int max_threads() {
 #ifdef _OPENMP
-  return omp_get_max_threads();
+  int n = thread_setting().load(std::memory_order_relaxed);
+  if (n <= 0) {
+    n = omp_get_max_threads();
+    thread_setting().store(n, std::memory_order_relaxed);
+  }
+  return n;
 #else
   return 1;
+#endif
+}
+
+inline void set_max_threads(int n) {
+  thread_setting().store(n, std::memory_order_relaxed);
+#ifdef _OPENMP
+  omp_set_num_threads(n);
 #endif
 }
 

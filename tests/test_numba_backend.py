@@ -140,3 +140,28 @@ def test_large_reduction_chunks():
     finally:
         numba_cpu.DCOL_MAX_ELEMS = old
     check_close(dx, ref.conv2d_input(x.shape, w, g, **kw), TOL64, np.float64, "dgrad chunks")
+
+
+@pytest.mark.parametrize("algo", ["im2col", "1x1"])
+def test_wgrad_slots_bit_identical_and_exact(algo):
+    # one column panel and one row block: the (image, chunk) pairs are split into slots summed at
+    # the end; the result must match the float64 reference and not depend on the thread count
+    import numba
+
+    from fastconv.backends import numba_cpu
+
+    assert numba_cpu.WGRAD_TASKS > 1
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 16, 40, 33)).astype(np.float32)
+    go = rng.standard_normal((3, 8, 40, 33)).astype(np.float32)
+    ref_w = np.einsum("nkpq,ncpq->kc", go.astype(np.float64), x.astype(np.float64))[:, :, None, None]
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for n in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(n)
+            outs.append(ops.conv2d_weight(x, (8, 16, 1, 1), go, algo=algo, backend="numba"))
+    finally:
+        numba.set_num_threads(before)
+    assert np.abs(outs[0] - ref_w).max() <= 2e-5 * np.abs(ref_w).max()
+    assert np.array_equal(outs[0], outs[-1])

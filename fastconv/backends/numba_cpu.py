@@ -77,6 +77,9 @@ NR = 64
 # in float32, stays in L2 while every row panel of the task reads it).
 DCOL_MAX_ELEMS = 4 << 20
 PQ_CHUNK = 512
+# Wgrad with fewer (group, column panel, row block) tasks than this splits its (image, P*Q chunk)
+# pairs into slots summed at the end (a constant: the result must not depend on the thread count)
+WGRAD_TASKS = 16
 
 
 def supports(algo: str, p) -> str:
@@ -503,15 +506,18 @@ if AVAILABLE:
                         dst[u, i] = zero
 
     @njit(**_PAR)
-    def _gemm_wgrad(x, Apk, dw2, R, S, P, Q, sh, sw, pt, pl, dh, dw, G, ib_size):
-        """dw2 (K, Cg*R*S) = sum over n, pq of dy x columns^T.
+    def _gemm_wgrad(x, Apk, part, R, S, P, Q, sh, sw, pt, pl, dh, dw, G, ib_size):
+        """part[slot] (K, Cg*R*S) = sum over the slot's (image, P*Q chunk) pairs of dy x columns^T.
 
-        Tasks are (group, NR-column panel, block of ib_size row panels): each
-        gathers its column panel of the input once per (n, chunk) and reuses
-        it for every row panel of the block; dy comes pre-packed (Apk).
+        Tasks are (group, NR-column panel, block of ib_size row panels, slot): each gathers
+        its column panel of the input once per (n, chunk) and reuses it for every row panel
+        of the block; dy comes pre-packed (Apk). The (n, chunk) pairs are split into
+        part.shape[0] slots, a fixed function of the problem (not of the thread count), so
+        problems with few column panels still have parallel tasks and the caller's sum over
+        the slots gives the same bits for any thread count.
         """
         N, C, H, W = x.shape
-        K = dw2.shape[0]
+        n_slots, K = part.shape[0], part.shape[1]
         Cg = C // G
         Kg = K // G
         RS = R * S
@@ -522,8 +528,11 @@ if AVAILABLE:
         nMp = Apk.shape[3]
         nNp = (Kd + NR - 1) // NR
         nIb = (nMp + ib_size - 1) // ib_size
-        zero = dw2.dtype.type(0)
-        for t in prange(G * nNp * nIb):
+        pairs = N * nCh
+        zero = part.dtype.type(0)
+        for ts in prange(G * nNp * nIb * n_slots):
+            slot = ts % n_slots
+            t = ts // n_slots
             g = t // (nNp * nIb)
             jp = (t // nIb) % nNp
             ib = t - (t // nIb) * nIb
@@ -543,39 +552,39 @@ if AVAILABLE:
                 cj[j] = g * Cg + c
                 hj[j] = r * dh - pt
                 wj[j] = s * dw - pl
-            Acc = np.empty((ni, MR, NR), dw2.dtype)
-            Bp = np.empty((Lc, NR), dw2.dtype)
+            Acc = np.empty((ni, MR, NR), part.dtype)
+            Bp = np.empty((Lc, NR), part.dtype)
             first = True
-            for n in range(N):
-                for ch in range(nCh):
-                    pq0 = ch * Lc
-                    L = min(Lc, PQ - pq0)
-                    p = pq0 // Q
-                    q = pq0 - p * Q
-                    for u in range(L):
-                        for j in range(NR):
-                            v = zero
-                            if j < nj:
-                                h = p * sh + hj[j]
-                                wi = q * sw + wj[j]
-                                if h >= 0 and h < H and wi >= 0 and wi < W:
-                                    v = x[n, cj[j], h, wi]
-                            Bp[u, j] = v
-                        q += 1
-                        if q == Q:
-                            q = 0
-                            p += 1
-                    Ag = Apk[n, ch, g]
-                    for li in range(ni):
-                        _micro(Ag, ip0 + li, Bp, L, Acc[li], not first)
-                    first = False
+            for pair in range(slot * pairs // n_slots, (slot + 1) * pairs // n_slots):
+                n = pair // nCh
+                ch = pair - n * nCh
+                pq0 = ch * Lc
+                L = min(Lc, PQ - pq0)
+                p = pq0 // Q
+                q = pq0 - p * Q
+                for u in range(L):
+                    for j in range(NR):
+                        v = zero
+                        if j < nj:
+                            h = p * sh + hj[j]
+                            wi = q * sw + wj[j]
+                            if h >= 0 and h < H and wi >= 0 and wi < W:
+                                v = x[n, cj[j], h, wi]
+                        Bp[u, j] = v
+                    q += 1
+                    if q == Q:
+                        q = 0
+                        p += 1
+                Ag = Apk[n, ch, g]
+                for li in range(ni):
+                    _micro(Ag, ip0 + li, Bp, L, Acc[li], not first)
+                first = False
             for li in range(ni):
                 for i in range(MR):
                     kl = (ip0 + li) * MR + i
                     if kl >= Kg:
                         break
-                    for j in range(nj):
-                        dw2[g * Kg + kl, j0 + j] = Acc[li, i, j]
+                    _copy(part[slot, g * Kg + kl, j0:j0 + nj], Acc[li, i], nj)
 
 
 def _row_block(n_row_panels, n_col_tasks):
@@ -642,8 +651,13 @@ def wgrad(algo, p, x, dy, dw_out):
     nCh = -(-PQ // Lc)
     apk = np.empty((p.N, nCh, G, nMp, Lc, MR), dy.dtype)
     _pack_dy(dy.reshape(p.N, p.K, PQ), G, Lc, apk)
-    _gemm_wgrad(x, apk, dw_out.reshape(p.K, Kd), p.R, p.S, p.P, p.Q, sh, sw, pt, pl, dh, dw, G,
-                _row_block(nMp, G * nNp))
+    tasks = G * nNp * -(-nMp // 64)
+    n_slots = 1 if tasks >= WGRAD_TASKS else int(min(p.N * nCh, -(-WGRAD_TASKS // tasks)))
+    part = dw_out.reshape(1, p.K, Kd) if n_slots == 1 else np.empty((n_slots, p.K, Kd), dy.dtype)
+    _gemm_wgrad(x, apk, part, p.R, p.S, p.P, p.Q, sh, sw, pt, pl, dh, dw, G,
+                _row_block(nMp, G * nNp * n_slots))
+    if n_slots > 1:
+        np.sum(part, axis=0, out=dw_out.reshape(p.K, Kd))
 
 
 # ------------------------------------------------------ pooling / layer kernels

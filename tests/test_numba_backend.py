@@ -16,7 +16,7 @@ from shapes import TEST_SHAPES
 
 pytestmark = pytest.mark.skipif("numba" not in backends.available(),
                                 reason="numba is not installed: numba backend unavailable")
-ALGOS = ("auto", "direct", "im2col", "1x1", "separable")
+ALGOS = ("auto", "direct", "im2col", "1x1", "separable", "winograd")
 
 
 def _supported(spec):
@@ -54,7 +54,7 @@ DIRECT_MAX_MACS = 3e6
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("algo", ["auto", "im2col", "direct"])
+@pytest.mark.parametrize("algo", ["auto", "im2col", "direct", "winograd"])
 @pytest.mark.parametrize("spec", _BENCH)
 def test_bench_layers_float32(spec, algo, op):
     from helpers import macs
@@ -78,20 +78,21 @@ def test_supports_mirrors_ops_rules():
     for spec in TEST_SHAPES:
         p = make_problem(spec.input_shape, spec.weight_shape, **spec.kwargs())
         for a in ALGOS[1:]:
-            if a == "winograd":  # compiled CPU only: numba refuses it with a reason
-                assert "no winograd" in numba_cpu.supports(a, p), spec.name
-                continue
             assert (numba_cpu.supports(a, p) == "") == (a in _supported(spec)), (spec.name, a)
     assert "unknown algorithm" in numba_cpu.supports("fft", p)
 
 
-@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("algo", ["direct", "im2col", "winograd"])
 @pytest.mark.parametrize("spec", spec_params([s for s in TEST_SHAPES if s.name in (
     "moderate_3x3", "moderate_odd_channels", "groups3_dil2", "nonsquare_all")]))
 def test_bit_identical_across_thread_counts(spec, algo):
     import numba
 
     x, w, b, g, _ = problem(spec, np.float32)
+    if algo not in _supported(spec):  # e.g. winograd on a dilated, grouped problem: refused
+        with pytest.raises(ValueError, match=algo):
+            run_op(OPS[0], spec, x, w, b, g, algo=algo, backend="numba")
+        return
     before = numba.get_num_threads()
     outs = []
     try:
@@ -165,3 +166,43 @@ def test_wgrad_slots_bit_identical_and_exact(algo):
         numba.set_num_threads(before)
     assert np.abs(outs[0] - ref_w).max() <= 2e-5 * np.abs(ref_w).max()
     assert np.array_equal(outs[0], outs[-1])
+
+
+@pytest.mark.parametrize("chunk", [256, 7])
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_winograd_many_tile_blocks_and_chunks(pad, chunk, monkeypatch):
+    # odd output sizes (partial tiles), more tiles than one NR block (Fprop/Dgrad) and than one
+    # Wgrad chunk, two images; channel counts that are not multiples of the panel sizes
+    import numba
+
+    from fastconv.backends import numba_cpu
+    import reference as ref
+
+    monkeypatch.setattr(numba_cpu, "WINO_CHUNK", chunk)
+    rng = np.random.default_rng(pad)
+    x = rng.standard_normal((2, 5, 31, 27))
+    w = rng.standard_normal((9, 5, 3, 3))
+    b = rng.standard_normal(9)
+    pads = (pad,) * 4
+    y_ref = ref.conv2d(x, w, b, pads=pads)
+    g = rng.standard_normal(y_ref.shape)
+    refs = {"fprop": y_ref, "dgrad": ref.conv2d_input(x.shape, w, g, pads=pads),
+            "wgrad": ref.conv2d_weight(x, w.shape, g, pads=pads)}
+    assert x.shape[0] * ((y_ref.shape[2] + 1) // 2) * ((y_ref.shape[3] + 1) // 2) > max(numba_cpu.NR, chunk)
+    before = numba.get_num_threads()
+    try:
+        for dt, tol in ((np.float32, TOL32), (np.float64, TOL64)):
+            outs = []
+            for n in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+                numba.set_num_threads(n)
+                kw = dict(padding=pad, algo="winograd", backend="numba")
+                got = {"fprop": ops.conv2d(x.astype(dt), w.astype(dt), b.astype(dt), **kw),
+                       "dgrad": ops.conv2d_input(x.shape, w.astype(dt), g.astype(dt), **kw),
+                       "wgrad": ops.conv2d_weight(x.astype(dt), w.shape, g.astype(dt), **kw)}
+                for op, v in got.items():
+                    check_close(v, refs[op], tol, dt, f"numba winograd {op} pad {pad}")
+                outs.append(got)
+            for op in outs[0]:
+                assert np.array_equal(outs[0][op], outs[-1][op]), op
+    finally:
+        numba.set_num_threads(before)

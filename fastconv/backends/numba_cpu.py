@@ -21,6 +21,11 @@ Algorithms
   Wgrad is a GEMM over N*P*Q: dy is packed once, each task gathers one
   column panel of the input per (image, P*Q chunk) and multiplies it with a
   block of filter rows.
+* ``winograd``: F(2x2, 3x3) for 3x3 / stride 1 / dilation 1 / groups 1 / padding <= 2 (the
+  compiled backend's rules): 16 GEMMs on the same micro-kernel between vectorized tile
+  transforms. Fprop in blocks of NR tiles; Dgrad is the Fprop of dy with the filter turned
+  180 degrees (K and C swapped, padding 2 - pad); Wgrad multiplies the transformed dy and
+  input tiles in chunks of WINO_CHUNK tiles and turns dU back with G^T dU G.
 * ``1x1`` and ``separable`` run the im2col path (with R == S == 1 the column
   panel is a plain strided copy of the input). Their ``supports`` rules mirror
   the compiled backend's so that the same tests and ``auto`` choices apply.
@@ -53,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - exercised where numba is not in
     AVAILABLE = False
     IMPORT_ERROR = repr(exc)
 
-ALGOS = ("direct", "im2col", "1x1", "separable")
+ALGOS = ("direct", "im2col", "1x1", "separable", "winograd")
 
 
 def apply_thread_count():
@@ -80,6 +85,8 @@ PQ_CHUNK = 512
 # Wgrad with fewer (group, column panel, row block) tasks than this splits its (image, P*Q chunk)
 # pairs into slots summed at the end (a constant: the result must not depend on the thread count)
 WGRAD_TASKS = 16
+# Winograd Wgrad: tiles per chunk (the depth of its GEMMs)
+WINO_CHUNK = 256
 
 
 def supports(algo: str, p) -> str:
@@ -98,7 +105,17 @@ def supports(algo: str, p) -> str:
             return f"the separable algorithm needs a 1xn or nx1 kernel, got {p.R}x{p.S}"
         return ""
     if algo == "winograd":
-        return "the numba backend has no winograd kernels (the compiled CPU backend has them)"
+        if (p.R, p.S) != (3, 3):
+            return f"the winograd algorithm needs a 3x3 kernel, got {p.R}x{p.S}"
+        if (p.stride_h, p.stride_w) != (1, 1):
+            return f"the winograd algorithm needs stride 1, got {(p.stride_h, p.stride_w)}"
+        if (p.dil_h, p.dil_w) != (1, 1):
+            return f"the winograd algorithm needs dilation 1, got {(p.dil_h, p.dil_w)}"
+        if p.groups != 1:
+            return f"the winograd algorithm needs groups == 1, got groups={p.groups}"
+        if max(p.pad_h, p.pad_w) > 2:
+            return f"the winograd algorithm needs padding <= 2, got {(p.pad_h, p.pad_w)}"
+        return ""
     return f"unknown algorithm {algo!r}; the numba backend has {ALGOS}"
 
 
@@ -474,6 +491,291 @@ if AVAILABLE:
                                 else:
                                     _add(out[q0 * sw + off:(q1 - 1) * sw + off + 1:sw], src, q1 - q0)
 
+    # ---------------------------------------------------------- winograd
+    # F(2x2, 3x3): each 2x2 output tile is A^T [(G g G^T) . (B^T d B)] A for the 4x4 input
+    # patch d; the 16 products over channels are 16 GEMMs (K x C) x (C x tiles) on the blocked
+    # micro-kernel. Tiles go in blocks of NR; a block's transforms run along whole tile rows
+    # with contiguous vector operations (the patch rows first, then their even/odd columns).
+    @njit(**_SEQ)
+    def _wino_filter(w, Up):
+        """Up[4a+b, ip, c, i] = (G w[k, c] G^T)[a, b] for k = ip*MR + i (zero past K)."""
+        K, C = w.shape[0], w.shape[1]
+        nMp = Up.shape[1]
+        zero = Up.dtype.type(0)
+        half = Up.dtype.type(0.5)
+        t = np.empty((4, 3), Up.dtype)
+        for ip in range(nMp):
+            for i in range(MR):
+                k = ip * MR + i
+                for c in range(C):
+                    if k >= K:
+                        for xi in range(16):
+                            Up[xi, ip, c, i] = zero
+                        continue
+                    g = w[k, c]
+                    for col in range(3):  # G g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2
+                        t[0, col] = g[0, col]
+                        t[1, col] = (g[0, col] + g[1, col] + g[2, col]) * half
+                        t[2, col] = (g[0, col] - g[1, col] + g[2, col]) * half
+                        t[3, col] = g[2, col]
+                    for a in range(4):  # (G g) G^T along the columns
+                        Up[4 * a + 0, ip, c, i] = t[a, 0]
+                        Up[4 * a + 1, ip, c, i] = (t[a, 0] + t[a, 1] + t[a, 2]) * half
+                        Up[4 * a + 2, ip, c, i] = (t[a, 0] - t[a, 1] + t[a, 2]) * half
+                        Up[4 * a + 3, ip, c, i] = t[a, 2]
+
+    @njit(**_SEQ)
+    def _wino_input_rows(plane, h0, w0, cnt, rb, v, Vc):
+        """B^T d B of the cnt tiles whose patches start at (h0, w0 + 2j): Vc[xi, j] (Vc: 16 x cnt view).
+
+        rb: 4 x (2 cnt + 2) scratch for the patch rows (zero outside the plane), v: the same for
+        their vertical combinations."""
+        H, W = plane.shape
+        zero = rb.dtype.type(0)
+        L = 2 * cnt + 2
+        for a in range(4):
+            h = h0 + a
+            row = rb[a]
+            if h < 0 or h >= H:
+                for u in range(L):
+                    row[u] = zero
+                continue
+            lo = min(max(0, -w0), L)
+            hi = max(min(L, W - w0), lo)
+            for u in range(lo):
+                row[u] = zero
+            _copy(row[lo:hi], plane[h, w0 + lo:w0 + hi], hi - lo)
+            tail = row[hi:L]
+            for u in range(L - hi):
+                tail[u] = zero
+        r0, r1, r2, r3 = rb[0], rb[1], rb[2], rb[3]
+        v0, v1, v2, v3 = v[0], v[1], v[2], v[3]
+        for u in range(L):  # B^T along the patch rows
+            v0[u] = r0[u] - r2[u]
+            v1[u] = r1[u] + r2[u]
+            v2[u] = r2[u] - r1[u]
+            v3[u] = r1[u] - r3[u]
+        for a in range(4):  # B along the columns: tile j reads columns 2j .. 2j+3
+            va = v[a]
+            o0, o1, o2, o3 = Vc[4 * a], Vc[4 * a + 1], Vc[4 * a + 2], Vc[4 * a + 3]
+            for j in range(cnt):
+                e0 = va[2 * j]
+                d0 = va[2 * j + 1]
+                e1 = va[2 * j + 2]
+                d1 = va[2 * j + 3]
+                o0[j] = e0 - e1
+                o1[j] = d0 + e1
+                o2[j] = e1 - d0
+                o3[j] = d0 - d1
+
+    @njit(**_SEQ)
+    def _wino_output_rows(Mi, j0, cnt, yp, oh, ow, bias, relu, s):
+        """A^T m A of the cnt tiles j0.. of Mi (16 x NR) into yp rows oh, oh+1 from column ow
+        (clipped to the plane), plus bias, then ReLU. s: 4 x cnt scratch."""
+        P, Q = yp.shape
+        zero = yp.dtype.type(0)
+        for half_row in range(2):
+            if oh + half_row >= P:
+                break
+            for b in range(4):  # A^T down each column b: rows 0+1+2, or 1-2-3
+                m0, m1, m2, m3 = Mi[b, j0:j0 + cnt], Mi[4 + b, j0:j0 + cnt], Mi[8 + b, j0:j0 + cnt], Mi[12 + b, j0:j0 + cnt]
+                sb = s[b]
+                if half_row == 0:
+                    for j in range(cnt):
+                        sb[j] = m0[j] + m1[j] + m2[j]
+                else:
+                    for j in range(cnt):
+                        sb[j] = m1[j] - m2[j] - m3[j]
+            out = yp[oh + half_row]
+            s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
+            for j in range(cnt):
+                q = ow + 2 * j
+                v = s0[j] + s1[j] + s2[j] + bias
+                if relu and v < zero:
+                    v = zero
+                out[q] = v
+                if q + 1 < Q:
+                    v = s1[j] - s2[j] - s3[j] + bias
+                    if relu and v < zero:
+                        v = zero
+                    out[q + 1] = v
+
+    @njit(**_PAR)
+    def _wino_fprop(x, Up, b, y, relu, pt, pl):
+        """y = conv(x, w) for a 3x3, stride-1 problem (any padding <= 2), Up from _wino_filter."""
+        N, C, H, W = x.shape
+        K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+        nMp = Up.shape[1]
+        th = (P + 1) // 2
+        tw = (Q + 1) // 2
+        T = N * th * tw
+        nTB = (T + NR - 1) // NR
+        zero = y.dtype.type(0)
+        for tb in prange(nTB):
+            t0 = tb * NR
+            nt = min(NR, T - t0)
+            V = np.empty((16, C, NR), y.dtype)
+            rb = np.empty((4, 2 * NR + 2), y.dtype)
+            v = np.empty((4, 2 * NR + 2), y.dtype)
+            # the block's tiles, a run along one tile row at a time
+            j = 0
+            while j < nt:
+                tile = t0 + j
+                n = tile // (th * tw)
+                r = tile - n * th * tw
+                ti = r // tw
+                tj = r - ti * tw
+                cnt = min(tw - tj, nt - j)
+                for c in range(C):
+                    _wino_input_rows(x[n, c], 2 * ti - pt, 2 * tj - pl, cnt, rb, v, V[:, c, j:j + cnt])
+                j += cnt
+            if nt < NR:
+                for xi in range(16):
+                    for c in range(C):
+                        for u in range(nt, NR):
+                            V[xi, c, u] = zero
+            M = np.empty((16, MR, NR), y.dtype)
+            Mi = np.empty((16, NR), y.dtype)
+            s = np.empty((4, NR), y.dtype)
+            for ip in range(nMp):
+                for xi in range(16):
+                    _micro(Up[xi], ip, V[xi], C, M[xi], False)
+                for i in range(MR):
+                    k = ip * MR + i
+                    if k >= K:
+                        break
+                    for xi in range(16):
+                        _copy(Mi[xi], M[xi, i], nt)
+                    j = 0
+                    while j < nt:
+                        tile = t0 + j
+                        n = tile // (th * tw)
+                        r = tile - n * th * tw
+                        ti = r // tw
+                        tj = r - ti * tw
+                        cnt = min(tw - tj, nt - j)
+                        _wino_output_rows(Mi, j, cnt, y[n, k], 2 * ti, 2 * tj, b[k], relu, s)
+                        j += cnt
+
+    @njit(**_PAR)
+    def _wino_wgrad_pack(x, dy, t0, nt, pt, pl, Av, Bd):
+        """Wgrad operands of the tiles t0 .. t0+nt (one chunk, the GEMM depth):
+        Av[xi, ip, u, i] = (B^T d B)[xi] of tile u and channel c = ip*MR + i (zero past C),
+        Bd[xi, jp, u, j] = (A dy A^T)[xi] of tile u and output channel k = jp*NR + j (zero past K).
+        Parallel over the C + K channels; tiles past nt are zero."""
+        N, C, H, W = x.shape
+        K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+        th = (P + 1) // 2
+        tw = (Q + 1) // 2
+        Lt = Av.shape[2]
+        zero = Av.dtype.type(0)
+        nCp = Av.shape[1]
+        nKp = Bd.shape[1]
+        for item in prange(nCp * MR + nKp * NR):
+            if item < nCp * MR:
+                c = item
+                ip = c // MR
+                i = c - ip * MR
+                dst = Av[:, ip, :, i]
+                if c >= C:
+                    for xi in range(16):
+                        for u in range(Lt):
+                            dst[xi, u] = zero
+                    continue
+                rb = np.empty((4, 2 * Lt + 2), Av.dtype)
+                v = np.empty((4, 2 * Lt + 2), Av.dtype)
+                j = 0
+                while j < nt:
+                    tile = t0 + j
+                    n = tile // (th * tw)
+                    r = tile - n * th * tw
+                    ti = r // tw
+                    tj = r - ti * tw
+                    cnt = min(tw - tj, nt - j)
+                    _wino_input_rows(x[n, c], 2 * ti - pt, 2 * tj - pl, cnt, rb, v, dst[:, j:j + cnt])
+                    j += cnt
+                for xi in range(16):
+                    for u in range(nt, Lt):
+                        dst[xi, u] = zero
+            else:
+                k = item - nCp * MR
+                jp = k // NR
+                jj = k - jp * NR
+                dst = Bd[:, jp, :, jj]
+                if k >= K:
+                    for xi in range(16):
+                        for u in range(Lt):
+                            dst[xi, u] = zero
+                    continue
+                for u in range(Lt):
+                    if u >= nt:
+                        for xi in range(16):
+                            dst[xi, u] = zero
+                        continue
+                    tile = t0 + u
+                    n = tile // (th * tw)
+                    r = tile - n * th * tw
+                    ti = r // tw
+                    tj = r - ti * tw
+                    plane = dy[n, k]
+                    oh = 2 * ti
+                    ow = 2 * tj
+                    y00 = plane[oh, ow]
+                    y01 = plane[oh, ow + 1] if ow + 1 < Q else zero
+                    y10 = plane[oh + 1, ow] if oh + 1 < P else zero
+                    y11 = plane[oh + 1, ow + 1] if (oh + 1 < P and ow + 1 < Q) else zero
+                    # A dy A^T with A = [[1, 0], [1, 1], [1, -1], [0, -1]]: rows, then columns
+                    for a in range(4):
+                        if a == 0:
+                            a0, a1 = y00, y01
+                        elif a == 1:
+                            a0, a1 = y00 + y10, y01 + y11
+                        elif a == 2:
+                            a0, a1 = y00 - y10, y01 - y11
+                        else:
+                            a0, a1 = -y10, -y11
+                        dst[4 * a, u] = a0
+                        dst[4 * a + 1, u] = a0 + a1
+                        dst[4 * a + 2, u] = a0 - a1
+                        dst[4 * a + 3, u] = -a1
+
+    @njit(**_PAR)
+    def _wino_wgrad_gemm(Av, Bd, dU, accumulate):
+        """dU[xi, ip, jp] (MR x NR) (+)= Av[xi] panel ip x Bd[xi, jp] over the chunk's tiles."""
+        nCp = Av.shape[1]
+        nKp = Bd.shape[1]
+        Lt = Av.shape[2]
+        for t in prange(16 * nCp):
+            xi = t // nCp
+            ip = t - xi * nCp
+            for jp in range(nKp):
+                _micro(Av[xi], ip, Bd[xi, jp], Lt, dU[xi, ip, jp], accumulate)
+
+    @njit(**_SEQ)
+    def _wino_wgrad_filter(dU, dw):
+        """dw[k, c] = G^T dU[:, c, k] G (3x3 from 4x4) for G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]]."""
+        K, C = dw.shape[0], dw.shape[1]
+        half = dw.dtype.type(0.5)
+        t = np.empty((3, 4), dw.dtype)
+        for k in range(K):
+            jp = k // NR
+            j = k - jp * NR
+            for c in range(C):
+                ip = c // MR
+                i = c - ip * MR
+                for b in range(4):  # G^T down each column b
+                    u0 = dU[b, ip, jp, i, j]
+                    u1 = dU[4 + b, ip, jp, i, j]
+                    u2 = dU[8 + b, ip, jp, i, j]
+                    u3 = dU[12 + b, ip, jp, i, j]
+                    t[0, b] = u0 + (u1 + u2) * half
+                    t[1, b] = (u1 - u2) * half
+                    t[2, b] = (u1 + u2) * half + u3
+                for a in range(3):  # then G along the rows
+                    dw[k, c, a, 0] = t[a, 0] + (t[a, 1] + t[a, 2]) * half
+                    dw[k, c, a, 1] = (t[a, 1] - t[a, 2]) * half
+                    dw[k, c, a, 2] = (t[a, 1] + t[a, 2]) * half + t[a, 3]
+
     @njit(**_PAR)
     def _pack_dy(dy3, G, Lc, Apk):
         """Apk[n, c, g, ip, u, i] = dy[n, g*Kg + ip*MR + i, c*Lc + u]: Wgrad's A panels, packed once.
@@ -596,6 +898,32 @@ def _row_block(n_row_panels, n_col_tasks):
     return int(max(1, min(64, -(-n_row_panels // split))))
 
 
+def _wino_filters(w):
+    """The 16 transformed filters as packed micro-kernel A operands: (16, nMp, C, MR)."""
+    up = np.empty((16, -(-w.shape[0] // MR), w.shape[1], MR), w.dtype)
+    _wino_filter(w, up)
+    return up
+
+
+def _wino_wgrad(p, x, dy, dw_out):
+    """dw = G^T [sum over tiles (A dy A^T) x (B^T d B)^T] G, the tiles in chunks of WINO_CHUNK
+    (the GEMM depth), each chunk's operands packed in parallel and then multiplied in parallel
+    over (xi, channel panel); every dU element sums its chunks in order (any thread count gives
+    the same bits)."""
+    P, Q = p.P, p.Q
+    T = p.N * ((P + 1) // 2) * ((Q + 1) // 2)
+    Lt = min(WINO_CHUNK, T)
+    nCp, nKp = -(-p.C // MR), -(-p.K // NR)
+    av = np.empty((16, nCp, Lt, MR), x.dtype)
+    bd = np.empty((16, nKp, Lt, NR), x.dtype)
+    du = np.empty((16, nCp, nKp, MR, NR), x.dtype)
+    for t0 in range(0, T, Lt):
+        nt = min(Lt, T - t0)
+        _wino_wgrad_pack(x, dy, t0, nt, p.pad_h, p.pad_w, av, bd)
+        _wino_wgrad_gemm(av, bd, du, t0 > 0)
+    _wino_wgrad_filter(du, dw_out)
+
+
 def _geom(p):
     return (p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w, p.groups)
 
@@ -617,6 +945,8 @@ def fprop(algo, p, x, w, b, y, relu=False):
     sh, sw, pt, pl, dh, dw, G = _geom(p)
     if algo == "direct":
         _direct_fprop(x, w, b, y, bool(relu), sh, sw, pt, pl, dh, dw, G)
+    elif algo == "winograd":
+        _wino_fprop(x, _wino_filters(w), b, y, bool(relu), pt, pl)
     else:
         _gemm_fprop(x, _packed_filter(w, G), b, y.reshape(p.N, p.K, p.P * p.Q), bool(relu),
                     p.R, p.S, p.P, p.Q, sh, sw, pt, pl, dh, dw, G)
@@ -627,6 +957,11 @@ def dgrad(algo, p, dy, w, dx):
     sh, sw, pt, pl, dh, dw, G = _geom(p)
     if algo == "direct":
         _direct_dgrad(dy, w, dx, sh, sw, pt, pl, dh, dw, G)
+        return
+    if algo == "winograd":
+        # dx = conv(dy, the filter turned 180 degrees with K and C swapped), padding 2 - pad
+        wr = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        _wino_fprop(dy, _wino_filters(wr), np.zeros(p.C, dx.dtype), dx, False, 2 - pt, 2 - pl)
         return
     Kg, Cg = p.K // G, p.C // G
     wt = np.ascontiguousarray(w.reshape(G, Kg, Cg * p.R * p.S).transpose(0, 2, 1))
@@ -643,6 +978,9 @@ def wgrad(algo, p, x, dy, dw_out):
     sh, sw, pt, pl, dh, dw, G = _geom(p)
     if algo == "direct":
         _direct_wgrad(x, dy, dw_out, sh, sw, pt, pl, dh, dw, G)
+        return
+    if algo == "winograd":
+        _wino_wgrad(p, x, dy, dw_out)
         return
     Kd = (p.C // G) * p.R * p.S
     Kg, PQ = p.K // G, p.P * p.Q

@@ -83,28 +83,42 @@ FC_INLINE double row_exp_sum(const T* x, int64_t D, T m, T* y) {
   return r;
 }
 
-template <typename T>
-FC_INLINE double row_dot(const T* a, const T* b, int64_t D) {
-  double s[kLanes] = {0};
-  int64_t i = 0;
-  for (; i + kLanes <= D; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) s[l] += double(a[i + l]) * double(b[i + l]);
-  for (int l = 0; i < D; ++i, ++l) s[l] += double(a[i]) * double(b[i]);
+// Row dot products and sums: kSumLanes = 64 lanes of T (four independent vector accumulators:
+// one accumulator made each row a chain of dependent FMAs, latency-bound) over blocks of
+// kSumBlock elements; each block's lanes are folded to kLanes in a fixed tree and added to
+// kLanes double accumulators, summed in lane order at the end. A float lane sums at most
+// kSumBlock / kSumLanes = 16 terms, so the result keeps float accuracy for any row length (the
+// former all-double lanes took two instructions and a conversion per vector); the order is fixed.
+constexpr int64_t kSumBlock = 1024;
+constexpr int kSumLanes = 64;
+
+template <typename T, bool kDot>
+FC_INLINE double row_reduce(const T* a, const T* b, int64_t D) {
+  static_assert(kSumLanes == 4 * kLanes, "the fold below adds four groups of kLanes");
+  double acc[kLanes] = {0};
+  for (int64_t i0 = 0; i0 < D; i0 += kSumBlock) {
+    const int64_t e = std::min(D, i0 + kSumBlock);
+    T s[kSumLanes] = {0};
+    int64_t i = i0;
+    for (; i + kSumLanes <= e; i += kSumLanes)
+      for (int l = 0; l < kSumLanes; ++l) s[l] += kDot ? a[i + l] * b[i + l] : a[i + l];
+    for (int l = 0; i < e; ++i, ++l) s[l] += kDot ? a[i] * b[i] : a[i];
+    for (int l = 0; l < kLanes; ++l)
+      acc[l] += double((s[l] + s[l + kLanes]) + (s[l + 2 * kLanes] + s[l + 3 * kLanes]));
+  }
   double r = 0;
-  for (int l = 0; l < kLanes; ++l) r += s[l];
+  for (int l = 0; l < kLanes; ++l) r += acc[l];
   return r;
 }
 
 template <typename T>
+FC_INLINE double row_dot(const T* a, const T* b, int64_t D) {
+  return row_reduce<T, true>(a, b, D);
+}
+
+template <typename T>
 FC_INLINE double row_sum(const T* a, int64_t D) {
-  double s[kLanes] = {0};
-  int64_t i = 0;
-  for (; i + kLanes <= D; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) s[l] += double(a[i + l]);
-  for (int l = 0; i < D; ++i, ++l) s[l] += double(a[i]);
-  double r = 0;
-  for (int l = 0; l < kLanes; ++l) r += s[l];
-  return r;
+  return row_reduce<T, false>(a, a, D);
 }
 
 // One contiguous row (inner == 1).

@@ -138,7 +138,7 @@ def choose_algo(input_shape, weight_shape, stride=1, padding=0, dilation=1, grou
     "auto" first drops kernel rows/columns that only ever read padding (a 3x3 kernel with padding 1
     on a 1x1 map is a 1x1 convolution), so this is the pick for the problem that remains. The table
     is the compiled CPU path's; `backend` (a name, or None for the one NumPy arrays get) names the
-    backend the call would run on, and a backend without the table's pick (numba has no winograd)
+    backend the call would run on, and a backend without the table's pick (cuda has no winograd)
     reports the algorithm it runs instead.
     """
     if op not in ("fprop", "dgrad", "wgrad"):
@@ -196,7 +196,7 @@ def _pick(algo, problem, op, backend_name=None):
     if algo == "auto":
         a = _auto(problem, op)
         # the table is the compiled CPU path's; a backend without that algorithm
-        # (numba: no winograd; numba-cuda: no separable or winograd) runs im2col
+        # (cuda, cuda-emu: no winograd; numba-cuda: no separable or winograd) runs im2col
         # instead when it has it, else its direct kernel
         if backend_name is not None and a != "direct":
             mod = _backend_module(backend_name)

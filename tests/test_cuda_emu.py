@@ -296,7 +296,7 @@ def test_backend_registry_and_auto():
     import fastconv
 
     assert "cuda-emu" in fastconv.backends.available()
-    spec = TEST_SHAPES[28]  # k1x1_plain: "auto" picks "1x1", which this backend runs as its implicit GEMM
+    spec = TEST_SHAPES[28]  # k1x1_plain: "auto" picks "1x1", which this backend runs with its 1x1 GEMM kernels
     x, w, b, g, refs = problem(spec)
     got = ops.conv2d(x, w, b, backend="cuda-emu", **spec.kwargs())
     check_close(got, refs["fprop_bias"], TOL32, np.float32, "auto through cuda-emu")

@@ -568,3 +568,53 @@ def test_direct_tiled_targeted(spec, dtype):
             check_close(y, want, tol, dtype, f"direct {variant} {spec.name} relu={relu}")
     with pytest.raises(ValueError, match="variant"):
         _direct_variant("blocked", spec, dtype)
+
+
+# ------------------------------------------------ direct Dgrad: naive and tiled gathers
+def _direct_dgrad_variant(variant, spec, dtype=np.float32):
+    x, w, b, g, refs = problem(spec, dtype)
+    p, emu = _emu_problem(spec)
+    dx = np.empty(refs["dgrad"].shape, dtype)
+    emu._direct_dgrad_variant(variant, p, g, w, dx)
+    return dx, refs
+
+
+@pytest.mark.parametrize("variant", ["naive", "tiled"])
+def test_direct_dgrad_variants_on_catalog(variant):
+    # both direct Dgrad gathers, forced, on every catalog shape within budget
+    ran = 0
+    for s in TEST_SHAPES:
+        if _cost(s, "dgrad", "direct") > BUDGET:
+            continue
+        dx, refs = _direct_dgrad_variant(variant, s)
+        check_close(dx, refs["dgrad"], TOL32, np.float32, f"direct dgrad {variant} {s.name}")
+        ran += 1
+    assert ran >= len(TEST_SHAPES) - 2
+
+
+def test_direct_dgrad_picks_both_variants():
+    from fastconv import _emu
+
+    tiled = [s.name for s in TEST_SHAPES if _emu.direct_dgrad_tiled(_emu_problem(s)[0])]
+    naive = [s.name for s in TEST_SHAPES if not _emu.direct_dgrad_tiled(_emu_problem(s)[0])]
+    # the plain "direct" algorithm (test_dgrad_matches_cpu) runs both over the catalog
+    assert "odd_3x3_pad1" in tiled and "depthwise_3x3" in naive and "C1_K1_3x3" in naive
+    assert len(tiled) >= 20 and len(naive) >= 8
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")])
+@pytest.mark.parametrize("spec", [
+    # channel tails (Cg = 7 -> 4 + 3), groups, stride 3 on W (three phases of 7/6/6 columns, tiles of 4 + 3)
+    ConvSpec("dtiled_phases", 2, 14, 7, 20, 6, 3, 3, stride=(2, 3), padding=(1, 2), dilation=(1, 2), groups=2),
+    # stride 4 > kernel 2 with padding: taps whose columns start left of the image, phases no tap reaches
+    ConvSpec("dtiled_stride_gt_kernel", 1, 5, 9, 17, 3, 2, 2, stride=4, padding=1),
+    # dilation 3 with stride 2 on both axes, odd sizes
+    ConvSpec("dtiled_dil3", 1, 3, 13, 15, 4, 3, 3, stride=2, padding=2, dilation=3),
+], ids=lambda s: s.name)
+def test_direct_dgrad_tiled_targeted(spec, dtype):
+    tol = TOL32 if dtype == np.float32 else TOL64
+    for variant in ("naive", "tiled"):
+        dx, refs = _direct_dgrad_variant(variant, spec, dtype)
+        check_close(dx, refs["dgrad"], tol, dtype, f"direct dgrad {variant} {spec.name}")
+    with pytest.raises(ValueError, match="variant"):
+        _direct_dgrad_variant("blocked", spec, dtype)

@@ -43,7 +43,8 @@ def test_parse_captured_sample():
                  "conv1x1_dgrad_kernel<double>", "conv1x1_wgrad_kernel<float>", "wgrad_reduce_kernel<double>",
                  "sep_fprop_kernel<float, true>", "sep_fprop_kernel<double, false>", "sep_dgrad_kernel<double>",
                  "sep_wgrad_kernel<float>", "direct_fprop_tiled_kernel<float, false>",
-                 "direct_fprop_tiled_kernel<double, true>"):
+                 "direct_fprop_tiled_kernel<double, true>", "direct_dgrad_tiled_kernel<float>",
+                 "direct_dgrad_tiled_kernel<double>"):
         assert all((name, a) in by for a in ("sm_75", "sm_80", "sm_90")), name
     assert by[("conv1x1_fprop_kernel<double, true>", "sm_90")]["smem_bytes"] == 2 * 8 * 36 * 8 + 2 * 8 * 32 * 8
     assert by[("sep_wgrad_kernel<double>", "sm_80")]["source"] == "conv_separable.cu"

@@ -187,7 +187,8 @@ PYBIND11_MODULE(_cuda, m) {
     else dgrad_t<double>(a, p, da.ptr, wa.ptr, xa.ptr, s);
   }, py::arg("algo"), py::arg("problem"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
      py::arg("stream") = py::none(),
-     "Dgrad as a gather, no atomics. 'direct': one input element per thread; 'im2col': implicit GEMM "
+     "Dgrad as a gather, no atomics. 'direct': register-tiled (4 channels x 4 same-phase columns per "
+     "thread) or one input element per thread; 'im2col': implicit GEMM "
      "(float32; float64 runs the direct kernel); '1x1': GEMM writing every element once; 'separable': "
      "32 positions x 16 channels per block.");
 

@@ -29,8 +29,8 @@ void register_emu_layers(py::module_& m);
 
 namespace {
 
-// "direct": direct kernels for all three operators (Fprop register-tiled when
-// direct_fprop_tiled(p)). "im2col": the implicit GEMM for all three (float32;
+// "direct": direct kernels for all three operators (Fprop and Dgrad
+// register-tiled when direct_fprop_tiled(p) / direct_dgrad_tiled(p)). "im2col": the implicit GEMM for all three (float32;
 // float64 runs the direct kernels). "1x1": the 1x1 GEMM kernels, "separable":
 // the 1xn / nx1 kernels (float32 and float64 both).
 enum class Algo { Direct, Im2col, OneByOne, Separable };
@@ -166,7 +166,8 @@ PYBIND11_MODULE(_emu, m) {
     if (is_f64(dy)) dgrad_t<double>(a, p, dy, w, dx);
     else dgrad_t<float>(a, p, dy, w, dx);
   }, py::arg("algo"), py::arg("problem"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
-     "Dgrad as a gather, no atomics. 'direct': one input element per thread; 'im2col': the implicit GEMM "
+     "Dgrad as a gather, no atomics. 'direct': register-tiled (4 channels x 4 same-phase columns per "
+     "thread) or one input element per thread; 'im2col': the implicit GEMM "
      "(float32; float64 runs the direct kernel); '1x1': a GEMM writing every element once; 'separable': "
      "32 positions x 16 channels per block.");
 
@@ -213,6 +214,30 @@ PYBIND11_MODULE(_emu, m) {
      "TEST ONLY: the direct Fprop with its kernel forced: 'naive' (one output element per thread) or "
      "'tiled' (register-tiled, 4 output channels x 4 output columns per thread), whatever "
      "direct_fprop_tiled(problem) says.");
+
+  m.def("direct_dgrad_tiled", [](const ConvProblem& p) { return fastconv::cuda::direct_dgrad_tiled(p); },
+        "Whether the direct Dgrad runs its register-tiled gather for this problem (else one input per thread).");
+
+  m.def("_direct_dgrad_variant", [](const std::string& variant, const ConvProblem& p, py::array dy, py::array w,
+                                    py::array dx) {
+    if (variant != "naive" && variant != "tiled")
+      throw py::value_error("variant must be 'naive' or 'tiled', got '" + variant + "'");
+    check(Algo::Direct, p);
+    auto run = [&](auto tag) {
+      using T = decltype(tag);
+      const T* dyp = in_ptr<T>(dy, "grad_output", p.output_elems());
+      const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
+      T* dxp = out_ptr<T>(dx, "grad_input", p.input_elems());
+      if (p.N == 0) return;
+      py::gil_scoped_release release;
+      fastconv::cuda::direct_dgrad_variant<T>(variant == "tiled", p, dyp, wp, dxp);
+    };
+    if (is_f64(dy)) run(double());
+    else run(float());
+  }, py::arg("variant"), py::arg("problem"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
+     "TEST ONLY: the direct Dgrad with its kernel forced: 'naive' (one input element per thread) or 'tiled' "
+     "(register-tiled gather, 4 input channels x 4 same-phase input columns per thread), whatever "
+     "direct_dgrad_tiled(problem) says.");
 
   m.def("igemm_wgrad_chunks", [](const ConvProblem& p) { return fastconv::cuda::igemm_wgrad_chunks(p); },
         "How many N*P*Q chunks the implicit-GEMM Wgrad splits this problem into (a function of the problem only).");

@@ -172,6 +172,91 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Dgrad as a gather, register-tiled: each thread owns kTC input channels x
+// kTW input columns of one input row. The columns are one stride phase apart
+// (w = pw + m*stride_w for kTW consecutive m), so every column of the tile is
+// reached by the same taps s, at consecutive output columns: per (tap, output
+// channel) the thread loads kTW dy values and kTC weights into registers and
+// does kTC*kTW multiply-adds with them. Each dx element belongs to exactly one
+// (phase, column tile) and is written once by its thread: no atomics.
+constexpr int kTC = 4, kTW = 4;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    direct_dgrad_tiled_kernel(ConvProblem p, const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), PQ = p.P * p.Q, RS = p.R * p.S;
+  const int64_t ct = (Cg + kTC - 1) / kTC;
+  const int64_t qt = ((p.W + p.stride_w - 1) / p.stride_w + kTW - 1) / kTW;  // column tiles of the widest phase
+  const int64_t total = p.N * p.groups * ct * p.H * p.stride_w * qt;
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
+    const int64_t qb = i % qt;
+    int64_t t = i / qt;
+    const int64_t pw = t % p.stride_w;
+    t /= p.stride_w;
+    const int64_t ih = t % p.H;
+    t /= p.H;
+    const int64_t cb = t % ct;
+    t /= ct;
+    const int64_t g = t % p.groups;
+    const int64_t n = t / p.groups;
+    const int64_t m0 = qb * kTW;                     // first column of the tile within its phase
+    const int64_t iw0 = pw + m0 * p.stride_w;        // its input column
+    if (iw0 >= p.W) continue;                        // a narrower phase: no column here
+    const int nc = int(Cg - cb * kTC < kTC ? Cg - cb * kTC : kTC);
+    const T* dyg = dy + (n * p.K + g * Kg) * PQ;
+    const T* wg = w + (g * Kg * Cg + cb * kTC) * RS;  // w[g*Kg + k, cb*kTC + c, r, s] = wg[(k*Cg + c)*RS + r*S + s]
+    T acc[kTC][kTW];
+#pragma unroll
+    for (int a = 0; a < kTC; ++a)
+#pragma unroll
+      for (int b = 0; b < kTW; ++b) acc[a][b] = T(0);
+    for (int64_t r = 0; r < p.R; ++r) {
+      const int64_t th = ih + p.pad_h - r * p.dil_h;
+      if (th < 0) break;  // grows more negative with r
+      if (th % p.stride_h) continue;
+      const int64_t op = th / p.stride_h;
+      if (op >= p.P) continue;
+      for (int64_t s = 0; s < p.S; ++s) {
+        // column iw0 + b*stride_w meets tap s at output column (iw0 + pad - s*dil)/stride + b
+        const int64_t tw = iw0 + p.pad_w - s * p.dil_w;
+        if (tw % p.stride_w) continue;  // the whole tile is on another phase of this tap (also for tw < 0)
+        const int64_t oq0 = tw >= 0 ? tw / p.stride_w : -((-tw) / p.stride_w);  // exact
+        int64_t off[kTW];
+        bool ok[kTW];
+#pragma unroll
+        for (int b = 0; b < kTW; ++b) {
+          const int64_t oq = oq0 + b;
+          ok[b] = oq >= 0 && oq < p.Q && iw0 + b * p.stride_w < p.W;
+          off[b] = op * p.Q + oq;
+        }
+        const T* wrs = wg + r * p.S + s;
+        for (int64_t k = 0; k < Kg; ++k) {
+          T dv[kTW], wv[kTC];
+#pragma unroll
+          for (int b = 0; b < kTW; ++b) dv[b] = ok[b] ? dyg[k * PQ + off[b]] : T(0);
+#pragma unroll
+          for (int a = 0; a < kTC; ++a) wv[a] = a < nc ? wrs[(k * Cg + a) * RS] : T(0);
+#pragma unroll
+          for (int a = 0; a < kTC; ++a)
+#pragma unroll
+            for (int b = 0; b < kTW; ++b) acc[a][b] += wv[a] * dv[b];
+        }
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < kTC; ++a) {
+      if (a >= nc) continue;
+      T* dxrow = dx + ((n * p.C + g * Cg + cb * kTC + a) * p.H + ih) * p.W;
+#pragma unroll
+      for (int b = 0; b < kTW; ++b) {
+        const int64_t iw = iw0 + b * p.stride_w;
+        if (iw < p.W) dxrow[iw] = acc[a][b];
+      }
+    }
+  }
+}
+
 // Wgrad: one weight element (k, c, r, s) per block. Each thread sums a fixed,
 // strided slice of N*P*Q; the block then reduces in shared memory with a
 // fixed-order tree, so the result does not depend on timing (deterministic).
@@ -244,9 +329,27 @@ void launch_fprop_naive(const ConvProblem& p, const T* x, const T* w, const T* b
   }
 }
 
+template <typename T>
+void launch_dgrad_tiled(const ConvProblem& p, const T* dy, const T* w, T* dx, void* stream) {
+  const int64_t qt = ((p.W + p.stride_w - 1) / p.stride_w + kTW - 1) / kTW;
+  const int64_t total = p.N * p.groups * ((p.Cg() + kTC - 1) / kTC) * p.H * p.stride_w * qt;
+  if (total == 0) return;
+  auto k = direct_dgrad_tiled_kernel<T>;
+  FC_LAUNCH(k, dim3(unsigned(blocks_for(total, kThreads))), dim3(kThreads), 0, FC_STREAM(stream), p, dy, w, dx);
+}
+
+template <typename T>
+void launch_dgrad_naive(const ConvProblem& p, const T* dy, const T* w, T* dx, void* stream) {
+  const int64_t total = p.input_elems();
+  if (total == 0) return;
+  auto k = direct_dgrad_kernel<T>;
+  FC_LAUNCH(k, dim3(unsigned(blocks_for(total, kThreads))), dim3(kThreads), 0, FC_STREAM(stream), p, dy, w, dx);
+}
+
 }  // namespace
 
 bool direct_fprop_tiled(const ConvProblem& p) { return p.Kg() >= 2 && p.Q >= 2; }
+bool direct_dgrad_tiled(const ConvProblem& p) { return p.Cg() >= 2 && (p.W + p.stride_w - 1) / p.stride_w >= 2; }
 
 template <typename T>
 void direct_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu, void* stream) {
@@ -262,6 +365,14 @@ void direct_fprop_variant(bool tiled, const ConvProblem& p, const T* x, const T*
   if (tiled) launch_fprop_tiled<T>(p, x, w, bias, y, relu, nullptr);
   else launch_fprop_naive<T>(p, x, w, bias, y, relu, nullptr);
 }
+template <typename T>
+void direct_dgrad_variant(bool tiled, const ConvProblem& p, const T* dy, const T* w, T* dx) {
+  check_problem(p);
+  if (tiled) launch_dgrad_tiled<T>(p, dy, w, dx, nullptr);
+  else launch_dgrad_naive<T>(p, dy, w, dx, nullptr);
+}
+template void direct_dgrad_variant<float>(bool, const ConvProblem&, const float*, const float*, float*);
+template void direct_dgrad_variant<double>(bool, const ConvProblem&, const double*, const double*, double*);
 template void direct_fprop_variant<float>(bool, const ConvProblem&, const float*, const float*, const float*, float*,
                                           bool);
 template void direct_fprop_variant<double>(bool, const ConvProblem&, const double*, const double*, const double*,
@@ -271,10 +382,8 @@ template void direct_fprop_variant<double>(bool, const ConvProblem&, const doubl
 template <typename T>
 void direct_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx, void* stream) {
   check_problem(p);
-  const int64_t total = p.input_elems();
-  if (total == 0) return;
-  auto k = direct_dgrad_kernel<T>;
-  FC_LAUNCH(k, dim3(unsigned(blocks_for(total, kThreads))), dim3(kThreads), 0, FC_STREAM(stream), p, dy, w, dx);
+  if (direct_dgrad_tiled(p)) launch_dgrad_tiled<T>(p, dy, w, dx, stream);
+  else launch_dgrad_naive<T>(p, dy, w, dx, stream);
 }
 
 template <typename T>

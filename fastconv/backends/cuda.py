@@ -28,8 +28,10 @@ Algorithms (kernel families, :data:`KERNEL_OF`):
 
 * ``direct``: Fprop register-tiled (4 output channels x 4 output columns per
   thread) when a group has >= 2 output channels and the output >= 2 columns,
-  else one output element per thread; Dgrad one input element per thread (a
-  gather); Wgrad one weight element per block.
+  else one output element per thread; Dgrad a gather, register-tiled (4 input
+  channels x 4 same-phase input columns per thread) when a group has >= 2
+  input channels, else one input element per thread; Wgrad one weight element
+  per block.
 * ``im2col``: the implicit GEMM for Fprop, Dgrad as a gather and Wgrad with a
   fixed N*P*Q split; float32 only, float64 runs the direct kernels.
 * ``1x1``: a plain GEMM per group on the implicit GEMM's tiled core with 1x1

@@ -13,7 +13,9 @@ Algorithms (the ops layer passes any of ``direct``/``im2col``/``1x1``/``separabl
   says so (>= 2 output channels per group and >= 2 output columns), else one
   output element per thread; tests force either kernel with the test-only
   ``_emu._direct_fprop_variant("naive" | "tiled", ...)``. Dgrad as a gather,
-  Wgrad with one weight element per block.
+  register-tiled likewise (4 input channels x 4 input columns one stride
+  phase apart, ``_emu.direct_dgrad_tiled``; forced with
+  ``_emu._direct_dgrad_variant``). Wgrad with one weight element per block.
 * ``im2col``: the implicit GEMM for all three operators (64x64 tiles, 8x8 per
   thread, double-buffered shared memory): Fprop, Dgrad as a gather (no
   atomics) and Wgrad with N*P*Q split into a problem-fixed number of chunks

@@ -22,6 +22,11 @@ namespace cuda {
 // when direct_fprop_tiled(p) (at least 2 output channels per group and 2
 // output columns), else the one-element-per-thread kernel.
 bool direct_fprop_tiled(const ConvProblem& p);
+// direct_dgrad likewise runs a register-tiled gather (4 input channels x 4
+// input columns one stride phase apart per thread, each dx element written
+// once) when direct_dgrad_tiled(p) (>= 2 input channels per group and >= 2
+// columns per phase), else one input element per thread.
+bool direct_dgrad_tiled(const ConvProblem& p);
 template <typename T>
 void direct_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu, void* stream);
 template <typename T>
@@ -87,6 +92,10 @@ void separable_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw, void*
 // channels x 4 output columns per thread), whatever direct_fprop would pick.
 template <typename T>
 void direct_fprop_variant(bool tiled, const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu);
+// ... and the direct Dgrad with its variant forced (false: one input element
+// per thread; true: the register-tiled gather).
+template <typename T>
+void direct_dgrad_variant(bool tiled, const ConvProblem& p, const T* dy, const T* w, T* dx);
 #endif
 
 #if defined(FC_EMU_TEST_HOOKS)

@@ -331,7 +331,8 @@ def test_supports_and_errors():
 # ------------------------------------------- 1x1, separable and tiled direct kernels
 # The kernel families of issue #4: "1x1" (a plain GEMM on the implicit GEMM's
 # tiled core with 1x1 loaders: float32 64x64 tiles of 64 threads, float64 32x32
-# tiles of 32 threads), "separable" (1xn / nx1: 128-thread blocks, 32 line
+# tiles of 32 threads; Dgrad's GEMM covers the pixels on the stride grid, a
+# zero-fill kernel the rest), "separable" (1xn / nx1: 128-thread blocks, 32 line
 # positions x 16 channels, reduction channels staged in shared memory; Wgrad one
 # block per 16x8x8 (k, c, tap) tile), and the register-tiled direct Fprop.
 NEW_ALGOS = ("1x1", "separable")
@@ -347,8 +348,9 @@ def _new_cost(spec, op, algo, dtype=np.float32):
         t = 64 if dtype == np.float32 else 32
         if op in ("fprop", "fprop_bias", "fprop_relu"):
             return math.ceil(npq / t) * math.ceil(Kg / t) * g * t * (math.ceil(Cg / 8) + 2)
-        if op == "dgrad":
-            return math.ceil(N * spec.H * spec.W / t) * math.ceil(Cg / t) * g * t * (math.ceil(Kg / 8) + 2)
+        if op == "dgrad":  # the GEMM over N*P*Q pixels, plus the zero-fill of the others
+            return (math.ceil(npq / t) * math.ceil(Cg / t) * g * t * (math.ceil(Kg / 8) + 2)
+                    + math.ceil(N * spec.C * spec.H * spec.W / 256) * 256)
         return math.ceil(Kg / t) * math.ceil(Cg / t) * g * t * (math.ceil(npq / 8) + 2) + K * Cg
     # separable: the line is W for 1xn (and 1x1), H for nx1
     line_w = spec.R == 1
@@ -505,6 +507,9 @@ def test_new_families_supports():
     bottom = _emu.ConvProblem(N=1, C=2, H=5, W=5, K=2, R=1, S=1, P=4, Q=3, pad_h=0, pad_w=0, stride_h=2,
                               stride_w=2, dil_h=1, dil_w=1, groups=1)
     assert "inside the input" in _emu.supports("1x1", bottom)
+    plane = _emu.ConvProblem(N=1, C=1, H=65536, W=32768, K=1, R=1, S=1, P=65536, Q=32768, pad_h=0, pad_w=0,
+                             stride_h=1, stride_w=1, dil_h=1, dil_w=1, groups=1)
+    assert "2^31 pixels" in _emu.supports("1x1", plane)
     assert _emu.supports("separable", kp((1, 4, 5, 9), (4, 4, 1, 7), padding=(0, 3))) == ""
     assert "groups == 1" in _emu.supports("separable", kp((1, 4, 5, 9), (4, 2, 1, 3), groups=2))
     assert "1xn or nx1" in _emu.supports("separable", kp((1, 4, 5, 9), (4, 4, 3, 3)))
@@ -618,3 +623,22 @@ def test_direct_dgrad_tiled_targeted(spec, dtype):
         check_close(dx, refs["dgrad"], tol, dtype, f"direct dgrad {variant} {spec.name}")
     with pytest.raises(ValueError, match="variant"):
         _direct_dgrad_variant("blocked", spec, dtype)
+
+
+@pytest.mark.parametrize("algo,spec", [
+    ("1x1", ConvSpec("nan_1x1_s2", 2, 3, 9, 7, 5, 1, 1, stride=2)),
+    ("1x1", ConvSpec("nan_1x1_s32", 1, 4, 8, 7, 3, 1, 1, stride=(3, 2))),
+    ("separable", ConvSpec("nan_sep_s2", 1, 3, 7, 9, 4, 1, 3, stride=2, padding=(0, 1))),
+    ("separable", ConvSpec("nan_sep_col_s3", 1, 3, 10, 5, 4, 3, 1, stride=(1, 3), padding=(1, 0))),
+    ("direct", ConvSpec("nan_direct_s4", 1, 6, 9, 13, 4, 2, 2, stride=4, padding=1)),
+    ("im2col", ConvSpec("nan_igemm_s3", 1, 3, 10, 8, 4, 2, 2, stride=3)),
+], ids=lambda v: v if isinstance(v, str) else v.name)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_dgrad_writes_every_element(algo, spec, dtype):
+    # grad_input starts as NaN: every element, including the pixels the stride skips, must be written
+    x, w, b, g, refs = problem(spec, dtype)
+    p, emu = _emu_problem(spec)
+    dx = np.full(refs["dgrad"].shape, np.nan, dtype)
+    emu.dgrad(algo, p, g, w, dx)
+    check_close(dx, refs["dgrad"], TOL32 if dtype == np.float32 else TOL64, dtype, f"{algo} dgrad {spec.name}")
+    assert (dx == 0).any(), "the shape must have pixels no output reads"

@@ -44,7 +44,7 @@ def test_parse_captured_sample():
                  "sep_fprop_kernel<float, true>", "sep_fprop_kernel<double, false>", "sep_dgrad_kernel<double>",
                  "sep_wgrad_kernel<float>", "direct_fprop_tiled_kernel<float, false>",
                  "direct_fprop_tiled_kernel<double, true>", "direct_dgrad_tiled_kernel<float>",
-                 "direct_dgrad_tiled_kernel<double>"):
+                 "direct_dgrad_tiled_kernel<double>", "conv1x1_dgrad_zero_kernel<float>"):
         assert all((name, a) in by for a in ("sm_75", "sm_80", "sm_90")), name
     assert by[("conv1x1_fprop_kernel<double, true>", "sm_90")]["smem_bytes"] == 2 * 8 * 36 * 8 + 2 * 8 * 32 * 8
     assert by[("sep_wgrad_kernel<double>", "sm_80")]["source"] == "conv_separable.cu"

@@ -293,12 +293,12 @@ struct WgradOps {
 //
 //   operator  C (M x N)           A (M x K)          B (K x N)
 //   Fprop     y  [K/g x N*P*Q]    w [k, c]           x  at (n, c, p*sh, q*sw)
-//   Dgrad     dx [C/g x N*H*W]    w [k, c]^T         dy at (n, k, h/sh, w/sw), 0 off the stride grid
+//   Dgrad     dx [C/g x N*P*Q]    w [k, c]^T         dy at (n, k, p, q), stored at (p*sh, q*sw)
 //   Wgrad     dw [K/g x C/g]      dy [k, (n,p,q)]    x  at ((n,p,q), c)
 //
-// Dgrad writes every dx element exactly once (zeros where the stride skips a
-// pixel: its B column is all zero); Wgrad uses the chunked N*P*Q split and the
-// chunk-order reduction of the implicit GEMM's Wgrad.
+// Dgrad writes every dx element exactly once: the GEMM the pixels on the
+// stride grid, a zero-fill kernel the others; Wgrad uses the chunked N*P*Q
+// split and the chunk-order reduction of the implicit GEMM's Wgrad.
 
 template <typename T, bool kRelu>
 struct Fprop1x1Ops {
@@ -345,6 +345,11 @@ struct Fprop1x1Ops {
   }
 };
 
+// Dgrad: the GEMM runs over the N*P*Q input pixels some output pixel reads
+// ((p*stride_h, q*stride_w), every one inside the image) and writes each of
+// them once; the pixels the stride skips get their zero from
+// conv1x1_dgrad_zero_kernel, which writes only those (no element twice, no
+// FMA on a zero column).
 template <typename T>
 struct Dgrad1x1Ops {
   ConvProblem p;
@@ -353,8 +358,8 @@ struct Dgrad1x1Ops {
   T* dx;
   int64_t g = 0;
   struct Col {
-    const T* dyp;  // dy at (n, g*Kg, h/sh, w/sw)
-    bool hit;      // column in range and on the stride grid (else its B column is zero)
+    const T* dyp;  // dy at (n, g*Kg, p, q)
+    bool ok;
   };
   __device__ __forceinline__ Dgrad1x1Ops for_block(int64_t z) const {
     Dgrad1x1Ops o = *this;
@@ -365,28 +370,30 @@ struct Dgrad1x1Ops {
   __device__ __forceinline__ int64_t chunk() const { return 0; }
   __device__ __forceinline__ int64_t chunk_len() const { return depth() + BK; }
   FC_HOST_DEVICE int64_t rows() const { return p.Cg(); }
-  FC_HOST_DEVICE int64_t cols() const { return p.N * p.H * p.W; }
+  FC_HOST_DEVICE int64_t cols() const { return p.N * p.P * p.Q; }
   __device__ __forceinline__ int64_t depth() const { return p.Kg(); }
   // A[c, k] = w[g*Kg + k, c]
   __device__ __forceinline__ T a(int64_t g, int64_t row, int64_t kc) const {
     return kc < depth() ? w[(g * p.Kg() + kc) * p.Cg() + row] : T(0);
   }
   __device__ __forceinline__ Col col(int64_t g, int64_t c) const {
-    Col s{dy, false};
-    if (c < cols()) {
-      const int64_t HW = p.H * p.W, n = c / HW, h = (c % HW) / p.W, ww = c % p.W;
-      const int64_t oh = h / p.stride_h, ow = ww / p.stride_w;
-      s.hit = h % p.stride_h == 0 && ww % p.stride_w == 0 && oh < p.P && ow < p.Q;
-      if (s.hit) s.dyp = dy + (n * p.K + g * p.Kg()) * p.P * p.Q + oh * p.Q + ow;
+    Col s{dy, c < cols()};
+    if (s.ok) {
+      const int64_t PQ = p.P * p.Q, n = c / PQ;
+      s.dyp = dy + (n * p.K + g * p.Kg()) * PQ + (c - n * PQ);
     }
     return s;
   }
   __device__ __forceinline__ T b(const Col& s, int64_t kc) const {
-    return (s.hit && kc < depth()) ? s.dyp[kc * p.P * p.Q] : T(0);
+    return (s.ok && kc < depth()) ? s.dyp[kc * p.P * p.Q] : T(0);
   }
   __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
-    const int64_t HW = p.H * p.W;
-    dx[((c / HW) * p.C + g * p.Cg() + row) * HW + c % HW] = v;
+    // one 64-bit division (a called subroutine on the GPU; a second one made
+    // sm_80 spill): the in-plane split is 32-bit, planes are < 2^31 pixels
+    // (conv1x1_supports)
+    const int64_t PQ = p.P * p.Q, n = c / PQ;
+    const uint32_t pq = uint32_t(c - n * PQ), q = uint32_t(p.Q), oh = pq / q, ow = pq - oh * q;
+    dx[((n * p.C + g * p.Cg() + row) * p.H + int64_t(oh) * p.stride_h) * p.W + int64_t(ow) * p.stride_w] = v;
   }
 };
 
@@ -552,14 +559,29 @@ __global__ void __launch_bounds__(Tile<T>::NT) conv1x1_fprop_kernel(Fprop1x1Ops<
   igemm_core<T, Fprop1x1Ops<T, kRelu>, kIntact>(ops);
 }
 
+// (NT, 1): without a minimum block count ptxas aimed at 168 registers on sm_80
+// for the float instantiation and spilled 4 bytes; with it, it may use up to 255
 template <typename T>
-__global__ void __launch_bounds__(Tile<T>::NT) conv1x1_dgrad_kernel(Dgrad1x1Ops<T> ops) {
+__global__ void __launch_bounds__(Tile<T>::NT, 1) conv1x1_dgrad_kernel(Dgrad1x1Ops<T> ops) {
   igemm_core<T, Dgrad1x1Ops<T>, kIntact>(ops);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(Tile<T>::NT) conv1x1_wgrad_kernel(Wgrad1x1Ops<T> ops) {
   igemm_core<T, Wgrad1x1Ops<T>, kIntact>(ops);
+}
+
+// dx = 0 at the input pixels no output pixel of a 1x1 convolution reads (off
+// the stride grid, or past the last output row/column); the others are the
+// 1x1 Dgrad GEMM's. Grid-stride over the N*C planes of H*W.
+template <typename T>
+__global__ void __launch_bounds__(256) conv1x1_dgrad_zero_kernel(ConvProblem p, T* __restrict__ dx) {
+  const int64_t HW = p.H * p.W, total = p.N * p.C * HW;
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int64_t hw = e % HW, h = hw / p.W, ww = hw % p.W;
+    if (h % p.stride_h || ww % p.stride_w || h / p.stride_h >= p.P || ww / p.stride_w >= p.Q) dx[e] = T(0);
+  }
 }
 
 // dw[e] = sum over chunks of ws[chunk][e], always in chunk order 0, 1, 2, ...
@@ -664,6 +686,13 @@ void launch_1x1_fprop(const ConvProblem& p, const T* x, const T* w, const T* bia
 
 template <typename T>
 void launch_1x1_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx, void* stream) {
+  if (p.stride_h > 1 || p.stride_w > 1 || p.P != p.H || p.Q != p.W) {  // pixels no output reads
+    const int64_t total = p.input_elems();
+    int64_t blocks = (total + 255) / 256;
+    if (blocks > (int64_t(1) << 20)) blocks = int64_t(1) << 20;  // grid-stride loop covers the rest
+    auto z = conv1x1_dgrad_zero_kernel<T>;
+    FC_LAUNCH(z, dim3(unsigned(blocks)), dim3(256), 0, FC_STREAM(stream), p, dx);
+  }
   const Dgrad1x1Ops<T> ops{p, dy, w, dx};
   auto k = conv1x1_dgrad_kernel<T>;
   FC_LAUNCH(k, (grid_of<decltype(ops), T>(ops, p.groups)), dim3(Tile<T>::NT), 0, FC_STREAM(stream), ops);
@@ -743,10 +772,12 @@ std::string conv1x1_supports(const ConvProblem& p) {
   if (p.pad_h != 0 || p.pad_w != 0) return "the cuda 1x1 kernels need zero padding";
   if ((p.P - 1) * p.stride_h >= p.H || (p.Q - 1) * p.stride_w >= p.W)
     return "the cuda 1x1 kernels need every output pixel inside the input (no bottom/right padding)";
+  if (p.H * p.W > 2147483647 || p.P * p.Q > 2147483647)
+    return "the cuda 1x1 kernels need image planes of fewer than 2^31 pixels";
   // the double tiles (32x32) make the most tiles
   constexpr int64_t bm = Tile<double>::BM, bn = Tile<double>::BN;
   std::string why = grid_fits("Fprop", p.Kg(), p.N * p.P * p.Q, p.groups, "1x1", bm, bn);
-  if (why.empty()) why = grid_fits("Dgrad", p.Cg(), p.N * p.H * p.W, p.groups, "1x1", bm, bn);
+  if (why.empty()) why = grid_fits("Dgrad", p.Cg(), p.N * p.P * p.Q, p.groups, "1x1", bm, bn);
   if (why.empty()) why = grid_fits("Wgrad", p.Kg(), p.Cg(), p.groups * igemm_wgrad_chunks(p), "1x1", bm, bn);
   return why;
 }

@@ -36,7 +36,7 @@ Algorithms (kernel families, :data:`KERNEL_OF`):
   fixed N*P*Q split; float32 only, float64 runs the direct kernels.
 * ``1x1``: a plain GEMM per group on the implicit GEMM's tiled core with 1x1
   loaders (no tap decoding), float32 and float64; Dgrad writes every element
-  once, Wgrad uses the fixed N*P*Q split (workspace of the input's dtype).
+  once (GEMM over the pixels on the stride grid, zero-fill of the others), Wgrad uses the fixed N*P*Q split (workspace of the input's dtype).
 * ``separable``: the 1xn / nx1 kernels (groups 1): input segments and weights
   staged in shared memory, 4 channels per thread in registers; Wgrad one block
   per (16 k x 8 c x 8 tap) tile in a fixed order.

@@ -22,8 +22,8 @@ Algorithms (the ops layer passes any of ``direct``/``im2col``/``1x1``/``separabl
   reduced in chunk order. float32 only: float64 runs the direct kernels.
 * ``1x1``: the 1x1 GEMM kernels (csrc/cuda/conv_igemm.cu's tiled core with
   1x1 loaders: no im2col index math; float32 64x64 tiles, float64 32x32): zero
-  padding, any stride, groups. Dgrad writes every element once (zeros where
-  the stride skips a pixel); Wgrad splits N*P*Q into problem-fixed chunks
+  padding, any stride, groups. Dgrad writes every element once (the GEMM the
+  pixels on the stride grid, a zero-fill kernel those the stride skips); Wgrad splits N*P*Q into problem-fixed chunks
   reduced in chunk order (``_emu.conv1x1_wgrad_chunks``).
 * ``separable``: the 1xn / nx1 kernels (csrc/cuda/conv_separable.cu), groups 1,
   any stride / padding / dilation whose staged segment fits 48 KiB; float32

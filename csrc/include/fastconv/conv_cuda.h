@@ -56,8 +56,9 @@ void igemm_wgrad(const ConvProblem& p, const float* x, const float* dy, float* d
 // 1x1 (csrc/cuda/conv_igemm.cu): R = S = 1, zero padding, any stride, groups.
 // A plain GEMM per group on the implicit GEMM's tiled core with 1x1 loaders
 // (no tap decoding): float 64x64 tiles (8x8 per thread), double 32x32 tiles
-// (8x4 per thread). Dgrad is a gather writing every dx element once (zero
-// where the stride skips a pixel). Wgrad splits N*P*Q into
+// (8x4 per thread). Dgrad is a gather writing every dx element once: the GEMM
+// over the N*P*Q pixels on the stride grid, a zero-fill kernel for the pixels
+// the stride skips. Wgrad splits N*P*Q into
 // conv1x1_wgrad_chunks(p) chunks (a function of the problem only); with more
 // than one chunk the partials go to `workspace` (conv1x1_wgrad_workspace_elems(p)
 // elements of T, owned by the caller) and are summed in chunk order.

@@ -1,7 +1,9 @@
-// Implicit-GEMM convolution: Fprop, Dgrad and Wgrad as one tiled SGEMM core
+// Implicit-GEMM convolution: Fprop, Dgrad and Wgrad as one tiled GEMM core
 // with three operand loaders (float32 only; float64 callers run the direct
 // kernels, see the end of the file). No operand matrix is ever built: the
 // loaders gather it from the activations while filling the shared tiles.
+// The same core, with three 1x1 loaders and a double tile shape, is the 1x1
+// kernel family (float32 and float64; "1x1 loaders" below).
 //
 // Per group g each operator is a GEMM  C[m, n] = sum_k A[m, k] * B[k, n]:
 //
@@ -762,8 +764,9 @@ void igemm_wgrad(const ConvProblem& p, const float* x, const float* dy, float* d
   validate(p);
   launch_wgrad<kIntact>(p, x, dy, dw, workspace, stream);
 }
-// No double instantiation: 64 double accumulators per thread spill on sm_90
-// (ptxas: 72 bytes). float64 "im2col" runs the direct kernels (bindings).
+// No double instantiation of the implicit GEMM: 64 double accumulators per
+// thread spill on sm_90 (ptxas: 72 bytes). float64 "im2col" runs the direct
+// kernels (bindings). (The 1x1 family's double tiles are 32x32, 8x4 per thread.)
 
 // ------------------------------------------------------------- 1x1 family
 std::string conv1x1_supports(const ConvProblem& p) {

@@ -278,6 +278,59 @@ def test_gpu_float64_and_chunked_wgrad(op):
 
 
 @need_gpu
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("algo", ["1x1", "separable"])
+def test_gpu_new_families(algo, dt):
+    # the 1x1 GEMM and separable kernels on every catalog shape they take, float32 and float64,
+    # plus a 1x1 Wgrad split into chunks (workspace of the input's dtype): deterministic
+    from fastconv.ops.conv import _supports
+    from fastconv.problem import make_problem
+
+    cp = _cp()
+    tol = TOL32 if dt == np.float32 else TOL64
+    specs = [s for s in GPU_SHAPES if not _supports(algo, make_problem(s.input_shape, s.weight_shape, **s.kwargs()))]
+    if algo == "1x1":
+        specs.append(ConvSpec("c1x1_chunks", 6, 4, 13, 12, 6, 1, 1, groups=2))
+    assert len(specs) >= 10
+    for spec, op in ((s, o) for s in specs for o in ("fprop_bias", "dgrad", "wgrad")):
+        x, w, b, g, refs = problem(spec, dt)
+        args = (cp.asarray(x), cp.asarray(w), cp.asarray(b), cp.asarray(g))
+        got = run_op(op, spec, *args, algo=algo)
+        check_close(cp.asnumpy(got), refs[op], tol, dt, f"gpu {algo} {op} {spec.name} {np.dtype(dt).name}")
+        np.testing.assert_array_equal(cp.asnumpy(got), cp.asnumpy(run_op(op, spec, *args, algo=algo)))
+
+
+def test_wgrad_workspace_follows_family_and_dtype(monkeypatch):
+    # cuda.wgrad asks the module how much workspace the family needs for the input's dtype and
+    # passes a CuPy array of that dtype (the 1x1 split also runs in float64), or None
+    import types
+
+    seen = []
+    stub = types.SimpleNamespace(
+        ConvProblem=lambda **kw: kw,
+        wgrad_workspace_elems=lambda kernel, p, itemsize: {"1x1": 12, "im2col": 8 if itemsize == 4 else 0}.get(
+            kernel, 0),
+        wgrad=lambda kernel, p, x, dy, dw, ws, stream: seen.append((kernel, None if ws is None else (ws.dtype,
+                                                                                               ws.size))),
+    )
+    fake = fake_cupy()
+    fake.cuda = types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=0))
+    monkeypatch.setattr(cuda_backend, "_cuda", stub)
+    monkeypatch.setattr(cuda_backend, "AVAILABLE", True)
+    monkeypatch.setattr(cuda_backend, "_cupy", lambda: fake)
+    from fastconv.problem import make_problem
+
+    p = make_problem((2, 4, 5, 5), (6, 4, 1, 1))
+    for algo, dt in (("1x1", np.float64), ("1x1", np.float32), ("separable", np.float64), ("im2col", np.float32),
+                     ("im2col", np.float64)):
+        x = np.zeros((2, 4, 5, 5), dt)
+        cuda_backend.wgrad(algo, p, x, None, None)
+    assert seen == [("1x1", (np.float64, 12)), ("1x1", (np.float32, 12)), ("separable", None),
+                    ("im2col", (np.float32, 8)), ("im2col", None)]
+    assert cuda_backend.KERNEL_OF == {"direct": "direct", "im2col": "im2col", "1x1": "1x1", "separable": "separable"}
+
+
+@need_gpu
 def test_gpu_current_stream_and_torch_interop():
     cp = _cp()
     spec = TEST_SHAPES[10]

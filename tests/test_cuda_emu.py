@@ -26,7 +26,7 @@ from fastconv import ops
 from fastconv.backends import cuda_emu
 
 import reference as ref
-from helpers import TOL32, TOL64, check_close, output_shape, problem, run_op, spec_params
+from helpers import TOL32, TOL64, check_close, expected_algos, output_shape, problem, run_op, spec_params
 from shapes import ConvSpec, TEST_SHAPES
 
 pytestmark = pytest.mark.skipif(not cuda_emu.AVAILABLE,
@@ -296,7 +296,7 @@ def test_backend_registry_and_auto():
     import fastconv
 
     assert "cuda-emu" in fastconv.backends.available()
-    spec = TEST_SHAPES[28]  # k1x1_plain: "auto" picks "1x1", which this backend runs as its implicit GEMM
+    spec = TEST_SHAPES[28]  # k1x1_plain: "auto" picks "1x1", which this backend runs with its 1x1 GEMM kernels
     x, w, b, g, refs = problem(spec)
     got = ops.conv2d(x, w, b, backend="cuda-emu", **spec.kwargs())
     check_close(got, refs["fprop_bias"], TOL32, np.float32, "auto through cuda-emu")
@@ -326,3 +326,319 @@ def test_supports_and_errors():
         cuda_emu.fprop("direct", p, x, w.astype(np.float64), None, np.empty((1, 4, 3, 3), np.float32), False)
     with pytest.raises(ValueError, match="schedule"):
         cuda_emu.set_schedule("sequential")
+
+
+# ------------------------------------------- 1x1, separable and tiled direct kernels
+# The kernel families of issue #4: "1x1" (a plain GEMM on the implicit GEMM's
+# tiled core with 1x1 loaders: float32 64x64 tiles of 64 threads, float64 32x32
+# tiles of 32 threads; Dgrad's GEMM covers the pixels on the stride grid, a
+# zero-fill kernel the rest), "separable" (1xn / nx1: 128-thread blocks, 32 line
+# positions x 16 channels, reduction channels staged in shared memory; Wgrad one
+# block per 16x8x8 (k, c, tap) tile), and the register-tiled direct Fprop.
+NEW_ALGOS = ("1x1", "separable")
+
+
+def _new_cost(spec, op, algo, dtype=np.float32):
+    """Baton hand-overs of the 1x1 / separable launchers (threads x (barrier phases + 1))."""
+    N, K, P, Q = output_shape(spec)
+    g = spec.groups
+    Cg, Kg = spec.C // g, K // g
+    npq = N * P * Q
+    if algo == "1x1":
+        t = 64 if dtype == np.float32 else 32
+        if op in ("fprop", "fprop_bias", "fprop_relu"):
+            return math.ceil(npq / t) * math.ceil(Kg / t) * g * t * (math.ceil(Cg / 8) + 2)
+        if op == "dgrad":  # the GEMM over N*P*Q pixels, plus the zero-fill of the others
+            return (math.ceil(npq / t) * math.ceil(Cg / t) * g * t * (math.ceil(Kg / 8) + 2)
+                    + math.ceil(N * spec.C * spec.H * spec.W / 256) * 256)
+        return math.ceil(Kg / t) * math.ceil(Cg / t) * g * t * (math.ceil(npq / 8) + 2) + K * Cg
+    # separable: the line is W for 1xn (and 1x1), H for nx1
+    line_w = spec.R == 1
+    taps = spec.S if line_w else spec.R
+    in_len, in_cross = (spec.W, spec.H) if line_w else (spec.H, spec.W)
+    out_len, out_cross = (Q, P) if line_w else (P, Q)
+    if op in ("fprop", "fprop_bias", "fprop_relu"):
+        return math.ceil(out_len / 32) * out_cross * N * math.ceil(K / 16) * 128 * (2 * math.ceil(spec.C / 8) + 1)
+    if op == "dgrad":
+        return math.ceil(in_len / 32) * in_cross * N * math.ceil(spec.C / 16) * 128 * (2 * math.ceil(K / 8) + 1)
+    return (math.ceil(K / 16) * math.ceil(spec.C / 8) * math.ceil(taps / 8) * 128
+            * (2 * N * out_cross * math.ceil(out_len / 32) + 1))
+
+
+def _takes(spec, algo):
+    from fastconv.ops.conv import _supports
+    from fastconv.problem import make_problem
+
+    return _supports(algo, make_problem(spec.input_shape, spec.weight_shape, **spec.kwargs())) == ""
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")])
+@pytest.mark.parametrize("algo", NEW_ALGOS)
+def test_new_families_match_cpu_on_catalog(algo, dtype):
+    # every catalog shape the family takes (expected_algos' rules: 1x1 kernels
+    # with zero padding; 1xn / nx1 with groups 1), all three operators, against
+    # the float64 reference and the CPU module's own algorithm of that name
+    tol = TOL32 if dtype == np.float32 else TOL64
+    ran = skipped = 0
+    for s in TEST_SHAPES:
+        must, may = expected_algos(s)
+        if algo not in must | may:
+            continue
+        assert _takes(s, algo) or algo in may, f"{algo} must take {s.name}"
+        if not _takes(s, algo):
+            continue
+        x, w, b, g, refs = problem(s, dtype)
+        for op in ("fprop_bias", "dgrad", "wgrad"):
+            if _new_cost(s, op, algo, dtype) > BUDGET:
+                skipped += 1
+                continue
+            got = run_op(op, s, x, w, b, g, algo=algo, backend="cuda-emu")
+            check_close(got, refs[op], tol, dtype, f"cuda-emu {algo} {op} {s.name} vs float64 reference")
+            cpu = run_op(op, s, x, w, b, g, algo=algo, backend="cpu")
+            check_close(got, cpu.astype(np.float64), tol, dtype, f"cuda-emu {algo} {op} {s.name} vs cpu")
+            ran += 1
+    assert ran >= 30 and skipped <= 4, (ran, skipped)
+
+
+@pytest.mark.parametrize("algo", NEW_ALGOS)
+def test_new_families_relu_epilogue(algo):
+    spec = {"1x1": ConvSpec("relu_1x1", 2, 5, 7, 9, 6, 1, 1, stride=2),
+            "separable": ConvSpec("relu_1x5", 2, 5, 6, 9, 6, 1, 5, padding=(0, 2))}[algo]
+    x, w, b, g, refs = problem(spec)
+    got = ops.conv2d(x, w, b, algo=algo, backend="cuda-emu", activation="relu", **spec.kwargs())
+    check_close(got, np.maximum(refs["fprop_bias"], 0), TOL32, np.float32, f"relu {algo}")
+    assert (got >= 0).all() and (got == 0).any() and (got > 0).any()
+
+
+def _check_all_ops(spec, algo, dtype=np.float32):
+    x, w, b, g, refs = problem(spec, dtype)
+    tol = TOL32 if dtype == np.float32 else TOL64
+    outs = []
+    for op in ("fprop", "fprop_bias", "dgrad", "wgrad"):
+        got = run_op(op, spec, x, w, b, g, algo=algo, backend="cuda-emu")
+        check_close(got, refs[op], tol, dtype, f"{algo} {op} {spec.name} {np.dtype(dtype).name}")
+        outs.append(got)
+    return outs
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")])
+@pytest.mark.parametrize("spec", [
+    # stride 2 with odd H/W (Dgrad: zeros on the skipped rows/columns and the last odd row)
+    ConvSpec("c1x1_s2_odd", 2, 3, 9, 7, 5, 1, 1, stride=2),
+    # stride 3x2 > kernel, the last input rows/columns read by no output
+    ConvSpec("c1x1_s32", 1, 4, 8, 7, 3, 1, 1, stride=(3, 2)),
+    # several row and column tiles (float32 64, float64 32) and a K depth tail (C = 19)
+    ConvSpec("c1x1_tiles", 1, 19, 9, 8, 70, 1, 1),
+    # groups (grid.z) with dilation (no effect on a 1x1 kernel) and stride
+    ConvSpec("c1x1_groups3", 2, 6, 5, 7, 9, 1, 1, stride=2, dilation=3, groups=3),
+    # 1x1 images
+    ConvSpec("c1x1_img1", 3, 5, 1, 1, 4, 1, 1),
+], ids=lambda s: s.name)
+def test_1x1_targeted(spec, dtype):
+    _check_all_ops(spec, "1x1", dtype)
+
+
+def test_1x1_wgrad_split_deterministic():
+    from fastconv import _emu
+    from fastconv.problem import make_problem
+
+    # N*P*Q = 6*13*12 = 936 -> 3 chunks (ragged last one); stride 1, groups 2
+    spec = ConvSpec("c1x1_chunks", 6, 4, 13, 12, 6, 1, 1, groups=2)
+    p = make_problem(spec.input_shape, spec.weight_shape, **spec.kwargs())
+    assert _emu.conv1x1_wgrad_chunks(_emu.ConvProblem(**p.kernel_args())) > 1
+    for dtype in (np.float32, np.float64):
+        x, w, b, g, refs = problem(spec, dtype)
+        got = run_op("wgrad", spec, x, w, b, g, algo="1x1", backend="cuda-emu")
+        check_close(got, refs["wgrad"], TOL32 if dtype == np.float32 else TOL64, dtype, "chunked 1x1 wgrad")
+        cuda_emu.set_schedule("concurrent", 5)
+        again = run_op("wgrad", spec, x, w, b, g, algo="1x1", backend="cuda-emu")
+        cuda_emu.set_schedule("random", 9)
+        np.testing.assert_array_equal(got, again)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")])
+@pytest.mark.parametrize("spec", [
+    # Inception's 1x7 / 7x1 with padding 3, plus dilation 2 (and the matching padding) and stride
+    ConvSpec("sep_1x7_p3", 2, 3, 5, 12, 4, 1, 7, padding=(0, 3)),
+    ConvSpec("sep_7x1_p3", 2, 3, 12, 5, 4, 7, 1, padding=(3, 0)),
+    ConvSpec("sep_1x7_dil2", 1, 3, 4, 19, 5, 1, 7, padding=(1, 3), dilation=2),
+    ConvSpec("sep_7x1_dil2_s2", 1, 3, 19, 4, 5, 7, 1, stride=2, padding=(3, 1), dilation=(2, 3)),
+    # several channel tiles: K = 37 (3 Fprop tiles of 16), C = 19 (Dgrad tiles, 3 stages of 8, Wgrad c tiles)
+    ConvSpec("sep_tiles", 1, 19, 3, 9, 37, 1, 3, padding=(1, 1)),
+    # lines longer than one 32-position segment, stride 3 > kernel on the line, stride 2 across it
+    ConvSpec("sep_long_s3", 1, 2, 5, 70, 3, 1, 2, stride=(2, 3)),
+    ConvSpec("sep_long_col", 1, 2, 67, 3, 3, 3, 1, padding=(1, 0)),
+    # more than 8 taps (two Wgrad tap blocks) and 'same' padding with stride 2 (asymmetric)
+    ConvSpec("sep_1x11_same_s2", 1, 2, 3, 13, 2, 1, 11, stride=2, padding="same"),
+    # a stride so large that one window covers the segment: stride 40 on the line
+    ConvSpec("sep_stride40", 1, 2, 2, 83, 2, 1, 3, stride=(1, 40)),
+    # 1x1 images and 1x1 kernels run as a line too
+    ConvSpec("sep_img1", 2, 3, 1, 1, 4, 1, 3, padding=(0, 1)),
+    ConvSpec("sep_k1x1", 1, 3, 4, 5, 2, 1, 1, stride=2),
+], ids=lambda s: s.name)
+def test_separable_targeted(spec, dtype):
+    _check_all_ops(spec, "separable", dtype)
+
+
+def test_separable_deterministic_across_schedules():
+    spec = ConvSpec("sep_det", 2, 10, 4, 11, 18, 1, 5, stride=(1, 2), padding=(0, 2))
+    x, w, b, g, _ = problem(spec)
+    outs = []
+    for sched, seed in (("random", 1), ("concurrent", 3)):
+        cuda_emu.set_schedule(sched, seed)
+        outs.append([run_op(op, spec, x, w, b, g, algo="separable", backend="cuda-emu")
+                     for op in ("fprop_bias", "dgrad", "wgrad")])
+    for a, o in zip(*outs):
+        np.testing.assert_array_equal(a, o)
+
+
+def test_new_families_supports():
+    from fastconv import _emu
+    from fastconv.problem import make_problem
+
+    def kp(*args, **kw):
+        return _emu.ConvProblem(**make_problem(*args, **kw).kernel_args())
+
+    ok1 = kp((1, 4, 5, 5), (6, 2, 1, 1), stride=2, groups=2)
+    assert _emu.supports("1x1", ok1) == ""
+    assert "1x1 kernel" in _emu.supports("1x1", kp((1, 4, 5, 5), (4, 4, 3, 3)))
+    assert "zero padding" in _emu.supports("1x1", kp((1, 4, 5, 5), (4, 4, 1, 1), padding=1))
+    # bottom padding (P = 4 rows at stride 2 on H = 5: the last reads row 6): an output pixel outside the input
+    bottom = _emu.ConvProblem(N=1, C=2, H=5, W=5, K=2, R=1, S=1, P=4, Q=3, pad_h=0, pad_w=0, stride_h=2,
+                              stride_w=2, dil_h=1, dil_w=1, groups=1)
+    assert "inside the input" in _emu.supports("1x1", bottom)
+    plane = _emu.ConvProblem(N=1, C=1, H=65536, W=32768, K=1, R=1, S=1, P=65536, Q=32768, pad_h=0, pad_w=0,
+                             stride_h=1, stride_w=1, dil_h=1, dil_w=1, groups=1)
+    assert "2^31 pixels" in _emu.supports("1x1", plane)
+    assert _emu.supports("separable", kp((1, 4, 5, 9), (4, 4, 1, 7), padding=(0, 3))) == ""
+    assert "groups == 1" in _emu.supports("separable", kp((1, 4, 5, 9), (4, 2, 1, 3), groups=2))
+    assert "1xn or nx1" in _emu.supports("separable", kp((1, 4, 5, 9), (4, 4, 3, 3)))
+    # a stride whose 32-window segment cannot be staged in 48 KiB
+    huge = kp((1, 1, 1, 400000), (1, 1, 1, 2), stride=(1, 1000))
+    assert "48 KiB" in _emu.supports("separable", huge)
+    with pytest.raises(ValueError, match="48 KiB"):
+        _emu.fprop("separable", huge, np.zeros((1, 1, 1, 400000), np.float32), np.zeros((1, 1, 1, 2), np.float32),
+                   None, np.empty((1, 1, 1, 400), np.float32), False)
+    # the backend's table runs the new families
+    assert cuda_emu.KERNEL_OF["1x1"] == "1x1" and cuda_emu.KERNEL_OF["separable"] == "separable"
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        _emu.supports("winograd", ok1)
+
+
+# ------------------------------------------------ direct Fprop: naive and tiled
+def _direct_variant(variant, spec, dtype=np.float32, relu=False):
+    x, w, b, g, refs = problem(spec, dtype)
+    p, emu = _emu_problem(spec)
+    y = np.empty(refs["fprop"].shape, dtype)
+    emu._direct_fprop_variant(variant, p, x, w, b, y, relu)
+    return y, refs
+
+
+@pytest.mark.parametrize("variant", ["naive", "tiled"])
+def test_direct_fprop_variants_on_catalog(variant):
+    # both direct Fprop kernels, forced, on every catalog shape within budget
+    ran = 0
+    for s in TEST_SHAPES:
+        if _cost(s, "fprop", "direct") > BUDGET:
+            continue
+        y, refs = _direct_variant(variant, s)
+        check_close(y, refs["fprop_bias"], TOL32, np.float32, f"direct {variant} {s.name}")
+        ran += 1
+    assert ran >= len(TEST_SHAPES) - 2
+
+
+def test_direct_fprop_picks_both_variants():
+    from fastconv import _emu
+
+    tiled = [s.name for s in TEST_SHAPES if _emu.direct_fprop_tiled(_emu_problem(s)[0])]
+    naive = [s.name for s in TEST_SHAPES if not _emu.direct_fprop_tiled(_emu_problem(s)[0])]
+    # the catalog exercises both through the plain "direct" algorithm (test_fprop_matches_cpu)
+    assert "odd_3x3_pad1" in tiled and "depthwise_3x3" in naive and "img1x1_k1x1_C3K5" in naive
+    assert len(tiled) >= 20 and len(naive) >= 8
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")])
+@pytest.mark.parametrize("spec", [
+    # channel and column tails (Kg = 7 -> tiles of 4 + 3, Q = 9 -> 4 + 4 + 1), groups, stride, dilation
+    ConvSpec("tiled_tails_groups", 2, 6, 9, 19, 14, 3, 2, stride=(1, 2), padding=(1, 1), dilation=(1, 2), groups=2),
+    # columns partly in the padding on both sides, stride > kernel
+    ConvSpec("tiled_pad_stride", 1, 3, 7, 11, 5, 2, 3, stride=3, padding=2),
+], ids=lambda s: s.name)
+def test_direct_tiled_targeted(spec, dtype):
+    tol = TOL32 if dtype == np.float32 else TOL64
+    for relu in (False, True):
+        for variant in ("naive", "tiled"):
+            y, refs = _direct_variant(variant, spec, dtype, relu)
+            want = np.maximum(refs["fprop_bias"], 0) if relu else refs["fprop_bias"]
+            check_close(y, want, tol, dtype, f"direct {variant} {spec.name} relu={relu}")
+    with pytest.raises(ValueError, match="variant"):
+        _direct_variant("blocked", spec, dtype)
+
+
+# ------------------------------------------------ direct Dgrad: naive and tiled gathers
+def _direct_dgrad_variant(variant, spec, dtype=np.float32):
+    x, w, b, g, refs = problem(spec, dtype)
+    p, emu = _emu_problem(spec)
+    dx = np.empty(refs["dgrad"].shape, dtype)
+    emu._direct_dgrad_variant(variant, p, g, w, dx)
+    return dx, refs
+
+
+@pytest.mark.parametrize("variant", ["naive", "tiled"])
+def test_direct_dgrad_variants_on_catalog(variant):
+    # both direct Dgrad gathers, forced, on every catalog shape within budget
+    ran = 0
+    for s in TEST_SHAPES:
+        if _cost(s, "dgrad", "direct") > BUDGET:
+            continue
+        dx, refs = _direct_dgrad_variant(variant, s)
+        check_close(dx, refs["dgrad"], TOL32, np.float32, f"direct dgrad {variant} {s.name}")
+        ran += 1
+    assert ran >= len(TEST_SHAPES) - 2
+
+
+def test_direct_dgrad_picks_both_variants():
+    from fastconv import _emu
+
+    tiled = [s.name for s in TEST_SHAPES if _emu.direct_dgrad_tiled(_emu_problem(s)[0])]
+    naive = [s.name for s in TEST_SHAPES if not _emu.direct_dgrad_tiled(_emu_problem(s)[0])]
+    # the plain "direct" algorithm (test_dgrad_matches_cpu) runs both over the catalog
+    assert "odd_3x3_pad1" in tiled and "depthwise_3x3" in naive and "C1_K1_3x3" in naive
+    assert len(tiled) >= 20 and len(naive) >= 8
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")])
+@pytest.mark.parametrize("spec", [
+    # channel tails (Cg = 7 -> 4 + 3), groups, stride 3 on W (three phases of 7/6/6 columns, tiles of 4 + 3)
+    ConvSpec("dtiled_phases", 2, 14, 7, 20, 6, 3, 3, stride=(2, 3), padding=(1, 2), dilation=(1, 2), groups=2),
+    # stride 4 > kernel 2 with padding: taps whose columns start left of the image, phases no tap reaches
+    ConvSpec("dtiled_stride_gt_kernel", 1, 5, 9, 17, 3, 2, 2, stride=4, padding=1),
+    # dilation 3 with stride 2 on both axes, odd sizes
+    ConvSpec("dtiled_dil3", 1, 3, 13, 15, 4, 3, 3, stride=2, padding=2, dilation=3),
+], ids=lambda s: s.name)
+def test_direct_dgrad_tiled_targeted(spec, dtype):
+    tol = TOL32 if dtype == np.float32 else TOL64
+    for variant in ("naive", "tiled"):
+        dx, refs = _direct_dgrad_variant(variant, spec, dtype)
+        check_close(dx, refs["dgrad"], tol, dtype, f"direct dgrad {variant} {spec.name}")
+    with pytest.raises(ValueError, match="variant"):
+        _direct_dgrad_variant("blocked", spec, dtype)
+
+
+@pytest.mark.parametrize("algo,spec", [
+    ("1x1", ConvSpec("nan_1x1_s2", 2, 3, 9, 7, 5, 1, 1, stride=2)),
+    ("1x1", ConvSpec("nan_1x1_s32", 1, 4, 8, 7, 3, 1, 1, stride=(3, 2))),
+    ("separable", ConvSpec("nan_sep_s2", 1, 3, 7, 9, 4, 1, 3, stride=2, padding=(0, 1))),
+    ("separable", ConvSpec("nan_sep_col_s3", 1, 3, 10, 5, 4, 3, 1, stride=(1, 3), padding=(1, 0))),
+    ("direct", ConvSpec("nan_direct_s4", 1, 6, 9, 13, 4, 2, 2, stride=4, padding=1)),
+    ("im2col", ConvSpec("nan_igemm_s3", 1, 3, 10, 8, 4, 2, 2, stride=3)),
+], ids=lambda v: v if isinstance(v, str) else v.name)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_dgrad_writes_every_element(algo, spec, dtype):
+    # grad_input starts as NaN: every element, including the pixels the stride skips, must be written
+    x, w, b, g, refs = problem(spec, dtype)
+    p, emu = _emu_problem(spec)
+    dx = np.full(refs["dgrad"].shape, np.nan, dtype)
+    emu.dgrad(algo, p, g, w, dx)
+    check_close(dx, refs["dgrad"], TOL32 if dtype == np.float32 else TOL64, dtype, f"{algo} dgrad {spec.name}")
+    assert (dx == 0).any(), "the shape must have pixels no output reads"

@@ -1,7 +1,9 @@
 """The ptxas -v report parser behind ``fastconv info --cuda`` (fastconv.cuda_report).
 
 tests/data/ptxas_sample.txt is the report this build system produced for
-csrc/cuda/*.cu with nvcc 13.0 (sm_75, sm_80, sm_90), captured unchanged.
+csrc/cuda/conv_*.cu and runtime.cu with nvcc 13.0 (sm_75, sm_80, sm_90), those
+sections captured unchanged (refreshed with the 1x1 / separable / tiled direct
+kernels).
 """
 import json
 import os
@@ -35,6 +37,17 @@ def test_parse_captured_sample():
     for name in ("igemm_dgrad_kernel<float, 0>", "igemm_wgrad_kernel<float, 0>", "wgrad_reduce_kernel<float>",
                  "direct_fprop_kernel<double, false>", "direct_dgrad_kernel<float>", "direct_wgrad_kernel<float>"):
         assert all((name, a) in by for a in ("sm_75", "sm_80", "sm_90")), name
+    # the kernel families of issue #4: 1x1 GEMM (float 64x64 and double 32x32 tiles on the same core),
+    # separable 1xn / nx1 (dynamic shared memory only), the register-tiled direct Fprop
+    for name in ("conv1x1_fprop_kernel<float, true>", "conv1x1_fprop_kernel<double, false>",
+                 "conv1x1_dgrad_kernel<double>", "conv1x1_wgrad_kernel<float>", "wgrad_reduce_kernel<double>",
+                 "sep_fprop_kernel<float, true>", "sep_fprop_kernel<double, false>", "sep_dgrad_kernel<double>",
+                 "sep_wgrad_kernel<float>", "direct_fprop_tiled_kernel<float, false>",
+                 "direct_fprop_tiled_kernel<double, true>", "direct_dgrad_tiled_kernel<float>",
+                 "direct_dgrad_tiled_kernel<double>", "conv1x1_dgrad_zero_kernel<float>"):
+        assert all((name, a) in by for a in ("sm_75", "sm_80", "sm_90")), name
+    assert by[("conv1x1_fprop_kernel<double, true>", "sm_90")]["smem_bytes"] == 2 * 8 * 36 * 8 + 2 * 8 * 32 * 8
+    assert by[("sep_wgrad_kernel<double>", "sm_80")]["source"] == "conv_separable.cu"
     assert by[("direct_dgrad_kernel<float>", "sm_90")]["source"] == "conv_direct.cu"
     assert cuda_report.spills(entries) == []  # the hot kernels do not spill
     table = cuda_report.format_table(entries)

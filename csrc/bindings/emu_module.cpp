@@ -29,18 +29,28 @@ void register_emu_layers(py::module_& m);
 
 namespace {
 
-// "direct": direct kernels for all three operators. "im2col": the implicit
-// GEMM for all three (float32; float64 runs the direct kernels).
-enum class Algo { Direct, Im2col };
+// "direct": direct kernels for all three operators (Fprop and Dgrad
+// register-tiled when direct_fprop_tiled(p) / direct_dgrad_tiled(p)). "im2col": the implicit GEMM for all three (float32;
+// float64 runs the direct kernels). "1x1": the 1x1 GEMM kernels, "separable":
+// the 1xn / nx1 kernels (float32 and float64 both).
+enum class Algo { Direct, Im2col, OneByOne, Separable };
 
 Algo parse_algo(const std::string& name) {
   if (name == "direct") return Algo::Direct;
   if (name == "im2col") return Algo::Im2col;
-  throw py::value_error("cuda-emu: unknown algorithm '" + name + "' (this backend has 'direct' and 'im2col')");
+  if (name == "1x1") return Algo::OneByOne;
+  if (name == "separable") return Algo::Separable;
+  throw py::value_error("cuda-emu: unknown algorithm '" + name +
+                        "' (this backend has 'direct', 'im2col', '1x1' and 'separable')");
 }
 
 std::string supports(Algo a, const ConvProblem& p) {
-  return a == Algo::Im2col ? fastconv::cuda::igemm_supports(p) : std::string();
+  switch (a) {
+    case Algo::Im2col: return fastconv::cuda::igemm_supports(p);
+    case Algo::OneByOne: return fastconv::cuda::conv1x1_supports(p);
+    case Algo::Separable: return fastconv::cuda::separable_supports(p);
+    default: return std::string();
+  }
 }
 
 void check(Algo a, const ConvProblem& p) {
@@ -52,8 +62,6 @@ void check(Algo a, const ConvProblem& p) {
   const std::string why = supports(a, p);
   if (!why.empty()) throw py::value_error(why);
 }
-
-
 
 template <typename T>
 void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::object bias, py::array& y, bool relu) {
@@ -68,6 +76,8 @@ void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::objec
   T* yp = out_ptr<T>(y, "output", p.output_elems());
   if (p.N == 0) return;
   py::gil_scoped_release release;
+  if (a == Algo::OneByOne) return fastconv::cuda::conv1x1_fprop<T>(p, xp, wp, bp, yp, relu, nullptr);
+  if (a == Algo::Separable) return fastconv::cuda::separable_fprop<T>(p, xp, wp, bp, yp, relu, nullptr);
   // the implicit GEMM is float32 only (double would spill): float64 runs the direct kernel
   if constexpr (std::is_same_v<T, float>) {
     if (a == Algo::Im2col) {
@@ -85,6 +95,8 @@ void dgrad_t(Algo a, const ConvProblem& p, py::array& dy, py::array& w, py::arra
   T* dxp = out_ptr<T>(dx, "grad_input", p.input_elems());
   if (p.N == 0) return;
   py::gil_scoped_release release;
+  if (a == Algo::OneByOne) return fastconv::cuda::conv1x1_dgrad<T>(p, dyp, wp, dxp, nullptr);
+  if (a == Algo::Separable) return fastconv::cuda::separable_dgrad<T>(p, dyp, wp, dxp, nullptr);
   if constexpr (std::is_same_v<T, float>) {
     if (a == Algo::Im2col) {
       fastconv::cuda::igemm_dgrad(p, dyp, wp, dxp, nullptr);
@@ -104,6 +116,12 @@ void wgrad_t(Algo a, const ConvProblem& p, py::array& x, py::array& dy, py::arra
     for (int64_t i = 0; i < p.weight_elems(); ++i) dwp[i] = T(0);
     return;
   }
+  if (a == Algo::OneByOne) {
+    // the split-K partials live in host memory here (device memory on a GPU)
+    std::vector<T> ws(size_t(fastconv::cuda::conv1x1_wgrad_workspace_elems(p)));
+    return fastconv::cuda::conv1x1_wgrad<T>(p, xp, dyp, dwp, ws.empty() ? nullptr : ws.data(), nullptr);
+  }
+  if (a == Algo::Separable) return fastconv::cuda::separable_wgrad<T>(p, xp, dyp, dwp, nullptr);
   if constexpr (std::is_same_v<T, float>) {
     if (a == Algo::Im2col) {
       // the split-K partials live in host memory here (device memory on a GPU)
@@ -138,8 +156,9 @@ PYBIND11_MODULE(_emu, m) {
     else fprop_t<float>(a, p, x, w, bias, y, relu);
   }, py::arg("algo"), py::arg("problem"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
      py::arg("relu") = false,
-     "Fprop. 'direct': one output element per thread; 'im2col': the implicit GEMM (64x64 tiles, "
-     "float32; float64 runs the direct kernel).");
+     "Fprop. 'direct': register-tiled (4 channels x 4 columns per thread) or one output element per "
+     "thread; 'im2col': the implicit GEMM (64x64 tiles, float32; float64 runs the direct kernel); "
+     "'1x1': a plain GEMM on the same tiled core; 'separable': the 1xn / nx1 kernels.");
 
   m.def("dgrad", [](const std::string& algo, const ConvProblem& p, py::array dy, py::array w, py::array dx) {
     const Algo a = parse_algo(algo);
@@ -147,8 +166,10 @@ PYBIND11_MODULE(_emu, m) {
     if (is_f64(dy)) dgrad_t<double>(a, p, dy, w, dx);
     else dgrad_t<float>(a, p, dy, w, dx);
   }, py::arg("algo"), py::arg("problem"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
-     "Dgrad as a gather, no atomics. 'direct': one input element per thread; 'im2col': the implicit GEMM "
-     "(float32; float64 runs the direct kernel).");
+     "Dgrad as a gather, no atomics. 'direct': register-tiled (4 channels x 4 same-phase columns per "
+     "thread) or one input element per thread; 'im2col': the implicit GEMM "
+     "(float32; float64 runs the direct kernel); '1x1': a GEMM writing every element once; 'separable': "
+     "32 positions x 16 channels per block.");
 
   m.def("wgrad", [](const std::string& algo, const ConvProblem& p, py::array x, py::array dy, py::array dw) {
     const Algo a = parse_algo(algo);
@@ -158,7 +179,65 @@ PYBIND11_MODULE(_emu, m) {
   }, py::arg("algo"), py::arg("problem"), py::arg("input"), py::arg("grad_output"), py::arg("grad_weight"),
      "Wgrad. 'direct': one weight element per block, fixed-order tree reduction; 'im2col': the implicit "
      "GEMM with N*P*Q split into a fixed number of chunks reduced in chunk order (float32; float64 runs "
-     "the direct kernel).");
+     "the direct kernel); '1x1': the same split on the 1x1 GEMM (float32 and float64); 'separable': one "
+     "block per 16x8x8 (k, c, tap) tile, fixed-order walk.");
+
+  m.def("conv1x1_wgrad_chunks", [](const ConvProblem& p) { return fastconv::cuda::conv1x1_wgrad_chunks(p); },
+        "How many N*P*Q chunks the 1x1 Wgrad splits this problem into (a function of the problem only).");
+  m.def("direct_fprop_tiled", [](const ConvProblem& p) { return fastconv::cuda::direct_fprop_tiled(p); },
+        "Whether the direct Fprop runs its register-tiled kernel for this problem (else one output per thread).");
+
+  m.def("_direct_fprop_variant", [](const std::string& variant, const ConvProblem& p, py::array x, py::array w,
+                                    py::object bias, py::array y, bool relu) {
+    if (variant != "naive" && variant != "tiled")
+      throw py::value_error("variant must be 'naive' or 'tiled', got '" + variant + "'");
+    check(Algo::Direct, p);
+    auto run = [&](auto tag) {
+      using T = decltype(tag);
+      const T* xp = in_ptr<T>(x, "input", p.input_elems());
+      const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
+      const T* bp = nullptr;
+      py::array b;
+      if (!bias.is_none()) {
+        b = bias.cast<py::array>();
+        bp = in_ptr<T>(b, "bias", p.K);
+      }
+      T* yp = out_ptr<T>(y, "output", p.output_elems());
+      if (p.N == 0) return;
+      py::gil_scoped_release release;
+      fastconv::cuda::direct_fprop_variant<T>(variant == "tiled", p, xp, wp, bp, yp, relu);
+    };
+    if (is_f64(x)) run(double());
+    else run(float());
+  }, py::arg("variant"), py::arg("problem"), py::arg("input"), py::arg("weight"), py::arg("bias"),
+     py::arg("output"), py::arg("relu") = false,
+     "TEST ONLY: the direct Fprop with its kernel forced: 'naive' (one output element per thread) or "
+     "'tiled' (register-tiled, 4 output channels x 4 output columns per thread), whatever "
+     "direct_fprop_tiled(problem) says.");
+
+  m.def("direct_dgrad_tiled", [](const ConvProblem& p) { return fastconv::cuda::direct_dgrad_tiled(p); },
+        "Whether the direct Dgrad runs its register-tiled gather for this problem (else one input per thread).");
+
+  m.def("_direct_dgrad_variant", [](const std::string& variant, const ConvProblem& p, py::array dy, py::array w,
+                                    py::array dx) {
+    if (variant != "naive" && variant != "tiled")
+      throw py::value_error("variant must be 'naive' or 'tiled', got '" + variant + "'");
+    check(Algo::Direct, p);
+    auto run = [&](auto tag) {
+      using T = decltype(tag);
+      const T* dyp = in_ptr<T>(dy, "grad_output", p.output_elems());
+      const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
+      T* dxp = out_ptr<T>(dx, "grad_input", p.input_elems());
+      if (p.N == 0) return;
+      py::gil_scoped_release release;
+      fastconv::cuda::direct_dgrad_variant<T>(variant == "tiled", p, dyp, wp, dxp);
+    };
+    if (is_f64(dy)) run(double());
+    else run(float());
+  }, py::arg("variant"), py::arg("problem"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
+     "TEST ONLY: the direct Dgrad with its kernel forced: 'naive' (one input element per thread) or 'tiled' "
+     "(register-tiled gather, 4 input channels x 4 same-phase input columns per thread), whatever "
+     "direct_dgrad_tiled(problem) says.");
 
   m.def("igemm_wgrad_chunks", [](const ConvProblem& p) { return fastconv::cuda::igemm_wgrad_chunks(p); },
         "How many N*P*Q chunks the implicit-GEMM Wgrad splits this problem into (a function of the problem only).");

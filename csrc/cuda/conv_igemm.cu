@@ -1,7 +1,9 @@
-// Implicit-GEMM convolution: Fprop, Dgrad and Wgrad as one tiled SGEMM core
+// Implicit-GEMM convolution: Fprop, Dgrad and Wgrad as one tiled GEMM core
 // with three operand loaders (float32 only; float64 callers run the direct
 // kernels, see the end of the file). No operand matrix is ever built: the
 // loaders gather it from the activations while filling the shared tiles.
+// The same core, with three 1x1 loaders and a double tile shape, is the 1x1
+// kernel family (float32 and float64; "1x1 loaders" below).
 //
 // Per group g each operator is a GEMM  C[m, n] = sum_k A[m, k] * B[k, n]:
 //
@@ -37,10 +39,28 @@ namespace fastconv {
 namespace cuda {
 namespace {
 
-constexpr int BM = 64, BN = 64, BK = 8, TM = 8, TN = 8, NT = 64;
-constexpr int PAD = 4;  // As rows of 68 words: the transposing store hits 32 distinct banks
-static_assert((BM / TM) * (BN / TN) == NT, "one 8x8 block per thread");
-static_assert(BM * BK == NT * 8 && BN == NT, "each thread loads 8 A and 8 B elements");
+// Tile shape of the GEMM core per element type. float: 64x64 tiles, 64
+// threads of 8x8. double (the 1x1 family only, see conv1x1_*): 32x32 tiles,
+// 32 threads of 8x4 (64 double accumulators per thread would spill).
+template <typename T>
+struct Tile;
+template <>
+struct Tile<float> {
+  static constexpr int BM = 64, BN = 64, TM = 8, TN = 8, NT = 64;
+};
+template <>
+struct Tile<double> {
+  static constexpr int BM = 32, BN = 32, TM = 8, TN = 4, NT = 32;
+};
+constexpr int BK = 8;
+constexpr int PAD = 4;  // float As rows of 68 words: the transposing store hits 32 distinct banks
+constexpr int BM = Tile<float>::BM, BN = Tile<float>::BN, NT = Tile<float>::NT;  // the float32 implicit GEMM
+template <typename T>
+constexpr bool tile_ok() {
+  using G = Tile<T>;
+  return (G::BM / G::TM) * (G::BN / G::TN) == G::NT && G::BM * BK == G::NT * 8 && G::BN == G::NT;
+}
+static_assert(tile_ok<float>() && tile_ok<double>(), "one TMxTN block per thread; each thread loads 8 A and BK B elements");
 
 // Test-only defects (FC_EMU_TEST_HOOKS builds): kernels instantiated with one
 // of these must come out wrong in the emulator.
@@ -267,6 +287,164 @@ struct WgradOps {
   }
 };
 
+// ------------------------------------------------------------- 1x1 loaders
+// A 1x1 kernel with zero padding is a plain GEMM per (image, group): no tap
+// decoding, no bounds checks on the input side (every output pixel reads the
+// input pixel (p*stride_h, q*stride_w), inside the image: conv1x1_supports).
+// Dilation has no effect on a 1x1 kernel. The same core, three more loaders:
+//
+//   operator  C (M x N)           A (M x K)          B (K x N)
+//   Fprop     y  [K/g x N*P*Q]    w [k, c]           x  at (n, c, p*sh, q*sw)
+//   Dgrad     dx [C/g x N*P*Q]    w [k, c]^T         dy at (n, k, p, q), stored at (p*sh, q*sw)
+//   Wgrad     dw [K/g x C/g]      dy [k, (n,p,q)]    x  at ((n,p,q), c)
+//
+// Dgrad writes every dx element exactly once: the GEMM the pixels on the
+// stride grid, a zero-fill kernel the others; Wgrad uses the chunked N*P*Q
+// split and the chunk-order reduction of the implicit GEMM's Wgrad.
+
+template <typename T, bool kRelu>
+struct Fprop1x1Ops {
+  ConvProblem p;
+  const T* x;
+  const T* w;
+  const T* bias;
+  T* y;
+  int64_t g = 0;
+  struct Col {
+    const T* xp;  // input pixel (p*sh, q*sw) of channel g*Cg in image n
+    bool ok;
+  };
+  __device__ __forceinline__ Fprop1x1Ops for_block(int64_t z) const {
+    Fprop1x1Ops o = *this;
+    o.g = z;
+    return o;
+  }
+  __device__ __forceinline__ int64_t group() const { return g; }
+  __device__ __forceinline__ int64_t chunk() const { return 0; }
+  __device__ __forceinline__ int64_t chunk_len() const { return depth() + BK; }
+  FC_HOST_DEVICE int64_t rows() const { return p.Kg(); }
+  FC_HOST_DEVICE int64_t cols() const { return p.N * p.P * p.Q; }
+  __device__ __forceinline__ int64_t depth() const { return p.Cg(); }
+  __device__ __forceinline__ T a(int64_t g, int64_t row, int64_t kc) const {
+    return kc < depth() ? w[(g * p.Kg() + row) * p.Cg() + kc] : T(0);
+  }
+  __device__ __forceinline__ Col col(int64_t g, int64_t c) const {
+    Col s{x, c < cols()};
+    if (s.ok) {
+      const int64_t PQ = p.P * p.Q, n = c / PQ, pq = c % PQ;
+      s.xp = x + (n * p.C + g * p.Cg()) * p.H * p.W + (pq / p.Q) * p.stride_h * p.W + (pq % p.Q) * p.stride_w;
+    }
+    return s;
+  }
+  __device__ __forceinline__ T b(const Col& s, int64_t kc) const {
+    return (s.ok && kc < depth()) ? s.xp[kc * p.H * p.W] : T(0);
+  }
+  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
+    const int64_t k = g * p.Kg() + row, PQ = p.P * p.Q;
+    if (bias) v += bias[k];
+    if (kRelu) v = v > T(0) ? v : T(0);
+    y[((c / PQ) * p.K + k) * PQ + c % PQ] = v;
+  }
+};
+
+// Dgrad: the GEMM runs over the N*P*Q input pixels some output pixel reads
+// ((p*stride_h, q*stride_w), every one inside the image) and writes each of
+// them once; the pixels the stride skips get their zero from
+// conv1x1_dgrad_zero_kernel, which writes only those (no element twice, no
+// FMA on a zero column).
+template <typename T>
+struct Dgrad1x1Ops {
+  ConvProblem p;
+  const T* dy;
+  const T* w;
+  T* dx;
+  int64_t g = 0;
+  struct Col {
+    const T* dyp;  // dy at (n, g*Kg, p, q)
+    bool ok;
+  };
+  __device__ __forceinline__ Dgrad1x1Ops for_block(int64_t z) const {
+    Dgrad1x1Ops o = *this;
+    o.g = z;
+    return o;
+  }
+  __device__ __forceinline__ int64_t group() const { return g; }
+  __device__ __forceinline__ int64_t chunk() const { return 0; }
+  __device__ __forceinline__ int64_t chunk_len() const { return depth() + BK; }
+  FC_HOST_DEVICE int64_t rows() const { return p.Cg(); }
+  FC_HOST_DEVICE int64_t cols() const { return p.N * p.P * p.Q; }
+  __device__ __forceinline__ int64_t depth() const { return p.Kg(); }
+  // A[c, k] = w[g*Kg + k, c]
+  __device__ __forceinline__ T a(int64_t g, int64_t row, int64_t kc) const {
+    return kc < depth() ? w[(g * p.Kg() + kc) * p.Cg() + row] : T(0);
+  }
+  __device__ __forceinline__ Col col(int64_t g, int64_t c) const {
+    Col s{dy, c < cols()};
+    if (s.ok) {
+      const int64_t PQ = p.P * p.Q, n = c / PQ;
+      s.dyp = dy + (n * p.K + g * p.Kg()) * PQ + (c - n * PQ);
+    }
+    return s;
+  }
+  __device__ __forceinline__ T b(const Col& s, int64_t kc) const {
+    return (s.ok && kc < depth()) ? s.dyp[kc * p.P * p.Q] : T(0);
+  }
+  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
+    // one 64-bit division (a called subroutine on the GPU; a second one made
+    // sm_80 spill): the in-plane split is 32-bit, planes are < 2^31 pixels
+    // (conv1x1_supports)
+    const int64_t PQ = p.P * p.Q, n = c / PQ;
+    const uint32_t pq = uint32_t(c - n * PQ), q = uint32_t(p.Q), oh = pq / q, ow = pq - oh * q;
+    dx[((n * p.C + g * p.Cg() + row) * p.H + int64_t(oh) * p.stride_h) * p.W + int64_t(ow) * p.stride_w] = v;
+  }
+};
+
+template <typename T>
+struct Wgrad1x1Ops {
+  ConvProblem p;
+  const T* x;
+  const T* dy;
+  T* out;  // chunks == 1: dw itself; else the workspace [chunks][K*Cg]
+  int64_t len;
+  int64_t chunks;
+  int64_t g = 0, ck = 0;
+  struct Col {
+    const T* xc;  // input channel g*Cg + c of image 0
+    bool ok;
+  };
+  __device__ __forceinline__ Wgrad1x1Ops for_block(int64_t z) const {
+    Wgrad1x1Ops o = *this;
+    o.g = z / chunks;
+    o.ck = z % chunks;
+    return o;
+  }
+  __device__ __forceinline__ int64_t group() const { return g; }
+  __device__ __forceinline__ int64_t chunk() const { return ck; }
+  __device__ __forceinline__ int64_t chunk_len() const { return len; }
+  FC_HOST_DEVICE int64_t rows() const { return p.Kg(); }
+  FC_HOST_DEVICE int64_t cols() const { return p.Cg(); }
+  __device__ __forceinline__ int64_t depth() const { return p.N * p.P * p.Q; }
+  // A[k, (n, p, q)] = dy[n, g*Kg + k, p, q]
+  __device__ __forceinline__ T a(int64_t g, int64_t row, int64_t kc) const {
+    if (kc >= depth()) return T(0);
+    const int64_t PQ = p.P * p.Q, n = kc / PQ;
+    return dy[(n * p.K + g * p.Kg() + row) * PQ + kc % PQ];
+  }
+  __device__ __forceinline__ Col col(int64_t g, int64_t c) const {
+    Col s{x, c < cols()};
+    if (s.ok) s.xc = x + (g * p.Cg() + c) * p.H * p.W;
+    return s;
+  }
+  __device__ __forceinline__ T b(const Col& s, int64_t kc) const {
+    if (!s.ok || kc >= depth()) return T(0);
+    const int64_t PQ = p.P * p.Q, n = kc / PQ, pq = kc % PQ;
+    return s.xc[n * p.C * p.H * p.W + (pq / p.Q) * p.stride_h * p.W + (pq % p.Q) * p.stride_w];
+  }
+  __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
+    out[ck * p.weight_elems() + (g * p.Kg() + row) * p.Cg() + c] = v;
+  }
+};
+
 // ------------------------------------------------------------- GEMM core
 // grid: x = column tiles, y = row tiles, z decoded by the operator's
 // for_block(z) (Fprop: the group; Dgrad: group and stride phase; Wgrad: group
@@ -275,12 +453,14 @@ struct WgradOps {
 // so the loaders' own `kc < depth` checks are the only tail handling needed.
 template <typename T, class Ops, int kDefect>
 __device__ __forceinline__ void igemm_core(const Ops& ops_in) {
+  constexpr int BM = Tile<T>::BM, BN = Tile<T>::BN, TM = Tile<T>::TM, TN = Tile<T>::TN, NT = Tile<T>::NT;
+  constexpr int RT = BM / TM, CT = BN / TN;  // threads per tile column / row
   __shared__ __align__(16) T As[2][BK][BM + PAD];
   __shared__ __align__(16) T Bs[2][BK][BN];
   constexpr bool kSync = kDefect != kNoBarrier;
 
   const int tid = int(threadIdx.x);
-  const int ty = tid / (BN / TN), tx = tid % (BN / TN);
+  const int ty = tid / CT, tx = tid % CT;
   const Ops ops = ops_in.for_block(int64_t(blockIdx.z));
   const int64_t g = ops.group(), chunk = ops.chunk(), chunk_len = ops.chunk_len();
   const int64_t M = ops.rows(), depth = ops.depth();
@@ -333,9 +513,9 @@ __device__ __forceinline__ void igemm_core(const Ops& ops_in) {
     for (int kk = 0; kk < BK; ++kk) {
       T a[TM], b[TN];
 #pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = As[cur][kk][ty + 8 * i];
+      for (int i = 0; i < TM; ++i) a[i] = As[cur][kk][ty + RT * i];
 #pragma unroll
-      for (int j = 0; j < TN; ++j) b[j] = Bs[cur][kk][tx + 8 * j];
+      for (int j = 0; j < TN; ++j) b[j] = Bs[cur][kk][tx + CT * j];
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -350,11 +530,11 @@ __device__ __forceinline__ void igemm_core(const Ops& ops_in) {
   const int64_t Ncols = ops.cols();
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
-    const int64_t row = m0 + ty + 8 * i;
+    const int64_t row = m0 + ty + RT * i;
     if (row >= M) continue;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      const int64_t col = n0 + tx + 8 * j;
+      const int64_t col = n0 + tx + CT * j;
       if (col < Ncols) ops.store(g, row, col, acc[i][j]);
     }
   }
@@ -376,6 +556,36 @@ __global__ void __launch_bounds__(NT) igemm_wgrad_kernel(WgradOps<T> ops) {
   igemm_core<T, WgradOps<T>, kDefect>(ops);
 }
 
+template <typename T, bool kRelu>
+__global__ void __launch_bounds__(Tile<T>::NT) conv1x1_fprop_kernel(Fprop1x1Ops<T, kRelu> ops) {
+  igemm_core<T, Fprop1x1Ops<T, kRelu>, kIntact>(ops);
+}
+
+// (NT, 1): without a minimum block count ptxas aimed at 168 registers on sm_80
+// for the float instantiation and spilled 4 bytes; with it, it may use up to 255
+template <typename T>
+__global__ void __launch_bounds__(Tile<T>::NT, 1) conv1x1_dgrad_kernel(Dgrad1x1Ops<T> ops) {
+  igemm_core<T, Dgrad1x1Ops<T>, kIntact>(ops);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(Tile<T>::NT) conv1x1_wgrad_kernel(Wgrad1x1Ops<T> ops) {
+  igemm_core<T, Wgrad1x1Ops<T>, kIntact>(ops);
+}
+
+// dx = 0 at the input pixels no output pixel of a 1x1 convolution reads (off
+// the stride grid, or past the last output row/column); the others are the
+// 1x1 Dgrad GEMM's. Grid-stride over the N*C planes of H*W.
+template <typename T>
+__global__ void __launch_bounds__(256) conv1x1_dgrad_zero_kernel(ConvProblem p, T* __restrict__ dx) {
+  const int64_t HW = p.H * p.W, total = p.N * p.C * HW;
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int64_t hw = e % HW, h = hw / p.W, ww = hw % p.W;
+    if (h % p.stride_h || ww % p.stride_w || h / p.stride_h >= p.P || ww / p.stride_w >= p.Q) dx[e] = T(0);
+  }
+}
+
 // dw[e] = sum over chunks of ws[chunk][e], always in chunk order 0, 1, 2, ...
 template <typename T>
 __global__ void __launch_bounds__(256)
@@ -388,15 +598,18 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-template <typename Ops>
+template <typename Ops, typename T = float>
 dim3 grid_of(const Ops& ops, int64_t z) {
-  return dim3(unsigned((ops.cols() + BN - 1) / BN), unsigned((ops.rows() + BM - 1) / BM), unsigned(z));
+  constexpr int bm = Tile<T>::BM, bn = Tile<T>::BN;
+  return dim3(unsigned((ops.cols() + bn - 1) / bn), unsigned((ops.rows() + bm - 1) / bm), unsigned(z));
 }
 
-std::string grid_fits(const char* what, int64_t rows, int64_t cols, int64_t z) {
-  if ((cols + BN - 1) / BN > 2147483647) return std::string("implicit GEMM ") + what + ": too many column tiles (> 2^31-1)";
-  if ((rows + BM - 1) / BM > 65535) return std::string("implicit GEMM ") + what + ": more than 65535 row tiles";
-  if (z > 65535) return std::string("implicit GEMM ") + what + ": groups (x Wgrad chunks) > 65535";
+// bm, bn: the smallest tile any element type launches with (most tiles)
+std::string grid_fits(const char* what, int64_t rows, int64_t cols, int64_t z, const char* family = "implicit GEMM",
+                      int64_t bm = BM, int64_t bn = BN) {
+  if ((cols + bn - 1) / bn > 2147483647) return std::string(family) + " " + what + ": too many column tiles (> 2^31-1)";
+  if ((rows + bm - 1) / bm > 65535) return std::string(family) + " " + what + ": more than 65535 row tiles";
+  if (z > 65535) return std::string(family) + " " + what + ": groups (x Wgrad chunks) > 65535";
   return "";
 }
 
@@ -460,6 +673,51 @@ void launch_wgrad(const ConvProblem& p, const float* x, const float* dy, float* 
   }
 }
 
+template <typename T>
+void launch_1x1_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu, void* stream) {
+  if (relu) {
+    const Fprop1x1Ops<T, true> ops{p, x, w, bias, y};
+    auto k = conv1x1_fprop_kernel<T, true>;
+    FC_LAUNCH(k, (grid_of<decltype(ops), T>(ops, p.groups)), dim3(Tile<T>::NT), 0, FC_STREAM(stream), ops);
+  } else {
+    const Fprop1x1Ops<T, false> ops{p, x, w, bias, y};
+    auto k = conv1x1_fprop_kernel<T, false>;
+    FC_LAUNCH(k, (grid_of<decltype(ops), T>(ops, p.groups)), dim3(Tile<T>::NT), 0, FC_STREAM(stream), ops);
+  }
+}
+
+template <typename T>
+void launch_1x1_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx, void* stream) {
+  if (p.stride_h > 1 || p.stride_w > 1 || p.P != p.H || p.Q != p.W) {  // pixels no output reads
+    const int64_t total = p.input_elems();
+    int64_t blocks = (total + 255) / 256;
+    if (blocks > (int64_t(1) << 20)) blocks = int64_t(1) << 20;  // grid-stride loop covers the rest
+    auto z = conv1x1_dgrad_zero_kernel<T>;
+    FC_LAUNCH(z, dim3(unsigned(blocks)), dim3(256), 0, FC_STREAM(stream), p, dx);
+  }
+  const Dgrad1x1Ops<T> ops{p, dy, w, dx};
+  auto k = conv1x1_dgrad_kernel<T>;
+  FC_LAUNCH(k, (grid_of<decltype(ops), T>(ops, p.groups)), dim3(Tile<T>::NT), 0, FC_STREAM(stream), ops);
+}
+
+template <typename T>
+void launch_1x1_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw, T* workspace, int64_t chunks,
+                      void* stream) {
+  const int64_t npq = p.N * p.P * p.Q;
+  const int64_t len = ((npq + chunks - 1) / chunks + BK - 1) / BK * BK;
+  const Wgrad1x1Ops<T> ops{p, x, dy, chunks > 1 ? workspace : dw, len, chunks};
+  auto k = conv1x1_wgrad_kernel<T>;
+  FC_LAUNCH(k, (grid_of<decltype(ops), T>(ops, p.groups * chunks)), dim3(Tile<T>::NT), 0, FC_STREAM(stream), ops);
+  if (chunks > 1) {
+    const int64_t elems = p.weight_elems();
+    int64_t blocks = (elems + 255) / 256;
+    if (blocks > 65535) blocks = 65535;  // grid-stride loop covers the rest
+    auto r = wgrad_reduce_kernel<T>;
+    FC_LAUNCH(r, dim3(unsigned(blocks)), dim3(256), 0, FC_STREAM(stream), static_cast<const T*>(workspace), chunks,
+              elems, dw);
+  }
+}
+
 }  // namespace
 
 int64_t igemm_wgrad_chunks(const ConvProblem& p) {
@@ -506,8 +764,74 @@ void igemm_wgrad(const ConvProblem& p, const float* x, const float* dy, float* d
   validate(p);
   launch_wgrad<kIntact>(p, x, dy, dw, workspace, stream);
 }
-// No double instantiation: 64 double accumulators per thread spill on sm_90
-// (ptxas: 72 bytes). float64 "im2col" runs the direct kernels (bindings).
+// No double instantiation of the implicit GEMM: 64 double accumulators per
+// thread spill on sm_90 (ptxas: 72 bytes). float64 "im2col" runs the direct
+// kernels (bindings). (The 1x1 family's double tiles are 32x32, 8x4 per thread.)
+
+// ------------------------------------------------------------- 1x1 family
+std::string conv1x1_supports(const ConvProblem& p) {
+  if (p.R != 1 || p.S != 1) return "the cuda 1x1 kernels need a 1x1 kernel, got " + std::to_string(p.R) + "x" +
+                                    std::to_string(p.S);
+  if (p.pad_h != 0 || p.pad_w != 0) return "the cuda 1x1 kernels need zero padding";
+  if ((p.P - 1) * p.stride_h >= p.H || (p.Q - 1) * p.stride_w >= p.W)
+    return "the cuda 1x1 kernels need every output pixel inside the input (no bottom/right padding)";
+  if (p.H * p.W > 2147483647 || p.P * p.Q > 2147483647)
+    return "the cuda 1x1 kernels need image planes of fewer than 2^31 pixels";
+  // the double tiles (32x32) make the most tiles
+  constexpr int64_t bm = Tile<double>::BM, bn = Tile<double>::BN;
+  std::string why = grid_fits("Fprop", p.Kg(), p.N * p.P * p.Q, p.groups, "1x1", bm, bn);
+  if (why.empty()) why = grid_fits("Dgrad", p.Cg(), p.N * p.P * p.Q, p.groups, "1x1", bm, bn);
+  if (why.empty()) why = grid_fits("Wgrad", p.Kg(), p.Cg(), p.groups * igemm_wgrad_chunks(p), "1x1", bm, bn);
+  return why;
+}
+
+int64_t conv1x1_wgrad_chunks(const ConvProblem& p) { return igemm_wgrad_chunks(p); }
+
+int64_t conv1x1_wgrad_workspace_elems(const ConvProblem& p) {
+  const int64_t c = conv1x1_wgrad_chunks(p);
+  return c > 1 ? c * p.weight_elems() : 0;
+}
+
+namespace {
+void validate_1x1(const ConvProblem& p) {
+  check_problem(p);
+  const std::string why = conv1x1_supports(p);
+  if (!why.empty()) throw std::invalid_argument(why);
+}
+}  // namespace
+
+template <typename T>
+void conv1x1_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu, void* stream) {
+  validate_1x1(p);
+  if (p.N == 0) return;
+  launch_1x1_fprop<T>(p, x, w, bias, y, relu, stream);
+}
+
+template <typename T>
+void conv1x1_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx, void* stream) {
+  validate_1x1(p);
+  if (p.N == 0) return;
+  launch_1x1_dgrad<T>(p, dy, w, dx, stream);
+}
+
+template <typename T>
+void conv1x1_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw, T* workspace, void* stream) {
+  validate_1x1(p);
+  if (p.N == 0) throw std::invalid_argument("1x1 Wgrad: N == 0 (the caller zeroes grad_weight)");
+  const int64_t chunks = conv1x1_wgrad_chunks(p);
+  if (chunks > 1 && workspace == nullptr)
+    throw std::invalid_argument("1x1 Wgrad: this problem needs a workspace of " +
+                                std::to_string(conv1x1_wgrad_workspace_elems(p)) + " elements");
+  launch_1x1_wgrad<T>(p, x, dy, dw, workspace, chunks, stream);
+}
+
+#define FC_INSTANTIATE_1X1(T)                                                                          \
+  template void conv1x1_fprop<T>(const ConvProblem&, const T*, const T*, const T*, T*, bool, void*); \
+  template void conv1x1_dgrad<T>(const ConvProblem&, const T*, const T*, T*, void*);                 \
+  template void conv1x1_wgrad<T>(const ConvProblem&, const T*, const T*, T*, T*, void*);
+FC_INSTANTIATE_1X1(float)
+FC_INSTANTIATE_1X1(double)
+#undef FC_INSTANTIATE_1X1
 
 #if defined(FC_EMU_TEST_HOOKS)
 void igemm_fprop_without_barrier(const ConvProblem& p, const float* x, const float* w, float* y) {

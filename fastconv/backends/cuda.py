@@ -24,11 +24,24 @@ DLPack capsule before calling here). The pooling / layer bindings
 indices and targets, uint8 masks, float64 batch-norm statistics);
 ``layer_kernel`` adds CuPy's current stream to every call.
 
-Algorithms: ``direct`` (one output / input element per thread; Wgrad one
-weight element per block) and ``im2col`` (the implicit GEMM for Fprop, Dgrad
-as a gather and Wgrad with a fixed N*P*Q split; float32 only, float64 runs the
-direct kernels). ``1x1`` and ``separable`` run the ``im2col`` kernels. The same
-kernels run on the CPU in tests through the ``"cuda-emu"`` backend.
+Algorithms (kernel families, :data:`KERNEL_OF`):
+
+* ``direct``: Fprop register-tiled (4 output channels x 4 output columns per
+  thread) when a group has >= 2 output channels and the output >= 2 columns,
+  else one output element per thread; Dgrad a gather, register-tiled (4 input
+  channels x 4 same-phase input columns per thread) when a group has >= 2
+  input channels, else one input element per thread; Wgrad one weight element
+  per block.
+* ``im2col``: the implicit GEMM for Fprop, Dgrad as a gather and Wgrad with a
+  fixed N*P*Q split; float32 only, float64 runs the direct kernels.
+* ``1x1``: a plain GEMM per group on the implicit GEMM's tiled core with 1x1
+  loaders (no tap decoding), float32 and float64; Dgrad writes every element
+  once (GEMM over the pixels on the stride grid, zero-fill of the others), Wgrad uses the fixed N*P*Q split (workspace of the input's dtype).
+* ``separable``: the 1xn / nx1 kernels (groups 1): input segments and weights
+  staged in shared memory, 4 channels per thread in registers; Wgrad one block
+  per (16 k x 8 c x 8 tap) tile in a fixed order.
+
+The same kernels run on the CPU in tests through the ``"cuda-emu"`` backend.
 
 Status: compiled in CI; not yet run on a GPU by this project.
 """
@@ -42,7 +55,7 @@ from ._names import LAYER_KERNELS
 TAKES_DEVICE_ARRAYS = True
 
 # ops-layer algorithm -> the kernel family of this backend that runs it
-KERNEL_OF = {"direct": "direct", "im2col": "im2col", "1x1": "im2col", "separable": "im2col"}
+KERNEL_OF = {"direct": "direct", "im2col": "im2col", "1x1": "1x1", "separable": "separable"}
 
 
 def _probe():
@@ -114,10 +127,9 @@ def wgrad(algo, problem, x, dy, dw):
     kp = _problem(problem)
     kernel = _kernel(algo)
     ws = None
-    if kernel == "im2col" and x.dtype.itemsize == 4:
-        n = int(m.igemm_wgrad_workspace_elems(kp))
-        if n:  # split-K partials, from CuPy's pool on the current stream
-            ws = _cupy().empty(n, dtype=_cupy().float32)
+    n = int(m.wgrad_workspace_elems(kernel, kp, int(x.dtype.itemsize)))
+    if n:  # split-K partials (im2col float32, 1x1), from CuPy's pool on the current stream
+        ws = _cupy().empty(n, dtype=x.dtype)
     m.wgrad(kernel, kp, x, dy, dw, ws, _stream())
 
 

@@ -8,14 +8,26 @@ checks results and barrier placement, never speed (see ``emu.h``).
 
 Algorithms (the ops layer passes any of ``direct``/``im2col``/``1x1``/``separable``):
 
-* ``direct``: direct Fprop (one output element per thread, bias + ReLU fused),
-  Dgrad as a gather, Wgrad with one weight element per block.
+* ``direct``: direct Fprop (bias + ReLU fused), register-tiled (each thread 4
+  output channels x 4 output columns of a row) when ``_emu.direct_fprop_tiled``
+  says so (>= 2 output channels per group and >= 2 output columns), else one
+  output element per thread; tests force either kernel with the test-only
+  ``_emu._direct_fprop_variant("naive" | "tiled", ...)``. Dgrad as a gather,
+  register-tiled likewise (4 input channels x 4 input columns one stride
+  phase apart, ``_emu.direct_dgrad_tiled``; forced with
+  ``_emu._direct_dgrad_variant``). Wgrad with one weight element per block.
 * ``im2col``: the implicit GEMM for all three operators (64x64 tiles, 8x8 per
   thread, double-buffered shared memory): Fprop, Dgrad as a gather (no
   atomics) and Wgrad with N*P*Q split into a problem-fixed number of chunks
   reduced in chunk order. float32 only: float64 runs the direct kernels.
-* ``1x1`` and ``separable`` have no CUDA kernels of their own yet: they run
-  the ``im2col`` kernels, which are exact for those problems too.
+* ``1x1``: the 1x1 GEMM kernels (csrc/cuda/conv_igemm.cu's tiled core with
+  1x1 loaders: no im2col index math; float32 64x64 tiles, float64 32x32): zero
+  padding, any stride, groups. Dgrad writes every element once (the GEMM the
+  pixels on the stride grid, a zero-fill kernel those the stride skips); Wgrad splits N*P*Q into problem-fixed chunks
+  reduced in chunk order (``_emu.conv1x1_wgrad_chunks``).
+* ``separable``: the 1xn / nx1 kernels (csrc/cuda/conv_separable.cu), groups 1,
+  any stride / padding / dilation whose staged segment fits 48 KiB; float32
+  and float64.
 
 Pooling and layer kernels (``csrc/cuda/pool.cu``, ``csrc/cuda/layers.cu``) are
 served by :func:`layer_kernel` under the CPU module's names and arguments, so
@@ -40,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised when the module was n
     IMPORT_ERROR = repr(exc)
 
 # ops-layer algorithm -> the kernel family of this backend that runs it
-KERNEL_OF = {"direct": "direct", "im2col": "im2col", "1x1": "im2col", "separable": "im2col"}
+KERNEL_OF = {"direct": "direct", "im2col": "im2col", "1x1": "1x1", "separable": "separable"}
 
 
 def _need():

@@ -17,6 +17,16 @@ namespace cuda {
 
 // direct: one output (Fprop) / input (Dgrad, a gather, no atomics) element per
 // thread; Wgrad: one weight element per block, fixed-order tree reduction.
+// direct_fprop runs the register-tiled variant (each thread 4 output channels
+// x 4 output columns of one row, inputs and weights reused from registers)
+// when direct_fprop_tiled(p) (at least 2 output channels per group and 2
+// output columns), else the one-element-per-thread kernel.
+bool direct_fprop_tiled(const ConvProblem& p);
+// direct_dgrad likewise runs a register-tiled gather (4 input channels x 4
+// input columns one stride phase apart per thread, each dx element written
+// once) when direct_dgrad_tiled(p) (>= 2 input channels per group and >= 2
+// columns per phase), else one input element per thread.
+bool direct_dgrad_tiled(const ConvProblem& p);
 template <typename T>
 void direct_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu, void* stream);
 template <typename T>
@@ -42,6 +52,52 @@ void igemm_dgrad(const ConvProblem& p, const float* dy, const float* w, float* d
 int64_t igemm_wgrad_chunks(const ConvProblem& p);
 int64_t igemm_wgrad_workspace_elems(const ConvProblem& p);
 void igemm_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw, float* workspace, void* stream);
+
+// 1x1 (csrc/cuda/conv_igemm.cu): R = S = 1, zero padding, any stride, groups.
+// A plain GEMM per group on the implicit GEMM's tiled core with 1x1 loaders
+// (no tap decoding): float 64x64 tiles (8x8 per thread), double 32x32 tiles
+// (8x4 per thread). Dgrad is a gather writing every dx element once: the GEMM
+// over the N*P*Q pixels on the stride grid, a zero-fill kernel for the pixels
+// the stride skips. Wgrad splits N*P*Q into
+// conv1x1_wgrad_chunks(p) chunks (a function of the problem only); with more
+// than one chunk the partials go to `workspace` (conv1x1_wgrad_workspace_elems(p)
+// elements of T, owned by the caller) and are summed in chunk order.
+std::string conv1x1_supports(const ConvProblem& p);
+int64_t conv1x1_wgrad_chunks(const ConvProblem& p);
+int64_t conv1x1_wgrad_workspace_elems(const ConvProblem& p);
+template <typename T>
+void conv1x1_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu, void* stream);
+template <typename T>
+void conv1x1_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx, void* stream);
+template <typename T>
+void conv1x1_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw, T* workspace, void* stream);
+
+// separable 1 x n / n x 1 (csrc/cuda/conv_separable.cu): groups == 1, any
+// stride / padding / dilation whose staged segment fits 48 KiB of shared
+// memory. Fprop and Dgrad (a gather, no atomics): 128-thread blocks of 32
+// line positions x 16 channels, 4 channels per thread in registers, the
+// reduction channels staged in shared memory. Wgrad: one block per 16 x 8 x 8
+// (k, c, tap) tile walking N x lines x segments in a fixed order
+// (deterministic, no workspace).
+std::string separable_supports(const ConvProblem& p);
+template <typename T>
+void separable_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu, void* stream);
+template <typename T>
+void separable_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx, void* stream);
+template <typename T>
+void separable_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw, void* stream);
+
+#if defined(FC_EMU_TEST_HOOKS)
+// Test-only: the direct Fprop with its variant forced (tiled == false: one
+// output element per thread; true: the register-tiled kernel, 4 output
+// channels x 4 output columns per thread), whatever direct_fprop would pick.
+template <typename T>
+void direct_fprop_variant(bool tiled, const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu);
+// ... and the direct Dgrad with its variant forced (false: one input element
+// per thread; true: the register-tiled gather).
+template <typename T>
+void direct_dgrad_variant(bool tiled, const ConvProblem& p, const T* dy, const T* w, T* dx);
+#endif
 
 #if defined(FC_EMU_TEST_HOOKS)
 // Test-only (emulator build), to show that the emulator catches broken kernels:

@@ -39,7 +39,7 @@ w = rng.standard_normal((32, 16, 3, 3)).astype(dt)
 g = rng.standard_normal((2, 32, 28, 28)).astype(dt)
 cases = []
 if which in ("all", "conv"):
-    for algo in ("direct", "im2col"):
+    for algo in ("direct", "im2col", "winograd"):
         cases += [
             (algo, "fprop", lambda a=algo: ops.conv2d(x, w, padding=1, algo=a, backend=B)),
             (algo, "dgrad", lambda a=algo: ops.conv2d_input(x.shape, w, g, padding=1, algo=a, backend=B)),

@@ -166,3 +166,37 @@ def make_problem(input_shape, weight_shape, stride=1, padding=0, dilation=1, gro
             f"padded by {padding!r} is only {H + top + bottom}x{W + left + right}")
     return ConvProblem(N, C, H, W, K, R, S, P, Q, top, left, stride[0], stride[1], dilation[0],
                        dilation[1], groups, bottom, right)
+
+
+def algorithm_rule(algo: str, p: "ConvProblem"):
+    """The shape rule of a convolution algorithm: "" when `algo` can take problem `p`, else the
+    reason; None for a name that is no algorithm. One copy for every backend (the compiled
+    module's can_implement in csrc/ follows the same rules): the ops layer, numba and numba-cuda
+    ask here."""
+    if algo in ("direct", "im2col"):
+        return ""
+    if algo == "1x1":
+        if p.R != 1 or p.S != 1:
+            return f"the 1x1 algorithm needs a 1x1 kernel, got {p.R}x{p.S}"
+        if p.pad_h or p.pad_w or p.pad_bottom or p.pad_right:
+            return "the 1x1 algorithm needs zero padding"
+        return ""
+    if algo == "separable":
+        if p.groups != 1:
+            return f"the separable algorithm needs groups == 1, got groups={p.groups}"
+        if p.R != 1 and p.S != 1:
+            return f"the separable algorithm needs a 1xn or nx1 kernel, got {p.R}x{p.S}"
+        return ""
+    if algo == "winograd":
+        if (p.R, p.S) != (3, 3):
+            return f"the winograd algorithm needs a 3x3 kernel, got {p.R}x{p.S}"
+        if (p.stride_h, p.stride_w) != (1, 1):
+            return f"the winograd algorithm needs stride 1, got {(p.stride_h, p.stride_w)}"
+        if (p.dil_h, p.dil_w) != (1, 1):
+            return f"the winograd algorithm needs dilation 1, got {(p.dil_h, p.dil_w)}"
+        if p.groups != 1:
+            return f"the winograd algorithm needs groups == 1, got groups={p.groups}"
+        if max(p.pad_h, p.pad_w) > 2:
+            return f"the winograd algorithm needs padding <= 2, got {(p.pad_h, p.pad_w)}"
+        return ""
+    return None

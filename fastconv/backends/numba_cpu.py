@@ -37,6 +37,7 @@ a*b + c into an FMA (``fastmath={"contract"}``); no reassociation anywhere.
 """
 from __future__ import annotations
 
+from ..problem import algorithm_rule
 from ._names import LAYER_KERNELS
 
 import numpy as np
@@ -90,32 +91,8 @@ WINO_CHUNK = 256
 
 
 def supports(algo: str, p) -> str:
-    if algo in ("direct", "im2col"):
-        return ""
-    if algo == "1x1":
-        if p.R != 1 or p.S != 1:
-            return f"the 1x1 algorithm needs a 1x1 kernel, got {p.R}x{p.S}"
-        if p.pad_h or p.pad_w or getattr(p, "pad_bottom", 0) or getattr(p, "pad_right", 0):
-            return "the 1x1 algorithm needs zero padding"
-        return ""
-    if algo == "separable":
-        if p.groups != 1:
-            return f"the separable algorithm needs groups == 1, got groups={p.groups}"
-        if p.R != 1 and p.S != 1:
-            return f"the separable algorithm needs a 1xn or nx1 kernel, got {p.R}x{p.S}"
-        return ""
-    if algo == "winograd":
-        if (p.R, p.S) != (3, 3):
-            return f"the winograd algorithm needs a 3x3 kernel, got {p.R}x{p.S}"
-        if (p.stride_h, p.stride_w) != (1, 1):
-            return f"the winograd algorithm needs stride 1, got {(p.stride_h, p.stride_w)}"
-        if (p.dil_h, p.dil_w) != (1, 1):
-            return f"the winograd algorithm needs dilation 1, got {(p.dil_h, p.dil_w)}"
-        if p.groups != 1:
-            return f"the winograd algorithm needs groups == 1, got groups={p.groups}"
-        if max(p.pad_h, p.pad_w) > 2:
-            return f"the winograd algorithm needs padding <= 2, got {(p.pad_h, p.pad_w)}"
-        return ""
+    if algo in ALGOS:
+        return algorithm_rule(algo, p)
     return f"unknown algorithm {algo!r}; the numba backend has {ALGOS}"
 
 

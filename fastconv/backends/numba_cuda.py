@@ -59,6 +59,8 @@ import warnings
 
 import numpy as np
 
+from ..problem import algorithm_rule
+
 AVAILABLE = False
 IMPORT_ERROR = None
 SIMULATOR = False
@@ -109,9 +111,7 @@ COL_BYTES = 16 << 20
 
 def supports(algo: str, p) -> str:
     if algo in ("direct", "im2col", "1x1"):
-        from ..ops.conv import _supports  # the ops layer's shape rules (1x1: kernel 1x1, no padding)
-
-        return _supports(algo, p)
+        return algorithm_rule(algo, p)
     if algo == "separable":
         return ("the numba-cuda backend has no separable kernel (algos: direct, im2col, 1x1): the CPU one is "
                 "built around packed GEMM panels sized for CPU caches; run 1xn / nx1 filters with im2col")

@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from .. import backends
-from ..problem import ConvProblem, _is_int, make_problem
+from ..problem import ConvProblem, _is_int, algorithm_rule, make_problem
 from . import _device
 from ._arrays import float_array as _array
 
@@ -59,34 +59,10 @@ _host_backend = _device.host_backend  # resolve() for NumPy arrays; GPU-only bac
 # ------------------------------------------------------------- algorithms
 def _supports(algo, problem) -> str:
     """Empty string when `algo` can take `problem`, else the reason (mirrors the C++ can_implement)."""
-    if algo in ("direct", "im2col"):
-        return ""
-    p = problem
-    if algo == "1x1":
-        if p.R != 1 or p.S != 1:
-            return f"the 1x1 algorithm needs a 1x1 kernel, got {p.R}x{p.S}"
-        if p.pad_h or p.pad_w or p.pad_bottom or p.pad_right:
-            return "the 1x1 algorithm needs zero padding"
-        return ""
-    if algo == "separable":
-        if p.groups != 1:
-            return f"the separable algorithm needs groups == 1, got groups={p.groups}"
-        if p.R != 1 and p.S != 1:
-            return f"the separable algorithm needs a 1xn or nx1 kernel, got {p.R}x{p.S}"
-        return ""
-    if algo == "winograd":
-        if (p.R, p.S) != (3, 3):
-            return f"the winograd algorithm needs a 3x3 kernel, got {p.R}x{p.S}"
-        if (p.stride_h, p.stride_w) != (1, 1):
-            return f"the winograd algorithm needs stride 1, got {(p.stride_h, p.stride_w)}"
-        if (p.dil_h, p.dil_w) != (1, 1):
-            return f"the winograd algorithm needs dilation 1, got {(p.dil_h, p.dil_w)}"
-        if p.groups != 1:
-            return f"the winograd algorithm needs groups == 1, got groups={p.groups}"
-        if max(p.pad_h, p.pad_w) > 2:
-            return f"the winograd algorithm needs padding <= 2, got {(p.pad_h, p.pad_w)}"
-        return ""
-    raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
+    why = algorithm_rule(algo, problem)
+    if why is None:
+        raise ValueError(f"algo must be one of {ALGORITHMS}, got {algo!r}")
+    return why
 
 
 def algorithms_for(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):

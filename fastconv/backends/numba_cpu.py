@@ -474,6 +474,16 @@ if AVAILABLE:
     # micro-kernel. Tiles go in blocks of NR; a block's transforms run along whole tile rows
     # with contiguous vector operations (the patch rows first, then their even/odd columns).
     @njit(**_SEQ)
+    def _tile_run(tile, th, tw, left):
+        """(n, ti, tj, cnt): image and tile row/column of tile number `tile` (th x tw tiles per
+        image), and how many of the next `left` tiles stay on its tile row."""
+        n = tile // (th * tw)
+        r = tile - n * th * tw
+        ti = r // tw
+        tj = r - ti * tw
+        return n, ti, tj, min(tw - tj, left)
+
+    @njit(**_SEQ)
     def _wino_filter(w, Up):
         """Up[4a+b, ip, c, i] = (G w[k, c] G^T)[a, b] for k = ip*MR + i (zero past K)."""
         K, C = w.shape[0], w.shape[1]
@@ -597,12 +607,7 @@ if AVAILABLE:
             # the block's tiles, a run along one tile row at a time
             j = 0
             while j < nt:
-                tile = t0 + j
-                n = tile // (th * tw)
-                r = tile - n * th * tw
-                ti = r // tw
-                tj = r - ti * tw
-                cnt = min(tw - tj, nt - j)
+                n, ti, tj, cnt = _tile_run(t0 + j, th, tw, nt - j)
                 for c in range(C):
                     _wino_input_rows(x[n, c], 2 * ti - pt, 2 * tj - pl, cnt, rb, v, V[:, c, j:j + cnt])
                 j += cnt
@@ -625,12 +630,7 @@ if AVAILABLE:
                         _copy(Mi[xi], M[xi, i], nt)
                     j = 0
                     while j < nt:
-                        tile = t0 + j
-                        n = tile // (th * tw)
-                        r = tile - n * th * tw
-                        ti = r // tw
-                        tj = r - ti * tw
-                        cnt = min(tw - tj, nt - j)
+                        n, ti, tj, cnt = _tile_run(t0 + j, th, tw, nt - j)
                         _wino_output_rows(Mi, j, cnt, y[n, k], 2 * ti, 2 * tj, b[k], relu, s)
                         j += cnt
 
@@ -663,12 +663,7 @@ if AVAILABLE:
                 v = np.empty((4, 2 * Lt + 2), Av.dtype)
                 j = 0
                 while j < nt:
-                    tile = t0 + j
-                    n = tile // (th * tw)
-                    r = tile - n * th * tw
-                    ti = r // tw
-                    tj = r - ti * tw
-                    cnt = min(tw - tj, nt - j)
+                    n, ti, tj, cnt = _tile_run(t0 + j, th, tw, nt - j)
                     _wino_input_rows(x[n, c], 2 * ti - pt, 2 * tj - pl, cnt, rb, v, dst[:, j:j + cnt])
                     j += cnt
                 for xi in range(16):
@@ -689,11 +684,7 @@ if AVAILABLE:
                         for xi in range(16):
                             dst[xi, u] = zero
                         continue
-                    tile = t0 + u
-                    n = tile // (th * tw)
-                    r = tile - n * th * tw
-                    ti = r // tw
-                    tj = r - ti * tw
+                    n, ti, tj, _ = _tile_run(t0 + u, th, tw, 1)
                     plane = dy[n, k]
                     oh = 2 * ti
                     ow = 2 * tj

@@ -21,6 +21,7 @@
 
 #include "common.h"
 #include "cuda_arrays.h"
+#include "cuda_algos.h"
 #include "fastconv/conv_cuda.h"
 #include "fastconv/cuda_api.h"
 #include "fastconv/problem.h"
@@ -39,35 +40,11 @@ namespace {
 
 // Kernel families by name: "direct", "im2col" (implicit GEMM, float32; float64
 // runs the direct kernels), "1x1" (plain GEMM), "separable" (1xn / nx1).
-enum class Algo { Direct, Im2col, OneByOne, Separable };
+using Algo = fastconv::bindings::CudaAlgo;
 
-Algo parse_algo(const std::string& algo) {
-  if (algo == "direct") return Algo::Direct;
-  if (algo == "im2col") return Algo::Im2col;
-  if (algo == "1x1") return Algo::OneByOne;
-  if (algo == "separable") return Algo::Separable;
-  throw py::value_error("cuda: unknown algorithm '" + algo +
-                        "' (this backend has 'direct', 'im2col', '1x1' and 'separable')");
-}
-
-std::string supports(Algo a, const ConvProblem& p) {
-  switch (a) {
-    case Algo::Im2col: return fastconv::cuda::igemm_supports(p);
-    case Algo::OneByOne: return fastconv::cuda::conv1x1_supports(p);
-    case Algo::Separable: return fastconv::cuda::separable_supports(p);
-    default: return std::string();
-  }
-}
-
-void check(Algo a, const ConvProblem& p) {
-  try {
-    fastconv::check_problem(p);
-  } catch (const std::invalid_argument& e) {
-    throw py::value_error(e.what());
-  }
-  const std::string why = supports(a, p);
-  if (!why.empty()) throw py::value_error(why);
-}
+Algo parse_algo(const std::string& name) { return fastconv::bindings::parse_cuda_algo(name, "cuda"); }
+std::string supports(Algo a, const ConvProblem& p) { return fastconv::bindings::cuda_supports(a, p); }
+void check(Algo a, const ConvProblem& p) { fastconv::bindings::check_cuda_problem(a, p); }
 
 template <typename T>
 void fprop_t(Algo a, const ConvProblem& p, const void* x, const void* w, const void* b, void* y, bool relu,

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cuda_algos.h"
 #include "fastconv/conv_cuda.h"
 #include "fastconv/problem.h"
 // after pybind11: the emulator's CUDA keyword macros must not reach its headers
@@ -33,35 +34,11 @@ namespace {
 // register-tiled when direct_fprop_tiled(p) / direct_dgrad_tiled(p)). "im2col": the implicit GEMM for all three (float32;
 // float64 runs the direct kernels). "1x1": the 1x1 GEMM kernels, "separable":
 // the 1xn / nx1 kernels (float32 and float64 both).
-enum class Algo { Direct, Im2col, OneByOne, Separable };
+using Algo = fastconv::bindings::CudaAlgo;
 
-Algo parse_algo(const std::string& name) {
-  if (name == "direct") return Algo::Direct;
-  if (name == "im2col") return Algo::Im2col;
-  if (name == "1x1") return Algo::OneByOne;
-  if (name == "separable") return Algo::Separable;
-  throw py::value_error("cuda-emu: unknown algorithm '" + name +
-                        "' (this backend has 'direct', 'im2col', '1x1' and 'separable')");
-}
-
-std::string supports(Algo a, const ConvProblem& p) {
-  switch (a) {
-    case Algo::Im2col: return fastconv::cuda::igemm_supports(p);
-    case Algo::OneByOne: return fastconv::cuda::conv1x1_supports(p);
-    case Algo::Separable: return fastconv::cuda::separable_supports(p);
-    default: return std::string();
-  }
-}
-
-void check(Algo a, const ConvProblem& p) {
-  try {
-    fastconv::check_problem(p);
-  } catch (const std::invalid_argument& e) {
-    throw py::value_error(e.what());
-  }
-  const std::string why = supports(a, p);
-  if (!why.empty()) throw py::value_error(why);
-}
+Algo parse_algo(const std::string& name) { return fastconv::bindings::parse_cuda_algo(name, "cuda-emu"); }
+std::string supports(Algo a, const ConvProblem& p) { return fastconv::bindings::cuda_supports(a, p); }
+void check(Algo a, const ConvProblem& p) { fastconv::bindings::check_cuda_problem(a, p); }
 
 template <typename T>
 void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::object bias, py::array& y, bool relu) {

@@ -140,6 +140,22 @@ def test_avg_random_vs_reference_and_torch(data):
     close(dx, t.grad.numpy())
 
 
+@pytest.mark.parametrize("hw", [(29, 31), (262, 259)], ids=["plane_path", "row_path"])
+@pytest.mark.parametrize("cfg", [dict(kernel_size=3, stride=2, padding=1),
+                                 dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 0), ceil_mode=True),
+                                 dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+                                 dict(kernel_size=2, stride=2, divisor_override=3)])
+def test_avg_backward_plane_and_row_paths(hw, cfg, rng):
+    # the compiled kernel divides small output planes once per plane and large ones per input row
+    # (> 2^14 output elements): both against the float64 reference, float32 and float64
+    x = rng.standard_normal((2, 2) + hw)
+    g = rng.standard_normal(ref.avg_pool(x, **cfg).shape)
+    want = ref.avg_pool_backward(g, x.shape, **cfg)
+    assert (g.shape[2] * g.shape[3] > 1 << 14) == (hw[0] > 100)
+    close(P.avg_pool2d_backward(g, x, **cfg), want)
+    close(P.avg_pool2d_backward(g.astype(np.float32), x.astype(np.float32), **cfg), want, 2e-6)
+
+
 def test_avg_torch_visible(torch):
     """A fixed avg case against torch (visible skip without torch; the random one above returns quietly)."""
     x = np.random.default_rng(1).standard_normal((2, 3, 9, 10))

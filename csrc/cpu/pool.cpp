@@ -66,8 +66,16 @@ inline int64_t bwd_off(const PoolProblem& p) { return (p.kw - 1) / p.sw; }
 inline int64_t bwd_tlen(const PoolProblem& p) {
   return bwd_off(p) + std::max(p.Q, bwd_nJ(p)) + 1;
 }
-inline int64_t bwd_scratch(const PoolProblem& p) {
+// Output planes up to this many elements are divided by their window sizes once per plane (a
+// contiguous, vectorizable pass) instead of once per input row that reads them: the per-row
+// divisions over short rows (Q = 14 on Fashion-MNIST sizes) ran in scalar loop tails.
+constexpr int64_t kAvgBwdPlane = 1 << 14;
+inline bool bwd_plane_mode(const PoolProblem& p) { return p.P * p.Q <= kAvgBwdPlane; }
+inline int64_t bwd_scratch_rows(const PoolProblem& p) {
   return bwd_tlen(p) + p.sw * bwd_nJ(p) + p.Q + 64;
+}
+inline int64_t bwd_scratch(const PoolProblem& p) {
+  return bwd_scratch_rows(p) + (bwd_plane_mode(p) ? 2 * p.P * p.Q : 0);
 }
 // first i >= 0 with start + i*dil >= 0, as the coordinate start + i*dil
 inline int64_t first_inside(int64_t start, int64_t dil) {
@@ -805,8 +813,19 @@ FC_TGT void avg_bwd_range(const PoolProblem& p, const T* __restrict dy, T* __res
   for (int64_t q = 0; q < Q; ++q)
     colcnt[q] = p.divisor_override ? T(p.divisor_override)
                                    : T(avg_count(q, sw, pw, kw, W, p.count_include_pad));
+  // plane mode: divtab[oh*Q + q] = the window size of output (oh, q), and gs = the current
+  // plane of dy divided by it (the same products and quotients as the row path: same bits)
+  const bool plane_mode = bwd_plane_mode(p);
+  T* __restrict divtab = scr + bwd_scratch_rows(p);
+  T* __restrict gs = divtab + P * Q;
+  if (plane_mode)
+    for (int64_t oh = 0; oh < P; ++oh) {
+      const T rc = p.divisor_override ? T(1) : T(avg_count(oh, p.sh, p.ph, kh, H, p.count_include_pad));
+      for (int64_t q = 0; q < Q; ++q) divtab[oh * Q + q] = rc * colcnt[q];
+    }
   // per-row 64-bit divisions cost as much as the row's vector work: count instead
   int64_t plane = b / H, ih = b % H - 1;
+  int64_t gs_plane = -1;  // the plane gs holds
   for (int64_t it = b; it < e; ++it) {
     if (++ih == H) {
       ih = 0;
@@ -822,13 +841,23 @@ FC_TGT void avg_bwd_range(const PoolProblem& p, const T* __restrict dy, T* __res
       for (int64_t w = 0; w < W; ++w) dxr[w] = T(0);
       continue;
     }
-    for (int64_t oh = lo; oh <= hi; ++oh) {
-      const T rc = p.divisor_override ? T(1) : T(avg_count(oh, p.sh, p.ph, kh, H, p.count_include_pad));
-      const T* __restrict g = dyp + oh * Q;
-      if (oh == lo)
-        for (int64_t q = 0; q < Q; ++q) t[q] = g[q] / (rc * colcnt[q]);
-      else
-        for (int64_t q = 0; q < Q; ++q) t[q] += g[q] / (rc * colcnt[q]);
+    if (plane_mode) {
+      if (gs_plane != plane) {
+        for (int64_t i = 0; i < P * Q; ++i) gs[i] = dyp[i] / divtab[i];
+        gs_plane = plane;
+      }
+      for (int64_t q = 0; q < Q; ++q) t[q] = gs[lo * Q + q];
+      for (int64_t oh = lo + 1; oh <= hi; ++oh)
+        for (int64_t q = 0; q < Q; ++q) t[q] += gs[oh * Q + q];
+    } else {
+      for (int64_t oh = lo; oh <= hi; ++oh) {
+        const T rc = p.divisor_override ? T(1) : T(avg_count(oh, p.sh, p.ph, kh, H, p.count_include_pad));
+        const T* __restrict g = dyp + oh * Q;
+        if (oh == lo)
+          for (int64_t q = 0; q < Q; ++q) t[q] = g[q] / (rc * colcnt[q]);
+        else
+          for (int64_t q = 0; q < Q; ++q) t[q] += g[q] / (rc * colcnt[q]);
+      }
     }
     // column w + pw = j*sw + k receives taps s = k + u*sw from window q = j - u
     for (int64_t k = 0; k < sw; ++k) {

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -61,8 +62,6 @@ def picks(ops, spec, direction, backend):
 
 
 def main(argv=None):
-    import time
-
     a = parse_args(argv)
     fc = bc.import_fastconv()
     fc.set_num_threads(a.threads)

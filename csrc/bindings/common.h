@@ -62,5 +62,29 @@ T* out_ptr(py::array& a, const char* name, int64_t expect) {
 
 inline bool is_f64(py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 8; }
 
+// The checked buffers of a host Fprop call (input, weight, optional bias, output); `bias_array`
+// keeps the cast bias alive while the kernel runs.
+template <typename T>
+struct FpropBuffers {
+  const T* x = nullptr;
+  const T* w = nullptr;
+  const T* bias = nullptr;
+  T* y = nullptr;
+  py::array bias_array;
+};
+
+template <typename T>
+FpropBuffers<T> fprop_buffers(const ConvProblem& p, py::array& x, py::array& w, py::object bias, py::array& y) {
+  FpropBuffers<T> b;
+  b.x = in_ptr<T>(x, "input", p.input_elems());
+  b.w = in_ptr<T>(w, "weight", p.weight_elems());
+  if (!bias.is_none()) {
+    b.bias_array = bias.cast<py::array>();
+    b.bias = in_ptr<T>(b.bias_array, "bias", p.K);
+  }
+  b.y = out_ptr<T>(y, "output", p.output_elems());
+  return b;
+}
+
 }  // namespace bindings
 }  // namespace fastconv

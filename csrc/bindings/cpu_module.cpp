@@ -58,15 +58,9 @@ void check(const Algo a, const ConvProblem& p) {
 template <typename T>
 void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::object bias, py::array& y,
              bool relu) {
-  const T* xp = in_ptr<T>(x, "input", p.input_elems());
-  const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
-  const T* bp = nullptr;
-  py::array b;
-  if (!bias.is_none()) {
-    b = bias.cast<py::array>();
-    bp = in_ptr<T>(b, "bias", p.K);
-  }
-  T* yp = out_ptr<T>(y, "output", p.output_elems());
+  const auto buf = fastconv::bindings::fprop_buffers<T>(p, x, w, bias, y);
+  const T *xp = buf.x, *wp = buf.w, *bp = buf.bias;
+  T* yp = buf.y;
   if (p.N == 0) return;
   py::gil_scoped_release release;
   switch (a) {

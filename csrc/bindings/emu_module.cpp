@@ -42,15 +42,9 @@ void check(Algo a, const ConvProblem& p) { fastconv::bindings::check_cuda_proble
 
 template <typename T>
 void fprop_t(Algo a, const ConvProblem& p, py::array& x, py::array& w, py::object bias, py::array& y, bool relu) {
-  const T* xp = in_ptr<T>(x, "input", p.input_elems());
-  const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
-  const T* bp = nullptr;
-  py::array b;
-  if (!bias.is_none()) {
-    b = bias.cast<py::array>();
-    bp = in_ptr<T>(b, "bias", p.K);
-  }
-  T* yp = out_ptr<T>(y, "output", p.output_elems());
+  const auto buf = fastconv::bindings::fprop_buffers<T>(p, x, w, bias, y);
+  const T *xp = buf.x, *wp = buf.w, *bp = buf.bias;
+  T* yp = buf.y;
   if (p.N == 0) return;
   py::gil_scoped_release release;
   if (a == Algo::OneByOne) return fastconv::cuda::conv1x1_fprop<T>(p, xp, wp, bp, yp, relu, nullptr);
@@ -171,15 +165,9 @@ PYBIND11_MODULE(_emu, m) {
     check(Algo::Direct, p);
     auto run = [&](auto tag) {
       using T = decltype(tag);
-      const T* xp = in_ptr<T>(x, "input", p.input_elems());
-      const T* wp = in_ptr<T>(w, "weight", p.weight_elems());
-      const T* bp = nullptr;
-      py::array b;
-      if (!bias.is_none()) {
-        b = bias.cast<py::array>();
-        bp = in_ptr<T>(b, "bias", p.K);
-      }
-      T* yp = out_ptr<T>(y, "output", p.output_elems());
+      const auto buf = fastconv::bindings::fprop_buffers<T>(p, x, w, bias, y);
+      const T *xp = buf.x, *wp = buf.w, *bp = buf.bias;
+      T* yp = buf.y;
       if (p.N == 0) return;
       py::gil_scoped_release release;
       fastconv::cuda::direct_fprop_variant<T>(variant == "tiled", p, xp, wp, bp, yp, relu);

@@ -474,6 +474,14 @@ if AVAILABLE:
     # micro-kernel. Tiles go in blocks of NR; a block's transforms run along whole tile rows
     # with contiguous vector operations (the patch rows first, then their even/odd columns).
     @njit(**_SEQ)
+    def _zero_cols(dst, u0, u1):
+        """dst[:, u0:u1] = 0"""
+        zero = dst.dtype.type(0)
+        for r in range(dst.shape[0]):
+            for u in range(u0, u1):
+                dst[r, u] = zero
+
+    @njit(**_SEQ)
     def _tile_run(tile, th, tw, left):
         """(n, ti, tj, cnt): image and tile row/column of tile number `tile` (th x tw tiles per
         image), and how many of the next `left` tiles stay on its tile row."""
@@ -597,7 +605,6 @@ if AVAILABLE:
         tw = (Q + 1) // 2
         T = N * th * tw
         nTB = (T + NR - 1) // NR
-        zero = y.dtype.type(0)
         for tb in prange(nTB):
             t0 = tb * NR
             nt = min(NR, T - t0)
@@ -611,11 +618,8 @@ if AVAILABLE:
                 for c in range(C):
                     _wino_input_rows(x[n, c], 2 * ti - pt, 2 * tj - pl, cnt, rb, v, V[:, c, j:j + cnt])
                 j += cnt
-            if nt < NR:
-                for xi in range(16):
-                    for c in range(C):
-                        for u in range(nt, NR):
-                            V[xi, c, u] = zero
+            for xi in range(16):
+                _zero_cols(V[xi], nt, NR)
             M = np.empty((16, MR, NR), y.dtype)
             Mi = np.empty((16, NR), y.dtype)
             s = np.empty((4, NR), y.dtype)
@@ -655,9 +659,7 @@ if AVAILABLE:
                 i = c - ip * MR
                 dst = Av[:, ip, :, i]
                 if c >= C:
-                    for xi in range(16):
-                        for u in range(Lt):
-                            dst[xi, u] = zero
+                    _zero_cols(dst, 0, Lt)
                     continue
                 rb = np.empty((4, 2 * Lt + 2), Av.dtype)
                 v = np.empty((4, 2 * Lt + 2), Av.dtype)
@@ -666,24 +668,17 @@ if AVAILABLE:
                     n, ti, tj, cnt = _tile_run(t0 + j, th, tw, nt - j)
                     _wino_input_rows(x[n, c], 2 * ti - pt, 2 * tj - pl, cnt, rb, v, dst[:, j:j + cnt])
                     j += cnt
-                for xi in range(16):
-                    for u in range(nt, Lt):
-                        dst[xi, u] = zero
+                _zero_cols(dst, nt, Lt)
             else:
                 k = item - nCp * MR
                 jp = k // NR
                 jj = k - jp * NR
                 dst = Bd[:, jp, :, jj]
                 if k >= K:
-                    for xi in range(16):
-                        for u in range(Lt):
-                            dst[xi, u] = zero
+                    _zero_cols(dst, 0, Lt)
                     continue
-                for u in range(Lt):
-                    if u >= nt:
-                        for xi in range(16):
-                            dst[xi, u] = zero
-                        continue
+                _zero_cols(dst, nt, Lt)
+                for u in range(nt):
                     n, ti, tj, _ = _tile_run(t0 + u, th, tw, 1)
                     plane = dy[n, k]
                     oh = 2 * ti

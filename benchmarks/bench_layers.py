@@ -9,8 +9,10 @@ outputs, fwd and bwd added) and speed-up = torch ms / fastconv ms (> 1: fastconv
 faster). Both libraries run with --threads threads (fastconv.set_num_threads and
 torch.set_num_threads). Every op is checked against torch before it is timed
 (max|got-ref|/max|ref| <= 1e-4); a failure is reported and not timed.
+fastconv's results come from its output-buffer cache (README, "API"), torch's
+from its allocator; --no-buffer-cache times fastconv on fresh memory too.
 
-  python benchmarks/bench_layers.py [--threads 2] [--repeat 5] [--quick] [--markdown PATH]
+  python benchmarks/bench_layers.py [--threads 2] [--repeat 5] [--quick] [--markdown PATH] [--no-buffer-cache]
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def parse_args():
     p.add_argument("--only", default="", help="comma-separated substrings of case names to run")
     p.add_argument("--markdown", default=None, help="also write the table as Markdown to this path")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-buffer-cache", action="store_true",
+                   help="fastconv results in fresh memory (fastconv.set_buffer_cache_limit(0))")
     return p.parse_args()
 
 
@@ -250,6 +254,8 @@ def main():
     else:
         why = "torch disabled by --no-torch"
     fc.set_num_threads(args.threads)
+    if args.no_buffer_cache:
+        fc.set_buffer_cache_limit(0)
     if torch is not None:
         torch.set_num_threads(args.threads)
     meta = (f"fastconv {fc.__version__} ({fc.backends.cpu.isa()}), threads {args.threads}, "

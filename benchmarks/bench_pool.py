@@ -15,11 +15,15 @@ Columns:
             (--threads threads) on a 256 MiB buffer, counting read + write
   torch ms  torch.nn.functional (fwd) / the aten backward ops (bwd) with the
             same thread count; speed-up = torch ms / fastconv ms
+fastconv's results come from its output-buffer cache (README, "API"): each
+timed call writes the block the previous call's result gave back, as in a
+training loop; torch's come from its allocator (fresh pages above glibc's mmap
+threshold). --no-buffer-cache times fastconv on fresh memory too.
 Every kernel is checked against torch (max |got - ref| / max |ref| <= 1e-4)
 before it is timed; a failing case is not timed, says FAIL, and the script
 exits with status 1.
 
-  python benchmarks/bench_pool.py [--threads 2] [--repeat 7] [--markdown PATH]
+  python benchmarks/bench_pool.py [--threads 2] [--repeat 7] [--markdown PATH] [--no-buffer-cache]
   python benchmarks/bench_pool.py --device cuda   # GPU: CuPy arrays vs torch CUDA (bench_pool_cuda.py)
 """
 from __future__ import annotations
@@ -122,6 +126,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-buffer-cache", action="store_true",
+                    help="fastconv results in fresh memory (fastconv.set_buffer_cache_limit(0))")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: CuPy arrays on the GPU vs torch CUDA (bench_pool_cuda.py); without a GPU it "
                          "exits 2 with one line")
@@ -146,6 +152,8 @@ def main(argv=None):
         except ImportError:
             torch = None
     fastconv.set_num_threads(args.threads)
+    if args.no_buffer_cache:
+        fastconv.set_buffer_cache_limit(0)
     if torch is not None:
         torch.set_num_threads(args.threads)
     header = [f"fastconv.info(): {json.dumps(fastconv.info())}",

@@ -18,8 +18,8 @@ from .backends import cpu as _cpu_backend  # noqa: E402
 from .backends import set_backend  # noqa: E402,F401
 from .problem import ConvProblem, out_size  # noqa: E402
 
-__all__ = ["ops", "backends", "info", "set_num_threads", "get_num_threads", "ConvProblem", "out_size",
-           "__version__"]
+__all__ = ["ops", "backends", "info", "set_num_threads", "get_num_threads", "set_buffer_cache_limit",
+           "buffer_cache_info", "ConvProblem", "out_size", "__version__"]
 
 
 def set_num_threads(n: int) -> None:
@@ -36,6 +36,25 @@ def set_num_threads(n: int) -> None:
         sys.modules["fastconv.backends.numba_cpu"].apply_thread_count()
     if _cpu_backend.CPU_AVAILABLE:
         _cpu_backend._cpu.set_num_threads(n)
+
+
+def set_buffer_cache_limit(nbytes: int) -> None:
+    """Idle bytes the output-buffer cache of the compiled CPU ops may keep (default 512 MiB, or
+    FASTCONV_BUFFER_CACHE_MB). Results of 1 MiB and more are taken from it and go back to it when
+    they die, so repeated calls of the same shapes write memory that is already mapped instead of
+    page-faulting fresh memory; 0 keeps nothing."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError(f"set_buffer_cache_limit: nbytes must be an int, got {nbytes!r}")
+    if nbytes < 0:
+        raise ValueError(f"set_buffer_cache_limit: nbytes must be >= 0, got {nbytes}")
+    if _cpu_backend.CPU_AVAILABLE:
+        _cpu_backend._cpu.set_buffer_cache_limit(nbytes)
+
+
+def buffer_cache_info() -> dict:
+    """The output-buffer cache: limit_bytes, idle_bytes, idle_blocks, hits, misses (empty dict
+    without the compiled module)."""
+    return dict(_cpu_backend._cpu.buffer_cache_info()) if _cpu_backend.CPU_AVAILABLE else {}
 
 
 def get_num_threads() -> int:
@@ -60,6 +79,7 @@ def info(cuda: bool = False) -> dict:
         "isas_available": _cpu_backend.available_isas() if cpu else [],
         "threads": get_num_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "buffer_cache_limit_bytes": buffer_cache_info().get("limit_bytes"),
         "backends": backends.available(),
         "default_backend": backends.default_backend(),
         "algorithms": list(ops.ALGORITHMS[1:]),

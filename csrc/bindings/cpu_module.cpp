@@ -139,6 +139,7 @@ void gemm_t(py::array& A, py::array& B, py::array& C, double beta, bool parallel
 // functions through these hooks.
 void register_pool(py::module_& m);    // cpu_pool.cpp
 void register_layers(py::module_& m);  // cpu_layers.cpp
+void register_buffers(py::module_& m);  // cpu_buffers.cpp
 
 PYBIND11_MODULE(_cpu, m) {
   fastconv::max_threads();  // the count at import (OMP_NUM_THREADS), before any other library changes it
@@ -208,6 +209,7 @@ PYBIND11_MODULE(_cpu, m) {
   }, py::arg("threads"), py::arg("seconds") = 0.5);
   register_pool(m);
   register_layers(m);
+  register_buffers(m);
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

@@ -79,3 +79,17 @@ def dgrad(algo, problem, dy, w, dx):
 
 def wgrad(algo, problem, x, dy, dw):
     _cpu.wgrad(algo, _cpu.ConvProblem(**problem.kernel_args()), x, dy, dw)
+
+
+def empty(shape, dtype):
+    """An uninitialized array for an op's result. Blocks of 1 MiB and more come from the compiled
+    module's output-buffer cache: pages already written by an earlier result that died, so the op
+    that fills them takes no page faults (see csrc/bindings/cpu_buffers.cpp). Without the compiled
+    module: ``np.empty``."""
+    return _cpu.empty(shape, dtype)
+
+
+if _cpu is None:  # pragma: no cover - exercised when the build is missing
+    import numpy as _np
+
+    empty = _np.empty  # noqa: F811

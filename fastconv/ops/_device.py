@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backends
+from ..backends.cpu import empty as _host_empty
 from ._arrays import float_array
 
 DEVICE_BACKENDS = ("cuda", "numba-cuda")
@@ -261,6 +262,9 @@ class HostArrays:
         """An argument of any dtype (targets, indices, masks) as an ndarray."""
         return value if isinstance(value, np.ndarray) else np.asarray(value)
 
+    # results: the compiled module's output-buffer cache (np.empty without it)
+    empty = staticmethod(_host_empty)
+
     def kernel(self, name):
         return backends.layer_kernel(name, self.backend)[0]
 
@@ -298,6 +302,9 @@ class DeviceArrays:
         if isinstance(value, cp.ndarray):
             return value
         return cp.asarray(value) if hasattr(value, "__cuda_array_interface__") else cp.from_dlpack(value)
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype)
 
     def kernel(self, name):
         mod = backends.module(self.backend)

@@ -23,6 +23,7 @@ import numpy as np
 from .. import backends
 from ..problem import ConvProblem, _is_int, algorithm_rule, make_problem
 from . import _device
+from ..backends.cpu import empty as _empty
 from ._arrays import float_array as _array
 
 ALGORITHMS = ("auto", "direct", "im2col", "1x1", "separable", "winograd")
@@ -284,7 +285,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     # the kernels read their inputs while writing the output: an `out` that
     # overlaps input/weight/bias is computed into a temporary first
     aliased = out is not None and any(np.may_share_memory(y, a) for a in (x, w, b) if a is not None)
-    y_kernel = y if (y.dtype == dtype and not aliased) else np.empty(result_shape, dtype)
+    y_kernel = y if (y.dtype == dtype and not aliased) else _empty(result_shape, dtype)
     if p.N > 0:
         args = (_prepare(x4, dtype), _prepare(w, dtype), None if b is None else _prepare(b, dtype),
                 y_kernel.reshape(p.output_shape), activation == "relu")
@@ -298,7 +299,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 def _output_buffer(out, shape, result_dtype, compute_dtype):
     if out is None:
-        return np.empty(shape, dtype=result_dtype)
+        return _empty(shape, result_dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
     if out.shape != tuple(shape):
@@ -345,7 +346,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     name = _host_backend(backend)
     p, w, _ = _auto_problem(algo, p, w)
     a = _pick(algo, p, "dgrad", name)
-    dx = np.empty(p.input_shape, dtype)
+    dx = _empty(p.input_shape, dtype)
     if p.N > 0:
         args = (_prepare(dy4, dtype), _prepare(w, dtype), dx)
         mod = _backend_module(name)
@@ -381,7 +382,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     full_shape = p.weight_shape
     p, _, taps = _auto_problem(algo, p)
     a = _pick(algo, p, "wgrad", name)
-    dw = np.empty(p.weight_shape, dtype)
+    dw = _empty(p.weight_shape, dtype)
     if p.N == 0:
         dw[...] = 0
     else:

@@ -160,7 +160,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 
 def _bn_apply(A, x, dtype, N, C, L, mean, invstd, w, b):
-    y = A.xp.empty(x.shape, dtype)
+    y = A.empty(x.shape, dtype)
     A.kernel("bn_apply")(A.c(x, dtype), N, C, L, A.c(mean, np.float64), A.c(invstd, np.float64), A.c(w, dtype),
                          A.c(b, dtype), y)
     return y.astype(x.dtype, copy=False)
@@ -168,11 +168,11 @@ def _bn_apply(A, x, dtype, N, C, L, mean, invstd, w, b):
 
 def _bn_train(A, x, dtype, N, C, L, w, b, eps):
     xc = A.c(x, dtype)
-    mean = A.xp.empty(C, np.float64)
-    var = A.xp.empty(C, np.float64)
+    mean = A.empty(C, np.float64)
+    var = A.empty(C, np.float64)
     A.kernel("bn_stats")(xc, N, C, L, mean, var)
     invstd = 1.0 / A.xp.sqrt(var + eps)
-    y = A.xp.empty(x.shape, dtype)
+    y = A.empty(x.shape, dtype)
     A.kernel("bn_apply")(xc, N, C, L, mean, invstd, A.c(w, dtype), A.c(b, dtype), y)
     return y.astype(x.dtype, copy=False), mean, invstd, var
 
@@ -233,9 +233,9 @@ def batch_norm_backward(grad_output, input, weight, save_mean=None, save_invstd=
             invstd = 1.0 / A.xp.sqrt(rv.astype(np.float64) + _real(eps, "eps", 0.0))
         else:
             raise ValueError("training=False needs save_mean/save_invstd or running_mean/running_var")
-    dx = A.xp.empty(x.shape, dtype)
-    dw = A.xp.empty(C, dtype)
-    db = A.xp.empty(C, dtype)
+    dx = A.empty(x.shape, dtype)
+    dw = A.empty(C, dtype)
+    db = A.empty(C, dtype)
     if N * L == 0:
         dw[...] = 0
         db[...] = 0
@@ -271,7 +271,7 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, *, backend=No
     x = A.array(input, "input")
     size, alpha, beta, k, N, C, L = _lrn_args(x, size, alpha, beta, k)
     dtype = _compute_dtype((x, "input"))
-    y = A.xp.empty(x.shape, dtype)
+    y = A.empty(x.shape, dtype)
     A.kernel("lrn")(None, A.c(x, dtype), N, C, L, size, alpha, beta, k, y)
     return y.astype(x.dtype, copy=False)
 
@@ -284,7 +284,7 @@ def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75
     _same_shape(dy, "grad_output", x, "input")
     size, alpha, beta, k, N, C, L = _lrn_args(x, size, alpha, beta, k)
     dtype = _compute_dtype((x, "input"), (dy, "grad_output"))
-    dx = A.xp.empty(x.shape, dtype)
+    dx = A.empty(x.shape, dtype)
     A.kernel("lrn")(A.c(dy, dtype), A.c(x, dtype), N, C, L, size, alpha, beta, k, dx)
     return dx.astype(x.dtype, copy=False)
 
@@ -297,7 +297,7 @@ def _act(kind, input, backend):
     A = _arrays_for(backend, ("input", input))
     x = A.array(input, "input")
     dtype = _compute_dtype((x, "input"))
-    y = A.xp.empty(x.shape, dtype)
+    y = A.empty(x.shape, dtype)
     A.kernel("activation")(_KIND[kind], None, A.c(x, dtype), y)
     return y.astype(x.dtype, copy=False)
 
@@ -308,7 +308,7 @@ def _act_bwd(kind, grad_output, y_or_x, name, backend):
     y = A.array(y_or_x, name)
     _same_shape(dy, "grad_output", y, name)
     dtype = _compute_dtype((dy, "grad_output"), (y, name))
-    dx = A.xp.empty(y.shape, dtype)
+    dx = A.empty(y.shape, dtype)
     A.kernel("activation")(_KIND[kind], A.c(dy, dtype), A.c(y, dtype), dx)
     return dx.astype(y.dtype, copy=False)
 
@@ -349,7 +349,7 @@ def _softmax(input, dim, log, backend):
     d = _dim(dim, x.ndim)
     dtype = _compute_dtype((x, "input"))
     outer, D, inner = _split(x.shape, d)
-    y = A.xp.empty(x.shape, dtype)
+    y = A.empty(x.shape, dtype)
     A.kernel("softmax")(log, outer, D, inner, None, A.c(x, dtype), y)
     return y.astype(x.dtype, copy=False)
 
@@ -362,7 +362,7 @@ def _softmax_bwd(grad_output, output, dim, log, backend):
     d = _dim(dim, y.ndim)
     dtype = _compute_dtype((dy, "grad_output"), (y, "output"))
     outer, D, inner = _split(y.shape, d)
-    dx = A.xp.empty(y.shape, dtype)
+    dx = A.empty(y.shape, dtype)
     A.kernel("softmax")(log, outer, D, inner, A.c(dy, dtype), A.c(y, dtype), dx)
     return dx.astype(y.dtype, copy=False)
 
@@ -430,7 +430,7 @@ def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_i
     count = int(xp.count_nonzero(t64 != ignore_index))
     scale = 1.0 / count if (reduction == "mean" and count > 0) else 1.0
     rows = xp.empty(N, np.float64)
-    grad = xp.empty(z.shape, dtype)
+    grad = A.empty(z.shape, dtype)
     A.kernel("cross_entropy")(A.c(z, dtype), t64, N, C, ignore_index, eps, scale, rows, grad)
     od = z.dtype
     if reduction == "none":
@@ -511,8 +511,8 @@ def dropout(input, p=0.5, training=True, seed=None, *, backend=None):
     dtype = _compute_dtype((x, "input"))
     s, off = gen._take(x.size)
     threshold = min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1)
-    y = xp.empty(x.shape, dtype)
-    mask = xp.empty(x.shape, np.uint8)
+    y = A.empty(x.shape, dtype)
+    mask = A.empty(x.shape, np.uint8)
     A.kernel("dropout")(A.c(x, dtype), s, off, threshold, 1.0 / (1.0 - p), y, mask)
     return y.astype(x.dtype, copy=False), mask.view(bool)
 
@@ -529,7 +529,7 @@ def dropout_backward(grad_output, mask, p, *, backend=None):
     if p == 1.0:
         return A.xp.zeros_like(dy)
     dtype = _compute_dtype((dy, "grad_output"))
-    dx = A.xp.empty(dy.shape, dtype)
+    dx = A.empty(dy.shape, dtype)
     A.kernel("dropout_backward")(A.c(dy, dtype), A.c(m, bool).view(np.uint8), 1.0 / (1.0 - p), dx)
     return dx.astype(dy.dtype, copy=False)
 
@@ -560,7 +560,7 @@ def linear(input, weight, bias=None, *, backend=None):
     if b is not None and b.shape != (O,):
         raise ValueError(f"bias must have shape ({O},) for weight shape {w.shape}, got {b.shape}")
     dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
-    y = A.xp.empty(x.shape[:-1] + (O,), dtype)
+    y = A.empty(x.shape[:-1] + (O,), dtype)
     A.kernel("linear")(A.c(x, dtype), A.c(w, dtype), A.c(b, dtype), M, I, O, y)
     return y.astype(x.dtype, copy=False)
 
@@ -581,9 +581,9 @@ def linear_backward(grad_output, input, weight, needs=(True, True, True), *, bac
     except (TypeError, ValueError):
         raise TypeError(f"needs must be three booleans, got {needs!r}") from None
     dtype = _compute_dtype((x, "input"), (w, "weight"), (dy, "grad_output"))
-    dx = A.xp.empty(x.shape, dtype) if nx else None
-    dw = A.xp.empty(w.shape, dtype) if nw else None
-    db = A.xp.empty(O, dtype) if nb else None
+    dx = A.empty(x.shape, dtype) if nx else None
+    dw = A.empty(w.shape, dtype) if nw else None
+    db = A.empty(O, dtype) if nb else None
     if M == 0 or I == 0 or O == 0:  # empty products: gradients of empty sums are zero
         for a in (dx, dw, db):
             if a is not None:

@@ -207,8 +207,8 @@ def _maxmin_forward(kind, input, kernel_size, stride, padding, dilation, ceil_mo
     g = _Geom(x4.shape, kernel_size, stride, padding, dilation, ceil_mode)
     want_idx = _bool(return_indices, "return_indices")
     dtype = _compute_dtype(x)
-    y = A.xp.empty((g.N * g.C, g.P, g.Q), dtype)
-    idx = A.xp.empty((g.N * g.C, g.P, g.Q), np.int64) if want_idx else None
+    y = A.empty((g.N * g.C, g.P, g.Q), dtype)
+    idx = A.empty((g.N * g.C, g.P, g.Q), np.int64) if want_idx else None
     A.kernel("pool2d_forward")(kind, _planes(A, x4, dtype), y, idx, count_include_pad=True, divisor_override=0,
                                **g.kernel_args())
     out = _finish(y, g.out_shape, unbatched, x.dtype)
@@ -241,7 +241,7 @@ def _maxmin_backward(kind, grad_output, input, kernel_size, stride, padding, dil
     kernel, ran_on = A.kernel_and_backend("pool2d_backward")
     in_kernel = ran_on == "cpu"
     idx = None if indices is None else _check_indices(A, indices, x, geo.out_shape, geo.H, geo.W, not in_kernel)
-    dx = A.xp.empty((geo.N * geo.C, geo.H, geo.W), dtype)
+    dx = A.empty((geo.N * geo.C, geo.H, geo.W), dtype)
     gy4 = gy[None] if unbatched else gy
     bad = kernel(kind, _planes(A, gy4, dtype), None if idx is not None else _planes(A, x4, dtype), idx, dx,
                  count_include_pad=True, divisor_override=0, **geo.kernel_args())
@@ -275,7 +275,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     cip = _bool(count_include_pad, "count_include_pad")
     div = _divisor(divisor_override)
     dtype = _compute_dtype(x)
-    y = A.xp.empty((g.N * g.C, g.P, g.Q), dtype)
+    y = A.empty((g.N * g.C, g.P, g.Q), dtype)
     A.kernel("pool2d_forward")(_AVG, _planes(A, x4, dtype), y, None, count_include_pad=cip, divisor_override=div,
                                **g.kernel_args())
     return _finish(y, g.out_shape, unbatched, x.dtype)
@@ -292,7 +292,7 @@ def avg_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0,
     div = _divisor(divisor_override)
     gy = _check_grad(A, grad_output, x, geo.out_shape, "avg_pool2d output")
     dtype = _compute_dtype(x)
-    dx = A.xp.empty((geo.N * geo.C, geo.H, geo.W), dtype)
+    dx = A.empty((geo.N * geo.C, geo.H, geo.W), dtype)
     gy4 = gy[None] if unbatched else gy
     A.kernel("pool2d_backward")(_AVG, _planes(A, gy4, dtype), None, None, dx, count_include_pad=cip,
                                 divisor_override=div, **geo.kernel_args())
@@ -410,7 +410,7 @@ def adaptive_avg_pool2d(input, output_size, *, backend=None):
     N, C, H, W = x4.shape
     P, Q = _adaptive_size(output_size, H, W)
     dtype = _compute_dtype(x)
-    y = A.xp.empty((N * C, P, Q), dtype)
+    y = A.empty((N * C, P, Q), dtype)
     A.kernel("adaptive_pool2d_forward")(_AVG, _planes(A, x4, dtype), y, None)
     return _finish(y, (N, C, P, Q), unbatched, x.dtype)
 
@@ -423,8 +423,8 @@ def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend=Non
     P, Q = _adaptive_size(output_size, H, W)
     want_idx = _bool(return_indices, "return_indices")
     dtype = _compute_dtype(x)
-    y = A.xp.empty((N * C, P, Q), dtype)
-    idx = A.xp.empty((N * C, P, Q), np.int64) if want_idx else None
+    y = A.empty((N * C, P, Q), dtype)
+    idx = A.empty((N * C, P, Q), np.int64) if want_idx else None
     A.kernel("adaptive_pool2d_forward")(_MAX, _planes(A, x4, dtype), y, idx)
     out = _finish(y, (N, C, P, Q), unbatched, x.dtype)
     if want_idx:
@@ -448,7 +448,7 @@ def adaptive_avg_pool2d_backward(grad_output, input, *, backend=None):
     P, Q = gy.shape[-2:]
     dtype = _compute_dtype(x)
     gy4 = gy[None] if unbatched else gy
-    dx = A.xp.empty((N * C, H, W), dtype)
+    dx = A.empty((N * C, H, W), dtype)
     A.kernel("adaptive_pool2d_backward")(_AVG, _planes(A, gy4, dtype), None, None, dx)
     return _finish(dx, x4.shape, unbatched, x.dtype)
 
@@ -463,7 +463,7 @@ def adaptive_max_pool2d_backward(grad_output, input, output_size, indices=None, 
     idx = None if indices is None else _check_indices(A, indices, x, (N, C, P, Q), H, W)
     dtype = _compute_dtype(x)
     gy4 = gy[None] if unbatched else gy
-    dx = A.xp.empty((N * C, H, W), dtype)
+    dx = A.empty((N * C, H, W), dtype)
     x_planes = None if idx is not None else _planes(A, x4, dtype)
     A.kernel("adaptive_pool2d_backward")(_MAX, _planes(A, gy4, dtype), x_planes, idx, dx)
     return _finish(dx, x4.shape, unbatched, x.dtype)

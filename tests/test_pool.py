@@ -156,6 +156,26 @@ def test_avg_backward_plane_and_row_paths(hw, cfg, rng):
     close(P.avg_pool2d_backward(g.astype(np.float32), x.astype(np.float32), **cfg), want, 2e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw", [(28, 28), (29, 31), (2, 3), (7, 2)])
+@pytest.mark.parametrize("extra", [{}, dict(divisor_override=3), dict(divisor_override=8),
+                                   dict(count_include_pad=False), dict(ceil_mode=True)])
+def test_avg_backward_2x2s2(hw, extra, dtype, rng):
+    # 2x2/s2 windows inside the image run their own kernel: every quotient is written to its 2x2
+    # block (the same bits as g / divisor: a power-of-two divisor is applied as an exact
+    # reciprocal), the odd last row/column is zero; ceil_mode on odd sizes leaves that kernel
+    x = rng.standard_normal((3, 2) + hw).astype(dtype)
+    cfg = dict(kernel_size=2, **extra)
+    g = rng.standard_normal(ref.avg_pool(x, **cfg).shape).astype(dtype)
+    dx = P.avg_pool2d_backward(g, x, **cfg)
+    close(dx, ref.avg_pool_backward(g.astype(np.float64), x.shape, **cfg), 1e-6 if dtype == np.float32 else 1e-12)
+    if not extra.get("ceil_mode"):
+        q = g / dtype(extra.get("divisor_override", 4))
+        P2, Q2 = 2 * g.shape[2], 2 * g.shape[3]
+        np.testing.assert_array_equal(dx[:, :, :P2, :Q2], np.repeat(np.repeat(q, 2, axis=2), 2, axis=3))
+        assert not dx[:, :, P2:].any() and not dx[:, :, :, Q2:].any()
+
+
 def test_avg_torch_visible(torch):
     """A fixed avg case against torch (visible skip without torch; the random one above returns quietly)."""
     x = np.random.default_rng(1).standard_normal((2, 3, 9, 10))

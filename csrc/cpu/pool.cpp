@@ -800,9 +800,54 @@ FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int
 // Avg backward for input rows [b, e) (item = plane*H + ih): the vertical
 // gather of the windows containing row ih (increasing oh), then a horizontal
 // gather done per phase of the output stride with contiguous slices.
+// 2x2/s2 windows all inside the image (is_2x2s2_inside: LeNet, VGG, the seed
+// network): every window divides by the same count (4, or divisor_override),
+// input row ih takes output row ih/2 with each quotient written to two
+// columns, and rows/columns past the last window get 0. One pass per row.
+template <typename T>
+FC_TGT void avg_bwd_2x2s2(const PoolProblem& p, const T* __restrict dy, T* __restrict dx, int64_t b,
+                          int64_t e) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const int64_t div = p.divisor_override ? p.divisor_override : 4;
+  // x / d == x * (1/d) exactly when d is a power of two: the same bits as the division
+  const bool pow2 = (div & (div - 1)) == 0;
+  const T dv = T(div), inv = T(1) / T(div);
+  int64_t plane = b / H, ih = b % H - 1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++ih == H) {
+      ih = 0;
+      ++plane;
+    }
+    T* __restrict dxr = dx + it * W;
+    int64_t w = 0;
+    if (ih < 2 * P) {
+      const T* __restrict g = dy + (plane * P + ih / 2) * Q;
+      if (pow2) {
+        for (int64_t q = 0; q < Q; ++q) {
+          const T v = g[q] * inv;
+          dxr[2 * q] = v;
+          dxr[2 * q + 1] = v;
+        }
+      } else {
+        for (int64_t q = 0; q < Q; ++q) {
+          const T v = g[q] / dv;
+          dxr[2 * q] = v;
+          dxr[2 * q + 1] = v;
+        }
+      }
+      w = 2 * Q;
+    }
+    for (; w < W; ++w) dxr[w] = T(0);
+  }
+}
+
 template <typename T>
 FC_TGT void avg_bwd_range(const PoolProblem& p, const T* __restrict dy, T* __restrict dx, int64_t b,
                           int64_t e, T* __restrict scr) {
+  if (is_2x2s2_inside(p)) {
+    avg_bwd_2x2s2<T>(p, dy, dx, b, e);
+    return;
+  }
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw, kh = p.kh, kw = p.kw;
   const int64_t nJ = bwd_nJ(p), OFF = bwd_off(p), Tlen = bwd_tlen(p);
   T* __restrict tpad = scr;

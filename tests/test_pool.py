@@ -176,6 +176,21 @@ def test_avg_backward_2x2s2(hw, extra, dtype, rng):
         assert not dx[:, :, P2:].any() and not dx[:, :, :, Q2:].any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw", [(28, 28), (29, 31), (1, 1), (2, 3), (5, 2), (112, 17)])
+@pytest.mark.parametrize("extra", [{}, dict(count_include_pad=False), dict(divisor_override=7),
+                                   dict(ceil_mode=True)])
+def test_avg_backward_3x3s2p1(hw, extra, dtype, rng):
+    # 3x3/s2/p1 runs its own kernel (even input rows/columns under one window, odd ones under two);
+    # odd and even sizes, borders with and without the padding counted, 1x1 planes
+    x = rng.standard_normal((2, 3) + hw).astype(dtype)
+    cfg = dict(kernel_size=3, stride=2, padding=1, **extra)
+    g = rng.standard_normal(ref.avg_pool(x, **cfg).shape).astype(dtype)
+    dx = P.avg_pool2d_backward(g, x, **cfg)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    close(dx, ref.avg_pool_backward(g.astype(np.float64), x.shape, **cfg), 1e-6 if dtype == np.float32 else 1e-12)
+
+
 def test_avg_torch_visible(torch):
     """A fixed avg case against torch (visible skip without torch; the random one above returns quietly)."""
     x = np.random.default_rng(1).standard_normal((2, 3, 9, 10))

@@ -44,6 +44,15 @@ inline bool is_2x2s2_inside(const PoolProblem& p) {
          p.dw == 1 && 2 * p.P <= p.H && 2 * p.Q <= p.W;
 }
 
+// 3x3 windows, stride 2, padding 1 (the ResNet stem's and the seed network's
+// pooling), floor-mode sizes, output planes small enough for a divided copy in
+// scratch: avg backward has a kernel of its own.
+constexpr int64_t kAvg3x3Plane = 1 << 14;
+inline bool is_3x3s2p1(const PoolProblem& p) {
+  return p.kh == 3 && p.kw == 3 && p.sh == 2 && p.sw == 2 && p.ph == 1 && p.pw == 1 && p.dh == 1 &&
+         p.dw == 1 && p.P == (p.H + 1) / 2 && p.Q == (p.W + 1) / 2 && (p.P + 1) * (p.Q + 1) <= kAvg3x3Plane;
+}
+
 // Phase-buffer length (per phase) of the forward row kernels: long enough for
 // the padded input row and for the right-most tap of the last window.
 inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
@@ -75,6 +84,7 @@ inline int64_t bwd_scratch_rows(const PoolProblem& p) {
   return bwd_tlen(p) + p.sw * bwd_nJ(p) + p.Q + 64;
 }
 inline int64_t bwd_scratch(const PoolProblem& p) {
+  if (is_3x3s2p1(p)) return 2 * (p.P + 1) * (p.Q + 1) + 2 * (p.Q + 1) + 64;  // avg_bwd_3x3s2p1
   return bwd_scratch_rows(p) + (bwd_plane_mode(p) ? 2 * p.P * p.Q : 0);
 }
 // first i >= 0 with start + i*dil >= 0, as the coordinate start + i*dil
@@ -841,11 +851,70 @@ FC_TGT void avg_bwd_2x2s2(const PoolProblem& p, const T* __restrict dy, T* __res
   }
 }
 
+// 3x3/s2/p1 (is_3x3s2p1). With r = the current output plane divided by its
+// window sizes (rows Q+1 apart, a zero column Q and a zero row P): input row
+// 2m lies under output row m only, row 2m+1 under rows m and m+1, and in the
+// same way column 2n under window n, column 2n+1 under n and n+1. So
+//   dx[2m]   = expand(r[m]),  dx[2m+1] = expand(r[m] + r[m+1]),
+//   expand(c)[2n] = c[n],  expand(c)[2n+1] = c[n] + c[n+1].
+// One pass per input row; the divisors are the generic path's (avg_count).
+template <typename T>
+FC_TGT void avg_bwd_3x3s2p1(const PoolProblem& p, const T* __restrict dy, T* __restrict dx, int64_t b,
+                            int64_t e, T* __restrict scr) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, Qp = Q + 1;
+  T* __restrict divtab = scr;               // (P + 1) x Qp
+  T* __restrict r = divtab + (P + 1) * Qp;  // (P + 1) x Qp
+  T* __restrict c = r + (P + 1) * Qp;       // Qp
+  for (int64_t oh = 0; oh <= P; ++oh)
+    for (int64_t q = 0; q < Qp; ++q) {
+      T d = T(1);
+      if (oh < P && q < Q)
+        d = p.divisor_override ? T(p.divisor_override)
+                               : T(avg_count(oh, 2, 1, 3, H, p.count_include_pad)) *
+                                     T(avg_count(q, 2, 1, 3, W, p.count_include_pad));
+      divtab[oh * Qp + q] = d;
+      r[oh * Qp + q] = T(0);  // the zero row P and column Q stay zero
+    }
+  c[Q] = T(0);
+  const int64_t half = W / 2;  // columns 2n, 2n+1 for n < half; an odd W adds column 2*half
+  int64_t plane = b / H, ih = b % H - 1, r_plane = -1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++ih == H) {
+      ih = 0;
+      ++plane;
+    }
+    if (r_plane != plane) {
+      const T* __restrict g = dy + plane * P * Q;
+      for (int64_t oh = 0; oh < P; ++oh)
+        for (int64_t q = 0; q < Q; ++q) r[oh * Qp + q] = g[oh * Q + q] / divtab[oh * Qp + q];
+      r_plane = plane;
+    }
+    const int64_t m = ih >> 1;
+    const T* __restrict a = r + m * Qp;
+    const T* __restrict src = a;
+    if (ih & 1) {
+      const T* __restrict a1 = a + Qp;  // row m + 1, or the zero row
+      for (int64_t q = 0; q < Q; ++q) c[q] = a[q] + a1[q];
+      src = c;
+    }
+    T* __restrict dxr = dx + it * W;
+    for (int64_t n = 0; n < half; ++n) {
+      dxr[2 * n] = src[n];
+      dxr[2 * n + 1] = src[n] + src[n + 1];
+    }
+    if (W & 1) dxr[W - 1] = src[half];
+  }
+}
+
 template <typename T>
 FC_TGT void avg_bwd_range(const PoolProblem& p, const T* __restrict dy, T* __restrict dx, int64_t b,
                           int64_t e, T* __restrict scr) {
   if (is_2x2s2_inside(p)) {
     avg_bwd_2x2s2<T>(p, dy, dx, b, e);
+    return;
+  }
+  if (is_3x3s2p1(p)) {
+    avg_bwd_3x3s2p1<T>(p, dy, dx, b, e, scr);
     return;
   }
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, sw = p.sw, pw = p.pw, kh = p.kh, kw = p.kw;

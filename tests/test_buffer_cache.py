@@ -70,11 +70,31 @@ def test_a_much_larger_block_is_not_handed_to_a_small_request(cache_limit):
     fastconv.set_buffer_cache_limit(0)  # start empty
     fastconv.set_buffer_cache_limit(256 * MIB)
     big = cpu_backend.empty((16 * MIB,), np.uint8)
-    addr = big.ctypes.data
     del big
+    info = fastconv.buffer_cache_info()
+    assert info["idle_bytes"] >= 16 * MIB
     small = cpu_backend.empty((4 * MIB,), np.uint8)  # 4x smaller: wastes too much, a new block
-    assert small.ctypes.data != addr
-    assert fastconv.buffer_cache_info()["idle_bytes"] >= 16 * MIB
+    after = fastconv.buffer_cache_info()
+    assert after["misses"] == info["misses"] + 1 and after["hits"] == info["hits"]
+    assert small.size == 4 * MIB
+    # the miss released the idle block first: mapped memory never exceeds what fresh
+    # allocations would map
+    assert fastconv.buffer_cache_info()["idle_bytes"] == 0
+
+
+def test_a_miss_releases_idle_blocks_first(cache_limit):
+    fastconv.set_buffer_cache_limit(0)  # start empty
+    fastconv.set_buffer_cache_limit(256 * MIB)
+    blocks = [cpu_backend.empty((n * MIB,), np.uint8) for n in (2, 3, 5)]
+    del blocks  # 10 MiB idle, returned in the order 2, 3, 5
+    assert fastconv.buffer_cache_info()["idle_bytes"] == 10 * MIB
+    big = cpu_backend.empty((4 * MIB,), np.uint8)  # no fit: releases the oldest until >= 4 MiB
+    assert fastconv.buffer_cache_info()["idle_bytes"] == 5 * MIB
+    del big
+    mid = cpu_backend.empty((5 * MIB,), np.uint8)  # the 5 MiB block is still there: a hit
+    info = fastconv.buffer_cache_info()
+    assert info["idle_bytes"] == 4 * MIB and info["hits"] >= 1
+    del mid
 
 
 def test_limit_bounds_the_idle_bytes(cache_limit):

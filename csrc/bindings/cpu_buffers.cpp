@@ -52,9 +52,14 @@ struct Block {
 class BufferCache {
  public:
   // A block of at least `bytes`: the smallest idle one that wastes at most 1/8,
-  // else a new mapping. Never null (throws std::bad_alloc).
+  // else a new mapping. A miss first unmaps idle blocks (oldest first) until at
+  // least `need` bytes are released or none is left, so mapped memory (live +
+  // idle) only grows where plain allocation would have grown it: the cache never
+  // raises the peak footprint (up to the 64 KiB rounding and the 1/8 fit slack).
+  // Never null (throws std::bad_alloc).
   Block take(size_t bytes) {
     const size_t need = (bytes + kGranule - 1) / kGranule * kGranule;
+    std::vector<Block> drop;
     {
       std::lock_guard<std::mutex> lock(mu_);
       size_t best = idle_.size();
@@ -75,7 +80,9 @@ class BufferCache {
         return b;
       }
       ++misses_;
+      evict_locked(idle_bytes_ > need ? idle_bytes_ - need : 0, drop);
     }
+    for (const Block& d : drop) munmap(d.ptr, d.size);
     void* p = mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE

@@ -525,7 +525,8 @@ def test_new_families_supports():
         _emu.supports("winograd", ok1)
 
 
-# ------------------------------------------------ direct Fprop: naive and tiled
+# ------------------------------------ direct Fprop and Dgrad: naive and register-tiled
+# (the Dgrad kernels are gathers; the plain "direct" algorithm picks the tiled one when it applies)
 def _direct_variant(variant, spec, dtype=np.float32, relu=False):
     x, w, b, g, refs = problem(spec, dtype)
     p, emu = _emu_problem(spec)
@@ -534,26 +535,45 @@ def _direct_variant(variant, spec, dtype=np.float32, relu=False):
     return y, refs
 
 
+def _direct_dgrad_variant(variant, spec, dtype=np.float32):
+    x, w, b, g, refs = problem(spec, dtype)
+    p, emu = _emu_problem(spec)
+    dx = np.empty(refs["dgrad"].shape, dtype)
+    emu._direct_dgrad_variant(variant, p, g, w, dx)
+    return dx, refs
+
+
+# direction -> (run one forced variant, reference key, the module's "is it tiled" query)
+_DIRECT_VARIANTS = {
+    "fprop": (_direct_variant, "fprop_bias", "direct_fprop_tiled"),
+    "dgrad": (_direct_dgrad_variant, "dgrad", "direct_dgrad_tiled"),
+}
+
+
 @pytest.mark.parametrize("variant", ["naive", "tiled"])
-def test_direct_fprop_variants_on_catalog(variant):
-    # both direct Fprop kernels, forced, on every catalog shape within budget
+@pytest.mark.parametrize("direction", ["fprop", "dgrad"])
+def test_direct_variants_on_catalog(direction, variant):
+    # both direct kernels of each direction, forced, on every catalog shape within budget
+    run, key, _ = _DIRECT_VARIANTS[direction]
     ran = 0
     for s in TEST_SHAPES:
-        if _cost(s, "fprop", "direct") > BUDGET:
+        if _cost(s, direction, "direct") > BUDGET:
             continue
-        y, refs = _direct_variant(variant, s)
-        check_close(y, refs["fprop_bias"], TOL32, np.float32, f"direct {variant} {s.name}")
+        out, refs = run(variant, s)
+        check_close(out, refs[key], TOL32, np.float32, f"direct {direction} {variant} {s.name}")
         ran += 1
     assert ran >= len(TEST_SHAPES) - 2
 
 
-def test_direct_fprop_picks_both_variants():
+@pytest.mark.parametrize("direction,only_naive", [("fprop", "img1x1_k1x1_C3K5"), ("dgrad", "C1_K1_3x3")])
+def test_direct_picks_both_variants(direction, only_naive):
     from fastconv import _emu
 
-    tiled = [s.name for s in TEST_SHAPES if _emu.direct_fprop_tiled(_emu_problem(s)[0])]
-    naive = [s.name for s in TEST_SHAPES if not _emu.direct_fprop_tiled(_emu_problem(s)[0])]
-    # the catalog exercises both through the plain "direct" algorithm (test_fprop_matches_cpu)
-    assert "odd_3x3_pad1" in tiled and "depthwise_3x3" in naive and "img1x1_k1x1_C3K5" in naive
+    is_tiled = getattr(_emu, _DIRECT_VARIANTS[direction][2])
+    tiled = [s.name for s in TEST_SHAPES if is_tiled(_emu_problem(s)[0])]
+    naive = [s.name for s in TEST_SHAPES if not is_tiled(_emu_problem(s)[0])]
+    # the catalog exercises both through the plain "direct" algorithm (test_fprop/dgrad_matches_cpu)
+    assert "odd_3x3_pad1" in tiled and "depthwise_3x3" in naive and only_naive in naive
     assert len(tiled) >= 20 and len(naive) >= 8
 
 
@@ -573,38 +593,6 @@ def test_direct_tiled_targeted(spec, dtype):
             check_close(y, want, tol, dtype, f"direct {variant} {spec.name} relu={relu}")
     with pytest.raises(ValueError, match="variant"):
         _direct_variant("blocked", spec, dtype)
-
-
-# ------------------------------------------------ direct Dgrad: naive and tiled gathers
-def _direct_dgrad_variant(variant, spec, dtype=np.float32):
-    x, w, b, g, refs = problem(spec, dtype)
-    p, emu = _emu_problem(spec)
-    dx = np.empty(refs["dgrad"].shape, dtype)
-    emu._direct_dgrad_variant(variant, p, g, w, dx)
-    return dx, refs
-
-
-@pytest.mark.parametrize("variant", ["naive", "tiled"])
-def test_direct_dgrad_variants_on_catalog(variant):
-    # both direct Dgrad gathers, forced, on every catalog shape within budget
-    ran = 0
-    for s in TEST_SHAPES:
-        if _cost(s, "dgrad", "direct") > BUDGET:
-            continue
-        dx, refs = _direct_dgrad_variant(variant, s)
-        check_close(dx, refs["dgrad"], TOL32, np.float32, f"direct dgrad {variant} {s.name}")
-        ran += 1
-    assert ran >= len(TEST_SHAPES) - 2
-
-
-def test_direct_dgrad_picks_both_variants():
-    from fastconv import _emu
-
-    tiled = [s.name for s in TEST_SHAPES if _emu.direct_dgrad_tiled(_emu_problem(s)[0])]
-    naive = [s.name for s in TEST_SHAPES if not _emu.direct_dgrad_tiled(_emu_problem(s)[0])]
-    # the plain "direct" algorithm (test_dgrad_matches_cpu) runs both over the catalog
-    assert "odd_3x3_pad1" in tiled and "depthwise_3x3" in naive and "C1_K1_3x3" in naive
-    assert len(tiled) >= 20 and len(naive) >= 8
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")])

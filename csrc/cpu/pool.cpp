@@ -832,18 +832,10 @@ FC_TGT void avg_bwd_2x2s2(const PoolProblem& p, const T* __restrict dy, T* __res
     int64_t w = 0;
     if (ih < 2 * P) {
       const T* __restrict g = dy + (plane * P + ih / 2) * Q;
-      if (pow2) {
-        for (int64_t q = 0; q < Q; ++q) {
-          const T v = g[q] * inv;
-          dxr[2 * q] = v;
-          dxr[2 * q + 1] = v;
-        }
-      } else {
-        for (int64_t q = 0; q < Q; ++q) {
-          const T v = g[q] / dv;
-          dxr[2 * q] = v;
-          dxr[2 * q + 1] = v;
-        }
+      for (int64_t q = 0; q < Q; ++q) {  // the compiler unswitches the loop-invariant pow2
+        const T v = pow2 ? g[q] * inv : g[q] / dv;
+        dxr[2 * q] = v;
+        dxr[2 * q + 1] = v;
       }
       w = 2 * Q;
     }

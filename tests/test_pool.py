@@ -554,3 +554,34 @@ def test_2x2_stride2_fast_path_ties_nan_and_chunk_edges(shape, dtype, rng):
     for div in (None, 3):
         np.testing.assert_allclose(P.avg_pool2d(xf, 2, 2, divisor_override=div),
                                    ref.avg_pool(xf, 2, 2, divisor_override=div), rtol=tol, atol=tol)
+
+
+# ------------------------------------------- the 3x3 stride-2 pad-1 fast path
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (1, 2, 29, 31), (1, 1, 1, 1), (2, 1, 2, 3), (1, 2, 5, 2),
+                                   (1, 1, 3, 32), (1, 1, 4, 33), (1, 2, 7, 64), (1, 1, 6, 65), (1, 1, 112, 17)])
+def test_3x3_stride2_pad1_fast_path_ties_nan_and_chunk_edges(shape, dtype, rng):
+    """3x3/s2/p1 values-only forward runs its own kernel (16 outputs per chunk, the window's left
+    column carried over from the previous chunk): rows shorter, equal and longer than one or two
+    chunks, odd and even sizes (the right/bottom padding inside or outside the last window), 1x1
+    planes, heavy ties, NaN and -inf, against the float64 reference and the indices path."""
+    x = rng.integers(-2, 3, size=shape).astype(dtype)
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)] = np.nan
+    flat[rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)] = -np.inf
+    for kind in ("max", "min"):
+        fn = P.max_pool2d if kind == "max" else P.min_pool2d
+        y_only = fn(x, 3, 2, 1)
+        y, _ = fn(x, 3, 2, 1, return_indices=True)               # the generic row kernels
+        ry, _ = ref.maxmin_pool(x, kind, 3, 2, 1)
+        np.testing.assert_array_equal(y_only, ry.astype(dtype))
+        np.testing.assert_array_equal(y_only, y)
+    xf = rng.standard_normal(shape).astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    for extra in ({}, dict(count_include_pad=False), dict(divisor_override=5), dict(ceil_mode=True)):
+        np.testing.assert_allclose(P.avg_pool2d(xf, 3, 2, 1, **extra), ref.avg_pool(xf, 3, 2, 1, **extra),
+                                   rtol=tol, atol=tol)
+    xn = xf.copy()
+    xn.reshape(-1)[rng.choice(xn.size, size=max(1, xn.size // 40), replace=False)] = np.nan
+    np.testing.assert_allclose(P.avg_pool2d(xn, 3, 2, 1), ref.avg_pool(xn, 3, 2, 1), rtol=tol, atol=tol,
+                               equal_nan=True)

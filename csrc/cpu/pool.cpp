@@ -28,6 +28,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__) && !defined(FASTCONV_NO_X86_KERNELS)
+#include <immintrin.h>
+#endif
+
 #include "fastconv/gemm.h"
 #include "fastconv/parallel.h"
 #include "fastconv/pool_cpu.h"
@@ -47,10 +51,14 @@ inline bool is_2x2s2_inside(const PoolProblem& p) {
 // 3x3 windows, stride 2, padding 1 (the ResNet stem's and the seed network's
 // pooling), floor-mode sizes, output planes small enough for a divided copy in
 // scratch: avg backward has a kernel of its own.
+// The forward (values only) has one for every plane size.
 constexpr int64_t kAvg3x3Plane = 1 << 14;
-inline bool is_3x3s2p1(const PoolProblem& p) {
+inline bool is_3x3s2p1_any(const PoolProblem& p) {
   return p.kh == 3 && p.kw == 3 && p.sh == 2 && p.sw == 2 && p.ph == 1 && p.pw == 1 && p.dh == 1 &&
-         p.dw == 1 && p.P == (p.H + 1) / 2 && p.Q == (p.W + 1) / 2 && (p.P + 1) * (p.Q + 1) <= kAvg3x3Plane;
+         p.dw == 1 && p.P == (p.H + 1) / 2 && p.Q == (p.W + 1) / 2;
+}
+inline bool is_3x3s2p1(const PoolProblem& p) {
+  return is_3x3s2p1_any(p) && (p.P + 1) * (p.Q + 1) <= kAvg3x3Plane;
 }
 
 // Phase-buffer length (per phase) of the forward row kernels: long enough for
@@ -110,9 +118,11 @@ inline int64_t avg_count(int64_t o, int64_t stride, int64_t pad, int64_t k, int6
 #if defined(__x86_64__) && !defined(FASTCONV_NO_X86_KERNELS)
 #define FC_POOL_HAVE_X86 1
 #define FC_TGT __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#define FC_POOL_AVX512_PASS 1
 namespace fastconv { namespace pool_avx512 {
 #include __FILE__
 }}  // namespace fastconv::pool_avx512
+#undef FC_POOL_AVX512_PASS
 #undef FC_TGT
 #define FC_TGT __attribute__((target("avx2,fma")))
 namespace fastconv { namespace pool_avx2 {
@@ -777,6 +787,144 @@ FC_TGT void fwd_2x2s2(const PoolProblem& p, const T* __restrict x, T* __restrict
   }
 }
 
+// 3x3 windows, stride 2, padding 1 (is_3x3s2p1_any: the ResNet stem's and the
+// seed network's pooling), values only, one pass per output row in 16-output
+// chunks. Output q covers input columns 2q-1, 2q, 2q+1, so after the vertical
+// reduction v of the window's rows (32 columns from 2*q0, identity past the
+// row end) and its split into even columns e[l] = v[2l] and odd ones
+// o[l] = v[2l+1]: out[q0+l] = comb(comb(o[l-1], e[l]), o[l]), where o[-1] is
+// the previous chunk's last odd column (the left padding for the first).
+// The generic path spends ~8 short loops per row on the 14-wide rows of
+// 28x28 planes; this is straight vector code.
+template <class Op, typename T>
+FC_TGT void fwd_3x3s2p1(const PoolProblem& p, const T* __restrict x, T* __restrict y, int64_t b, int64_t e) {
+  constexpr int64_t kC = 16;
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  int64_t plane = b / P, oh = b % P - 1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++oh == P) {
+      oh = 0;
+      ++plane;
+    }
+    // row 2*oh is always inside (P == (H + 1) / 2); its neighbours may be padding
+    const T* __restrict mid = x + (plane * H + 2 * oh) * W;
+    const T* __restrict up = oh > 0 ? mid - W : nullptr;
+    const T* __restrict dn = 2 * oh + 1 < H ? mid + W : nullptr;
+    T rdiv = T(3);
+    if (Op::avg && !p.count_include_pad) rdiv = T(1 + (up != nullptr) + (dn != nullptr));
+    T* __restrict out = y + it * Q;
+    T carry = Op::id();
+    for (int64_t q0 = 0; q0 < Q; q0 += kC) {
+      const int64_t c0 = 2 * q0, n = std::min<int64_t>(2 * kC, W - c0);
+      T v[2 * kC], t[2 * kC];
+      load_n<2 * kC>(v, mid + c0, n, Op::id());
+      if (up) {
+        load_n<2 * kC>(t, up + c0, n, Op::id());
+        for (int64_t l = 0; l < 2 * kC; ++l) v[l] = Op::comb(t[l], v[l]);
+      }
+      if (dn) {
+        load_n<2 * kC>(t, dn + c0, n, Op::id());
+        for (int64_t l = 0; l < 2 * kC; ++l) v[l] = Op::comb(v[l], t[l]);
+      }
+      T ev[kC], od[kC], pr[kC], o[kC];
+      for (int64_t l = 0; l < kC; ++l) {
+        ev[l] = v[2 * l];
+        od[l] = v[2 * l + 1];
+      }
+      pr[0] = carry;
+      for (int64_t l = 1; l < kC; ++l) pr[l] = od[l - 1];
+      carry = od[kC - 1];
+      for (int64_t l = 0; l < kC; ++l) o[l] = Op::comb(Op::comb(pr[l], ev[l]), od[l]);
+      if constexpr (Op::avg) {
+        for (int64_t l = 0; l < kC; ++l) {
+          const int64_t q = q0 + l;
+          // columns inside the image: 3, less the left padding (q = 0) and the right one (2q+1 = W)
+          const T cdiv = p.count_include_pad ? T(3) : T(3 - (q == 0) - (2 * q + 1 >= W));
+          o[l] = o[l] / (p.divisor_override ? T(p.divisor_override) : rdiv * cdiv);
+        }
+      }
+      store_n<kC>(out + q0, o, Q - q0);
+    }
+  }
+}
+
+#ifdef FC_POOL_AVX512_PASS
+// The same for float with AVX-512 intrinsics: GCC built the shifted odd
+// columns o[l-1] and the partial store of a 14-wide row (28x28 planes) from
+// scalar inserts and extracts, which cost more than the rest of the row. Here
+// they are one valignd and one masked store; the row ends are masked loads
+// that fill the identity. comb(a, v) as the Op's: vmaxps(a, v) returns v
+// when either is NaN, then a NaN accumulator a is put back.
+template <class Op>
+FC_TGT FC_AI __m512 comb16(__m512 a, __m512 v) {
+  if constexpr (Op::avg) {
+    return _mm512_add_ps(a, v);
+  } else {
+    const __m512 m = std::is_same<Op, MaxOp<float>>::value ? _mm512_max_ps(a, v) : _mm512_min_ps(a, v);
+    return _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
+  }
+}
+FC_AI __mmask16 lanes16(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+template <class Op>
+FC_TGT void fwd_3x3s2p1_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y, int64_t b,
+                            int64_t e) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const __m512 id = _mm512_set1_ps(Op::id());
+  const __m512i iev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i iod = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  int64_t plane = b / P, oh = b % P - 1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++oh == P) {
+      oh = 0;
+      ++plane;
+    }
+    const float* __restrict mid = x + (plane * H + 2 * oh) * W;
+    const float* __restrict up = oh > 0 ? mid - W : nullptr;
+    const float* __restrict dn = 2 * oh + 1 < H ? mid + W : nullptr;
+    __m512 rdiv = _mm512_set1_ps(p.divisor_override ? float(p.divisor_override) : 9.0f);
+    if (Op::avg && !p.divisor_override && !p.count_include_pad)
+      rdiv = _mm512_set1_ps(float(1 + (up != nullptr) + (dn != nullptr)));
+    float* __restrict out = y + it * Q;
+    __m512 carry = id;
+    for (int64_t q0 = 0; q0 < Q; q0 += 16) {
+      const int64_t c0 = 2 * q0, n = W - c0;
+      const __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16);
+      __m512 v0 = _mm512_mask_loadu_ps(id, m0, mid + c0);
+      __m512 v1 = _mm512_mask_loadu_ps(id, m1, mid + c0 + 16);
+      if (up) {
+        v0 = comb16<Op>(_mm512_mask_loadu_ps(id, m0, up + c0), v0);
+        v1 = comb16<Op>(_mm512_mask_loadu_ps(id, m1, up + c0 + 16), v1);
+      }
+      if (dn) {
+        v0 = comb16<Op>(v0, _mm512_mask_loadu_ps(id, m0, dn + c0));
+        v1 = comb16<Op>(v1, _mm512_mask_loadu_ps(id, m1, dn + c0 + 16));
+      }
+      const __m512 ev = _mm512_permutex2var_ps(v0, iev, v1);
+      const __m512 od = _mm512_permutex2var_ps(v0, iod, v1);
+      // lane 0: the previous chunk's lane 15; lane l: od[l - 1]
+      const __m512 pr = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(od), _mm512_castps_si512(carry), 15));
+      carry = od;
+      __m512 o = comb16<Op>(comb16<Op>(pr, ev), od);
+      if constexpr (Op::avg) {
+        __m512 d = rdiv;
+        if (!p.divisor_override && !p.count_include_pad) {
+          // columns inside the image: 3, less the left padding (q = 0) and the right one (2q+1 >= W)
+          __m512 c = _mm512_set1_ps(3.0f);
+          if (q0 == 0) c = _mm512_mask_sub_ps(c, __mmask16(1), c, one);
+          c = _mm512_mask_sub_ps(c, __mmask16(~lanes16(W / 2 - q0)), c, one);
+          d = _mm512_mul_ps(rdiv, c);
+        }
+        o = _mm512_div_ps(o, d);
+      }
+      _mm512_mask_storeu_ps(out + q0, lanes16(Q - q0), o);
+    }
+  }
+}
+#endif
+
 template <typename T>
 FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* idx, int64_t b,
                       int64_t e, T* scr, int64_t* iscr) {
@@ -790,6 +938,22 @@ FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int
       case PoolKind::Min:
         return idx ? fwd_2x2s2<MinOp<T>, T, true>(p, x, y, idx, b, e) : fwd_2x2s2<MinOp<T>, T, false>(p, x, y, idx, b, e);
       case PoolKind::Avg: return fwd_2x2s2<AvgOp<T>, T, false>(p, x, y, idx, b, e);
+    }
+  }
+  if (!idx && is_3x3s2p1_any(p)) {
+#ifdef FC_POOL_AVX512_PASS
+    if constexpr (std::is_same<T, float>::value) {
+      switch (kind) {
+        case PoolKind::Max: return fwd_3x3s2p1_f32<MaxOp<float>>(p, x, y, b, e);
+        case PoolKind::Min: return fwd_3x3s2p1_f32<MinOp<float>>(p, x, y, b, e);
+        case PoolKind::Avg: return fwd_3x3s2p1_f32<AvgOp<float>>(p, x, y, b, e);
+      }
+    }
+#endif
+    switch (kind) {
+      case PoolKind::Max: return fwd_3x3s2p1<MaxOp<T>, T>(p, x, y, b, e);
+      case PoolKind::Min: return fwd_3x3s2p1<MinOp<T>, T>(p, x, y, b, e);
+      case PoolKind::Avg: return fwd_3x3s2p1<AvgOp<T>, T>(p, x, y, b, e);
     }
   }
   switch (kind) {

@@ -292,6 +292,21 @@ def test_softmax_stable(dtype):
     assert ly[1, 2] == -np.inf
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_nan_rows(dtype):
+    # a NaN anywhere in a row (first element, the vector body, the tail past the last full
+    # vector; a NaN larger or smaller than nothing) makes that whole row NaN, as torch; an
+    # all -inf row is NaN too; the other rows are untouched
+    x = np.random.default_rng(5).standard_normal((5, 1000)).astype(dtype)
+    x[0, 0] = x[1, 517] = x[2, 999] = np.nan
+    x[3, :] = -np.inf
+    for f in (L.softmax, L.log_softmax):
+        y = f(x, 1)
+        assert np.isnan(y[:4]).all()
+        ref = (R.softmax if f is L.softmax else R.log_softmax)(x[4:].astype(np.float64), 1)
+        close(y[4:], ref, dtype, "clean row", 2e-6 if dtype == np.float32 else 1e-13)
+
+
 def test_softmax_vs_torch(rng):
     torch = torch_or_skip()
     F = torch.nn.functional

@@ -508,8 +508,23 @@ FC_TGT FC_AI void deinterleave(const T* __restrict vb, T* __restrict ph, int64_t
 // Fixed-length partial copies for the chunked kernels below: a variable-length
 // memcpy (or a loop GCC turns into one) compiles to `rep movs`, whose start-up
 // costs more than a 16-wide chunk's work; these become masked vector moves.
+// With AVX-512, float rows are masked moves written out: GCC still compiled
+// the loops' partial case to a chain of scalar extracts and branches.
+#ifdef FC_POOL_AVX512_PASS
+FC_AI __mmask16 lanes16(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+#endif
 template <int64_t K, typename T>
 FC_TGT FC_AI void load_n(T* __restrict dst, const T* __restrict src, int64_t n, T fill) {
+#ifdef FC_POOL_AVX512_PASS
+  if constexpr (std::is_same<T, float>::value && K % 16 == 0) {
+    const __m512 f = _mm512_set1_ps(fill);
+    for (int64_t l = 0; l < K; l += 16)
+      _mm512_storeu_ps(dst + l, _mm512_mask_loadu_ps(f, lanes16(n - l), src + l));
+    return;
+  }
+#endif
   if (n >= K) {
     for (int64_t l = 0; l < K; ++l) dst[l] = src[l];
   } else {
@@ -518,6 +533,18 @@ FC_TGT FC_AI void load_n(T* __restrict dst, const T* __restrict src, int64_t n, 
 }
 template <int64_t K, typename T>
 FC_TGT FC_AI void store_n(T* __restrict dst, const T* __restrict src, int64_t n) {
+#ifdef FC_POOL_AVX512_PASS
+  if constexpr (std::is_same<T, float>::value && K % 16 == 0) {
+    for (int64_t l = 0; l < K; l += 16) _mm512_mask_storeu_ps(dst + l, lanes16(n - l), _mm512_loadu_ps(src + l));
+    return;
+  } else if constexpr (std::is_same<T, int64_t>::value && K % 8 == 0) {
+    for (int64_t l = 0; l < K; l += 8) {
+      const __mmask8 m = __mmask8(lanes16(n - l) & 0xFF);
+      _mm512_mask_storeu_epi64(dst + l, m, _mm512_loadu_si512(src + l));
+    }
+    return;
+  }
+#endif
   if (n >= K) {
     for (int64_t l = 0; l < K; ++l) dst[l] = src[l];
   } else {
@@ -863,9 +890,6 @@ FC_TGT FC_AI __m512 comb16(__m512 a, __m512 v) {
     const __m512 m = std::is_same<Op, MaxOp<float>>::value ? _mm512_max_ps(a, v) : _mm512_min_ps(a, v);
     return _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
   }
-}
-FC_AI __mmask16 lanes16(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
 }
 template <class Op>
 FC_TGT void fwd_3x3s2p1_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y, int64_t b,

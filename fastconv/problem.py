@@ -30,6 +30,8 @@ def out_size(in_size: int, pad_lo: int, pad_hi: int, kernel: int, stride: int, d
 
 
 def _is_int(v) -> bool:
+    if type(v) is int:  # the common case, without the abc checks below (a few us per op call)
+        return True
     return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 

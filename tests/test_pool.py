@@ -585,3 +585,34 @@ def test_3x3_stride2_pad1_fast_path_ties_nan_and_chunk_edges(shape, dtype, rng):
     xn.reshape(-1)[rng.choice(xn.size, size=max(1, xn.size // 40), replace=False)] = np.nan
     np.testing.assert_allclose(P.avg_pool2d(xn, 3, 2, 1), ref.avg_pool(xn, 3, 2, 1), rtol=tol, atol=tol,
                                equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (1, 2, 9, 35), (1, 1, 2, 64), (3, 1, 5, 33), (1, 2, 2, 2),
+                                   (1, 1, 3, 3), (2, 64, 61, 67)])
+def test_2x2_stride2_backward_fast_path(shape, dtype, rng):
+    """Max/min backward with 2x2/s2/p0 indices writes each plane in one pass (windows do not
+    overlap): odd sizes (the uncovered last row/column must come out 0 even in a recycled
+    buffer: the last shape is over the 1 MiB output-cache size and runs after a garbage result
+    of the same size), -0 gradients (+0, as 0 + g), and hand-made indices outside their own
+    window (another window's element, or one element for all: the plane falls back to the
+    scatter and overlapping gradients add up)."""
+    x = rng.integers(-2, 3, size=shape).astype(dtype)
+    g = rng.standard_normal((shape[0], shape[1], shape[2] // 2, shape[3] // 2)).astype(dtype)
+    g.reshape(-1)[::7] = -0.0
+    for kind in ("max", "min"):
+        fn, bw = (P.max_pool2d, P.max_pool2d_backward) if kind == "max" else (P.min_pool2d, P.min_pool2d_backward)
+        _, i = fn(x, 2, 2, return_indices=True)
+        del _
+        garbage = np.full(x.shape, np.nan, dtype) + P.avg_pool2d(np.full(x.shape, 7, dtype), 1)  # a dead result
+        del garbage
+        for idx in (i, np.zeros_like(i), np.roll(i, 1, axis=-1)):
+            dx = bw(g, x, 2, 2, indices=idx)
+            want = ref.maxmin_pool_backward(g.astype(np.float64), x.shape, idx)
+            if idx is not i and not idx.any():     # all on one element: a float sum of many
+                close(dx, want, 1e-5 if dtype == np.float32 else 1e-13)
+            else:                                   # one gradient per element at most: exact
+                np.testing.assert_array_equal(dx, want.astype(dtype))
+            assert not np.signbit(dx[dx == 0]).any()                  # no -0
+        dx_own = bw(g, x, 2, 2)                                     # indices recomputed
+        np.testing.assert_array_equal(dx_own, bw(g, x, 2, 2, indices=i))

@@ -296,6 +296,11 @@ int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x,
       T* d = dx + plane * HW;
       const T* g = dy + plane * PQ;
       const int64_t* ix = idx + plane * PQ;
+      bool done = false;
+#ifdef FC_POOL_HAVE_X86
+      if (pick_isa() == Isa::Avx512) done = pool_avx512::maxmin_bwd_plane<T>(p, g, ix, d);
+#endif
+      if (done) continue;
       for (int64_t i = 0; i < HW; ++i) d[i] = T(0);
       int64_t nbad = 0;
       for (int64_t o = 0; o < PQ; ++o) {
@@ -1279,6 +1284,76 @@ FC_TGT void global_range(PoolKind kind, const T* x, int64_t HW, T* y, int64_t* i
   }
 }
 
+#ifdef FC_POOL_AVX512_PASS
+// Max/min backward, 2x2/s2 windows inside the image (is_2x2s2_inside), one
+// plane, float: the windows do not overlap, so every input element gets the
+// gradient of at most one output and the plane is written once, without the
+// zero pass and the scalar scatter: per 16 outputs, the index relative to the
+// window's top-left corner is compared with the 4 positions (0, 1, W, W+1),
+// the gradient is put in the matching one of four vectors, and even/odd
+// columns are interleaved into the two input rows. +0 is added to each value,
+// as the scatter's 0 + g does (so -0 comes out +0, bit for bit the same).
+// Returns false where some index is not inside its own window (indices
+// passed in by hand): the caller then runs the scatter on the plane.
+FC_TGT bool maxmin_bwd_2x2s2_f32(const PoolProblem& p, const float* __restrict g, const int64_t* __restrict ix,
+                                 float* __restrict d) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const __m512i lane2 = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i c1 = _mm512_set1_epi64(1), cW = _mm512_set1_epi64(W), cW1 = _mm512_set1_epi64(W + 1);
+  int64_t matched = 0;
+  for (int64_t oh = 0; oh < P; ++oh) {
+    float* __restrict r0 = d + 2 * oh * W;
+    float* __restrict r1 = r0 + W;
+    const int64_t* __restrict io = ix + oh * Q;
+    const float* __restrict go = g + oh * Q;
+    for (int64_t q0 = 0; q0 < Q; q0 += 16) {
+      const __mmask16 mk = lanes16(Q - q0);
+      const int64_t base = 2 * oh * W + 2 * q0;
+      const __m512i tl = _mm512_sub_epi64(_mm512_maskz_loadu_epi64(__mmask8(mk & 0xFF), io + q0),
+                                          _mm512_add_epi64(_mm512_set1_epi64(base), lane2));
+      const __m512i th = _mm512_sub_epi64(_mm512_maskz_loadu_epi64(__mmask8(mk >> 8), io + q0 + 8),
+                                          _mm512_add_epi64(_mm512_set1_epi64(base + 16), lane2));
+      const __mmask16 m0 = _mm512_kunpackb(_mm512_testn_epi64_mask(th, th), _mm512_testn_epi64_mask(tl, tl)) & mk;
+      const __mmask16 m1 = _mm512_kunpackb(_mm512_cmpeq_epi64_mask(th, c1), _mm512_cmpeq_epi64_mask(tl, c1)) & mk;
+      const __mmask16 m2 = _mm512_kunpackb(_mm512_cmpeq_epi64_mask(th, cW), _mm512_cmpeq_epi64_mask(tl, cW)) & mk;
+      const __mmask16 m3 = _mm512_kunpackb(_mm512_cmpeq_epi64_mask(th, cW1), _mm512_cmpeq_epi64_mask(tl, cW1)) & mk;
+      matched += __builtin_popcount(unsigned(m0 | m1 | m2 | m3));
+      const __m512 gv = _mm512_maskz_loadu_ps(mk, go + q0);
+      const __m512 a0 = _mm512_add_ps(zero, _mm512_maskz_mov_ps(m0, gv));
+      const __m512 a1 = _mm512_add_ps(zero, _mm512_maskz_mov_ps(m1, gv));
+      const __m512 a2 = _mm512_add_ps(zero, _mm512_maskz_mov_ps(m2, gv));
+      const __m512 a3 = _mm512_add_ps(zero, _mm512_maskz_mov_ps(m3, gv));
+      const int64_t nw = 2 * (Q - q0);  // input columns of these windows (up to 32 stored)
+      const __mmask16 s0 = lanes16(nw), s1 = lanes16(nw - 16);
+      _mm512_mask_storeu_ps(r0 + 2 * q0, s0, _mm512_permutex2var_ps(a0, ilo, a1));
+      _mm512_mask_storeu_ps(r0 + 2 * q0 + 16, s1, _mm512_permutex2var_ps(a0, ihi, a1));
+      _mm512_mask_storeu_ps(r1 + 2 * q0, s0, _mm512_permutex2var_ps(a2, ilo, a3));
+      _mm512_mask_storeu_ps(r1 + 2 * q0 + 16, s1, _mm512_permutex2var_ps(a2, ihi, a3));
+    }
+    for (int64_t c = 2 * Q; c < W; ++c) r0[c] = r1[c] = 0.0f;  // the column no window covers
+  }
+  for (int64_t i = 2 * P * W; i < H * W; ++i) d[i] = 0.0f;  // the rows no window covers
+  return matched == P * Q;
+}
+#endif
+
+// One plane of max/min backward with saved indices by a kernel of its own,
+// where there is one; false: the caller scatters.
+template <typename T>
+FC_TGT bool maxmin_bwd_plane(const PoolProblem& p, const T* g, const int64_t* ix, T* d) {
+#ifdef FC_POOL_AVX512_PASS
+  if constexpr (std::is_same<T, float>::value)
+    if (is_2x2s2_inside(p)) return maxmin_bwd_2x2s2_f32(p, g, ix, d);
+#endif
+  (void)p, (void)g, (void)ix, (void)d;
+  return false;
+}
+
+template bool maxmin_bwd_plane<float>(const PoolProblem&, const float*, const int64_t*, float*);
+template bool maxmin_bwd_plane<double>(const PoolProblem&, const double*, const int64_t*, double*);
 template void fwd_range<float>(PoolKind, const PoolProblem&, const float*, float*, int64_t*, int64_t,
                                int64_t, float*, int64_t*);
 template void fwd_range<double>(PoolKind, const PoolProblem&, const double*, double*, int64_t*,

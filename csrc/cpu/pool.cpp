@@ -51,7 +51,7 @@ inline bool is_2x2s2_inside(const PoolProblem& p) {
 // 3x3 windows, stride 2, padding 1 (the ResNet stem's and the seed network's
 // pooling), floor-mode sizes, output planes small enough for a divided copy in
 // scratch: avg backward has a kernel of its own.
-// The forward (values only) has one for every plane size.
+// The forward (values only, float, AVX-512) has one for every plane size.
 constexpr int64_t kAvg3x3Plane = 1 << 14;
 inline bool is_3x3s2p1_any(const PoolProblem& p) {
   return p.kh == 3 && p.kw == 3 && p.sh == 2 && p.sw == 2 && p.ph == 1 && p.pw == 1 && p.dh == 1 &&
@@ -819,74 +819,21 @@ FC_TGT void fwd_2x2s2(const PoolProblem& p, const T* __restrict x, T* __restrict
   }
 }
 
-// 3x3 windows, stride 2, padding 1 (is_3x3s2p1_any: the ResNet stem's and the
-// seed network's pooling), values only, one pass per output row in 16-output
-// chunks. Output q covers input columns 2q-1, 2q, 2q+1, so after the vertical
-// reduction v of the window's rows (32 columns from 2*q0, identity past the
-// row end) and its split into even columns e[l] = v[2l] and odd ones
-// o[l] = v[2l+1]: out[q0+l] = comb(comb(o[l-1], e[l]), o[l]), where o[-1] is
-// the previous chunk's last odd column (the left padding for the first).
-// The generic path spends ~8 short loops per row on the 14-wide rows of
-// 28x28 planes; this is straight vector code.
-template <class Op, typename T>
-FC_TGT void fwd_3x3s2p1(const PoolProblem& p, const T* __restrict x, T* __restrict y, int64_t b, int64_t e) {
-  constexpr int64_t kC = 16;
-  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
-  int64_t plane = b / P, oh = b % P - 1;
-  for (int64_t it = b; it < e; ++it) {
-    if (++oh == P) {
-      oh = 0;
-      ++plane;
-    }
-    // row 2*oh is always inside (P == (H + 1) / 2); its neighbours may be padding
-    const T* __restrict mid = x + (plane * H + 2 * oh) * W;
-    const T* __restrict up = oh > 0 ? mid - W : nullptr;
-    const T* __restrict dn = 2 * oh + 1 < H ? mid + W : nullptr;
-    T rdiv = T(3);
-    if (Op::avg && !p.count_include_pad) rdiv = T(1 + (up != nullptr) + (dn != nullptr));
-    T* __restrict out = y + it * Q;
-    T carry = Op::id();
-    for (int64_t q0 = 0; q0 < Q; q0 += kC) {
-      const int64_t c0 = 2 * q0, n = std::min<int64_t>(2 * kC, W - c0);
-      T v[2 * kC], t[2 * kC];
-      load_n<2 * kC>(v, mid + c0, n, Op::id());
-      if (up) {
-        load_n<2 * kC>(t, up + c0, n, Op::id());
-        for (int64_t l = 0; l < 2 * kC; ++l) v[l] = Op::comb(t[l], v[l]);
-      }
-      if (dn) {
-        load_n<2 * kC>(t, dn + c0, n, Op::id());
-        for (int64_t l = 0; l < 2 * kC; ++l) v[l] = Op::comb(v[l], t[l]);
-      }
-      T ev[kC], od[kC], pr[kC], o[kC];
-      for (int64_t l = 0; l < kC; ++l) {
-        ev[l] = v[2 * l];
-        od[l] = v[2 * l + 1];
-      }
-      pr[0] = carry;
-      for (int64_t l = 1; l < kC; ++l) pr[l] = od[l - 1];
-      carry = od[kC - 1];
-      for (int64_t l = 0; l < kC; ++l) o[l] = Op::comb(Op::comb(pr[l], ev[l]), od[l]);
-      if constexpr (Op::avg) {
-        for (int64_t l = 0; l < kC; ++l) {
-          const int64_t q = q0 + l;
-          // columns inside the image: 3, less the left padding (q = 0) and the right one (2q+1 = W)
-          const T cdiv = p.count_include_pad ? T(3) : T(3 - (q == 0) - (2 * q + 1 >= W));
-          o[l] = o[l] / (p.divisor_override ? T(p.divisor_override) : rdiv * cdiv);
-        }
-      }
-      store_n<kC>(out + q0, o, Q - q0);
-    }
-  }
-}
-
 #ifdef FC_POOL_AVX512_PASS
-// The same for float with AVX-512 intrinsics: GCC built the shifted odd
-// columns o[l-1] and the partial store of a 14-wide row (28x28 planes) from
-// scalar inserts and extracts, which cost more than the rest of the row. Here
-// they are one valignd and one masked store; the row ends are masked loads
-// that fill the identity. comb(a, v) as the Op's: vmaxps(a, v) returns v
-// when either is NaN, then a NaN accumulator a is put back.
+// 3x3 windows, stride 2, padding 1 (is_3x3s2p1_any: the ResNet stem's and the
+// seed network's pooling), values only, float: one pass per output row in
+// 16-output chunks. Output q covers input columns 2q-1, 2q, 2q+1, so after the
+// vertical reduction v of the window's rows (32 columns from 2*q0, identity
+// past the row end: masked loads) and its split into even columns
+// e[l] = v[2l] and odd ones o[l] = v[2l+1] (two vpermt2ps):
+// out[q0+l] = comb(comb(o[l-1], e[l]), o[l]), where o[-1] is the previous
+// chunk's last odd column (the left padding for the first), one valignd.
+// The generic row kernels spend ~8 short loops per row on the 14-wide rows of
+// 28x28 planes (3x slower there). Written with intrinsics: GCC compiled the
+// same loops in plain C++ to scalar inserts (the shifted o[l-1]) and extracts
+// (the partial store), no faster than the generic path; other ISAs and double
+// keep the generic one. comb(a, v) as the Op's: vmaxps(a, v) returns v when
+// either is NaN, then a NaN accumulator a is put back.
 template <class Op>
 FC_TGT FC_AI __m512 comb16(__m512 a, __m512 v) {
   if constexpr (Op::avg) {
@@ -969,22 +916,17 @@ FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int
       case PoolKind::Avg: return fwd_2x2s2<AvgOp<T>, T, false>(p, x, y, idx, b, e);
     }
   }
-  if (!idx && is_3x3s2p1_any(p)) {
 #ifdef FC_POOL_AVX512_PASS
-    if constexpr (std::is_same<T, float>::value) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (!idx && is_3x3s2p1_any(p)) {
       switch (kind) {
         case PoolKind::Max: return fwd_3x3s2p1_f32<MaxOp<float>>(p, x, y, b, e);
         case PoolKind::Min: return fwd_3x3s2p1_f32<MinOp<float>>(p, x, y, b, e);
         case PoolKind::Avg: return fwd_3x3s2p1_f32<AvgOp<float>>(p, x, y, b, e);
       }
     }
-#endif
-    switch (kind) {
-      case PoolKind::Max: return fwd_3x3s2p1<MaxOp<T>, T>(p, x, y, b, e);
-      case PoolKind::Min: return fwd_3x3s2p1<MinOp<T>, T>(p, x, y, b, e);
-      case PoolKind::Avg: return fwd_3x3s2p1<AvgOp<T>, T>(p, x, y, b, e);
-    }
   }
+#endif
   switch (kind) {
     case PoolKind::Max:
       if (idx && narrow) fwd_rows_idx<MaxOp<T>, T, int32_t>(p, x, y, idx, b, e, scr, i32);

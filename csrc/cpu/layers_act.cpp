@@ -5,10 +5,17 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "fastconv/gemm.h"  // cpu_has_avx512
 #include "fastconv/layers_cpu.h"
 #include "layers_common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(FASTCONV_NO_X86_KERNELS)
+#include <immintrin.h>
+#define FC_SOFTMAX_AVX512 1
+#endif
 
 namespace fastconv {
 namespace layers_detail {
@@ -145,6 +152,46 @@ FC_CLONES void softmax_row_bwd(bool log, const T* dy, const T* y, int64_t D, T* 
     for (int64_t i = 0; i < D; ++i) dx[i] = y[i] * (dy[i] - s);
   }
 }
+
+#ifdef FC_SOFTMAX_AVX512
+// softmax backward of one float row with AVX-512, dx = y * (dy - dot(dy, y)).
+// The cloned C++ above leaves, per row, a scalar remainder of up to 63 products,
+// a scalar fold of the 16 lanes into doubles and scalar tails in the output
+// loop: on 1000-wide rows (256x1000) that was as much as the vector work.
+// Here every step is whole or masked vectors. Same summation design as
+// row_reduce: 4 x 16 float lanes per 1024-element block (element i of a block in
+// lane i % 64), folded (a0 + a1) + (a2 + a3) and added to 16 double lanes, which
+// are summed as a tree at the end (the cloned path sums them in lane order).
+__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void softmax_row_bwd_f32_avx512(
+    const float* dy, const float* y, int64_t D, float* dx) {
+  __m512d d0 = _mm512_setzero_pd(), d1 = _mm512_setzero_pd();
+  for (int64_t i0 = 0; i0 < D; i0 += kSumBlock) {
+    const int64_t e = std::min(D, i0 + kSumBlock);
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t i = i0;
+    for (; i + 64 <= e; i += 64)
+      for (int k = 0; k < 4; ++k)
+        a[k] = _mm512_fmadd_ps(_mm512_loadu_ps(dy + i + 16 * k), _mm512_loadu_ps(y + i + 16 * k), a[k]);
+    for (int k = 0; i < e; i += 16, ++k) {
+      const int64_t n = e - i;
+      const __mmask16 m = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u);
+      a[k] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dy + i), _mm512_maskz_loadu_ps(m, y + i), a[k]);
+    }
+    const __m512 f = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+    d0 = _mm512_add_pd(d0, _mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+    d1 = _mm512_add_pd(d1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))));
+  }
+  const __m512 s = _mm512_set1_ps(float(_mm512_reduce_add_pd(_mm512_add_pd(d0, d1))));
+  int64_t i = 0;
+  for (; i + 16 <= D; i += 16)
+    _mm512_storeu_ps(dx + i, _mm512_mul_ps(_mm512_loadu_ps(y + i), _mm512_sub_ps(_mm512_loadu_ps(dy + i), s)));
+  if (i < D) {
+    const __mmask16 m = __mmask16((1u << (D - i)) - 1u);
+    _mm512_mask_storeu_ps(dx + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i),
+                                                   _mm512_sub_ps(_mm512_maskz_loadu_ps(m, dy + i), s)));
+  }
+}
+#endif
 
 // A (D x len) block with row stride `inner`: softmax down each column.
 // acc/mx are len-long scratch.
@@ -299,6 +346,16 @@ void softmax_backward(bool log, int64_t outer, int64_t D, int64_t inner, const T
                       T* dx) {
   const int64_t total = outer * D * inner;
   if (inner == 1) {
+#ifdef FC_SOFTMAX_AVX512
+    if constexpr (std::is_same<T, float>::value) {
+      static const bool avx512 = cpu_has_avx512();
+      if (!log && avx512) {
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
+        for (int64_t o = 0; o < outer; ++o) softmax_row_bwd_f32_avx512(dy + o * D, y + o * D, D, dx + o * D);
+        return;
+      }
+    }
+#endif
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
     for (int64_t o = 0; o < outer; ++o) softmax_row_bwd<T>(log, dy + o * D, y + o * D, D, dx + o * D);
     return;

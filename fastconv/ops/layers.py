@@ -74,6 +74,8 @@ def _real(v, name, lo=None, lo_open=False):
 
 
 def _int(v, name):
+    if type(v) is int:  # the common case, without the abc check below
+        return v
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {v!r}")
     return int(v)

@@ -79,6 +79,8 @@ def info(cuda: bool = False) -> dict:
         "isas_available": _cpu_backend.available_isas() if cpu else [],
         "threads": get_num_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        # pooling / layer ops smaller than this (elements touched) run on one thread
+        "parallel_min_work": _cpu_backend._cpu.parallel_min_work() if cpu else None,
         "buffer_cache_limit_bytes": buffer_cache_info().get("limit_bytes"),
         "backends": backends.available(),
         "default_backend": backends.default_backend(),

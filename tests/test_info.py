@@ -147,3 +147,49 @@ def test_thread_count_reaches_numba_loaded_later(tmp_path, layer):
     assert out.returncode == 0, out.stderr
     lines = [line.split() for line in out.stdout.strip().split("\n")]
     assert lines == [["1", "1"], ["2", "1"], ["2", "2"]]
+
+
+@pytest.mark.skipif(not cpu.CPU_AVAILABLE, reason="compiled CPU module missing")
+@pytest.mark.parametrize("policy,want", [(None, 1 << 15), ("passive", 1 << 19), ("PASSIVE", 1 << 19),
+                                         ("active", 1 << 15)])
+def test_parallel_threshold_follows_wait_policy(tmp_path, policy, want):
+    # under OMP_WAIT_POLICY=passive a fork is a futex wake-up, so the pooling and layer ops stay on
+    # one thread up to 2^19 elements touched: info() says so, and the results (softmax, its
+    # backward, relu, cross entropy, pooling between the two thresholds) are bit-identical to
+    # this process's two-thread ones
+    rng = np.random.default_rng(3)
+    arrays = dict(z=rng.standard_normal((256, 1000)).astype(np.float32),
+                  g=rng.standard_normal((256, 1000)).astype(np.float32),
+                  x=rng.standard_normal((8, 16, 28, 28)).astype(np.float32),
+                  t=rng.integers(0, 1000, 256))
+    np.savez(tmp_path / "in.npz", **arrays)
+    code = (
+        "import sys, numpy as np, fastconv\n"
+        "from fastconv import ops\n"
+        "fastconv.set_num_threads(2)\n"
+        "a = np.load(sys.argv[1])\n"
+        "y = ops.softmax(a['z'], 1)\n"
+        "out = dict(y=y, dy=ops.softmax_backward(a['g'], y, 1), r=ops.relu(a['z']),\n"
+        "           ce=ops.cross_entropy(a['z'], a['t'])[1], p=ops.max_pool2d(a['x'], 3, 2, 1),\n"
+        "           q=ops.avg_pool2d_backward(ops.avg_pool2d(a['x'], 2), a['x'], 2))\n"
+        "np.savez(sys.argv[2], **out)\n"
+        "print(fastconv.info()['parallel_min_work'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in [env.get("PYTHONPATH")] if p])
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout.strip().splitlines()[-1]) == want
+    got = np.load(tmp_path / "out.npz")
+    fastconv.set_num_threads(2)
+    y = ops.softmax(arrays["z"], 1)
+    np.testing.assert_array_equal(got["y"], y)
+    np.testing.assert_array_equal(got["dy"], ops.softmax_backward(arrays["g"], y, 1))
+    np.testing.assert_array_equal(got["r"], ops.relu(arrays["z"]))
+    np.testing.assert_array_equal(got["ce"], ops.cross_entropy(arrays["z"], arrays["t"])[1])
+    np.testing.assert_array_equal(got["p"], ops.max_pool2d(arrays["x"], 3, 2, 1))
+    x = arrays["x"]
+    np.testing.assert_array_equal(got["q"], ops.avg_pool2d_backward(ops.avg_pool2d(x, 2), x, 2))

@@ -193,6 +193,9 @@ PYBIND11_MODULE(_cpu, m) {
     fastconv::set_max_threads(n);
   });
   m.def("get_num_threads", &fastconv::max_threads);
+  m.def("parallel_min_work", &fastconv::parallel_min_work,
+        "Elements touched below which the pooling and layer kernels run on one thread "
+        "(2^15; 2^19 under OMP_WAIT_POLICY=passive).");
   m.def("gemm_isa", &fastconv::gemm_isa);
   m.def("set_gemm_isa", [](const std::string& isa) {
     try {

@@ -33,8 +33,9 @@ namespace layers_detail {
 // the same order whatever the thread count.
 constexpr int kLanes = 16;
 
-// Work-size threshold below which a parallel region costs more than it saves.
-constexpr int64_t kParallelMin = 1 << 15;
+// Work-size threshold below which a parallel region costs more than it saves
+// (fastconv/parallel.h: higher under OMP_WAIT_POLICY=passive).
+static const int64_t kParallelMin = ::fastconv::parallel_min_work();
 
 FC_INLINE float bits_to_float(uint32_t u) {
   float f;

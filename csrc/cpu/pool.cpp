@@ -181,7 +181,8 @@ inline void split(int64_t n, int64_t& b, int64_t& e) {
   e = n * (t + 1) / nt;
 }
 
-constexpr int64_t kParallelMin = 1 << 15;  // elements touched below which threads cost more than they give
+// elements touched below which threads cost more than they give (higher under a passive wait policy)
+const int64_t kParallelMin = parallel_min_work();
 
 bool is_global(const PoolProblem& p) {
   return p.P == 1 && p.Q == 1 && p.ph == 0 && p.pw == 0 && p.kh == p.H && p.kw == p.W &&

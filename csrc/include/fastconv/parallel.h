@@ -41,6 +41,29 @@ inline void set_max_threads(int n) {
 #endif
 }
 
+// Work size (elements touched) below which the pooling and layer kernels run on the calling
+// thread: a parallel region costs more than it gives there. With OpenMP's default wait policy
+// the team spins between regions and a fork costs ~4 us on the project machine (2 vCPUs); with
+// OMP_WAIT_POLICY=passive the threads sleep and each fork is a futex wake-up, ~55 us measured
+// there (a 33K-element relu: 6 us on one thread, 62 us on two), about what one thread needs to
+// stream 2^19 floats through the cache, so the threshold rises to that. Read once.
+inline int64_t parallel_min_work() {
+  static const int64_t v = [] {
+    const char* p = std::getenv("OMP_WAIT_POLICY");
+    bool passive = false;
+    if (p != nullptr) {
+      const char* want = "passive";
+      passive = true;
+      int i = 0;
+      for (; p[i] != '\0' && want[i] != '\0'; ++i)
+        if ((p[i] | 0x20) != want[i]) passive = false;
+      if (p[i] != '\0' || want[i] != '\0') passive = false;
+    }
+    return passive ? int64_t(1) << 19 : int64_t(1) << 15;
+  }();
+  return v;
+}
+
 inline bool in_parallel() {
 #ifdef _OPENMP
   return omp_in_parallel();

@@ -307,6 +307,24 @@ def test_softmax_nan_rows(dtype):
         close(y[4:], ref, dtype, "clean row", 2e-6 if dtype == np.float32 else 1e-13)
 
 
+def test_softmax_exp_accuracy():
+    # the float exp inside softmax, directly: rows [0, t, ..., t] (17 wide: a full vector and a
+    # masked tail) give y[k] / y[0] = exp(t); within 4 ulp of float64 exp over [-87, 0] (normal
+    # results), and exactly 0 from t = -104 (below half the smallest subnormal) down to -inf
+    t = np.concatenate([np.linspace(-87.0, 0.0, 40001), [-1e-7, -0.5 * np.log(2), -np.log(2)]]).astype(np.float32)
+    x = np.zeros((t.size, 17), np.float32)
+    x[:, 1:] = t[:, None]
+    y = L.softmax(x, 1).astype(np.float64)
+    want = np.exp(t.astype(np.float64))
+    for k in (1, 16):
+        rel = np.abs(y[:, k] / y[:, 0] - want) / want
+        assert rel.max() <= 4 * 2.0 ** -23, f"column {k}: max rel err {rel.max():.2e} at t={t[rel.argmax()]}"
+    x2 = np.zeros((4, 17), np.float32)
+    x2[:, 1:] = np.array([-104.0, -120.0, -1e30, -np.inf], np.float32)[:, None]
+    y2 = L.softmax(x2, 1)
+    assert np.all(y2[:, 1:] == 0) and np.all(y2[:, 0] == 1)
+
+
 def test_softmax_vs_torch(rng):
     torch = torch_or_skip()
     F = torch.nn.functional

@@ -154,6 +154,9 @@ FC_CLONES void softmax_row_bwd(bool log, const T* dy, const T* y, int64_t D, T* 
 }
 
 #ifdef FC_SOFTMAX_AVX512
+#define FC_AVX512_TGT __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+FC_AVX512_TGT inline __mmask16 tail16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
 // softmax backward of one float row with AVX-512, dx = y * (dy - dot(dy, y)).
 // The cloned C++ above leaves, per row, a scalar remainder of up to 63 products,
 // a scalar fold of the 16 lanes into doubles and scalar tails in the output
@@ -162,7 +165,7 @@ FC_CLONES void softmax_row_bwd(bool log, const T* dy, const T* y, int64_t D, T* 
 // row_reduce: 4 x 16 float lanes per 1024-element block (element i of a block in
 // lane i % 64), folded (a0 + a1) + (a2 + a3) and added to 16 double lanes, which
 // are summed as a tree at the end (the cloned path sums them in lane order).
-__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void softmax_row_bwd_f32_avx512(
+FC_AVX512_TGT void softmax_row_bwd_f32_avx512(
     const float* dy, const float* y, int64_t D, float* dx) {
   __m512d d0 = _mm512_setzero_pd(), d1 = _mm512_setzero_pd();
   for (int64_t i0 = 0; i0 < D; i0 += kSumBlock) {
@@ -173,8 +176,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void softmax_row_b
       for (int k = 0; k < 4; ++k)
         a[k] = _mm512_fmadd_ps(_mm512_loadu_ps(dy + i + 16 * k), _mm512_loadu_ps(y + i + 16 * k), a[k]);
     for (int k = 0; i < e; i += 16, ++k) {
-      const int64_t n = e - i;
-      const __mmask16 m = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u);
+      const __mmask16 m = tail16(e - i);
       a[k] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dy + i), _mm512_maskz_loadu_ps(m, y + i), a[k]);
     }
     const __m512 f = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
@@ -189,6 +191,69 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))) void softmax_row_b
     const __mmask16 m = __mmask16((1u << (D - i)) - 1u);
     _mm512_mask_storeu_ps(dx + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i),
                                                    _mm512_sub_ps(_mm512_maskz_loadu_ps(m, dy + i), s)));
+  }
+}
+#endif
+
+#ifdef FC_SOFTMAX_AVX512
+
+// exp(x) for x <= 0 or NaN (softmax's x - max): exp_poly's range reduction and
+// degree-6 polynomial (Cephes coefficients), but 2^n applied by vscalefps and
+// no upper clamp, ~15 instructions a vector where the cloned exp_poly compiled
+// to ~22 with mask juggling (the softmax forward is exp-bound). x is clamped
+// at -120 first (vmaxps with x second keeps a NaN): exp(-120) rounds to 0, so
+// exp(-inf) == 0 exactly.
+FC_AVX512_TGT inline __m512 exp_nonpos16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-120.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// softmax / log_softmax of one float row with AVX-512 (masked tails): the
+// maximum, then exp(x - max) (stored for softmax) summed in 16 float lanes
+// (element i in lane i % 16, as row_exp_sum) and the lanes summed in double,
+// then the scaling pass.
+FC_AVX512_TGT void softmax_row_f32_avx512(bool log, const float* x, int64_t D, float* y) {
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 mv = ninf;
+  int64_t i = 0;
+  for (; i + 16 <= D; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
+  if (i < D) mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(ninf, tail16(D - i), x + i));
+  const float mf = _mm512_reduce_max_ps(mv);
+  const __m512 m = _mm512_set1_ps(mf);
+  __m512 s = _mm512_setzero_ps();
+  for (i = 0; i + 16 <= D; i += 16) {
+    const __m512 e = exp_nonpos16(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+    if (!log) _mm512_storeu_ps(y + i, e);
+    s = _mm512_add_ps(s, e);
+  }
+  if (i < D) {
+    const __mmask16 t = tail16(D - i);
+    const __m512 e = _mm512_maskz_mov_ps(t, exp_nonpos16(_mm512_sub_ps(_mm512_maskz_loadu_ps(t, x + i), m)));
+    if (!log) _mm512_mask_storeu_ps(y + i, t, e);
+    s = _mm512_add_ps(s, e);
+  }
+  const double sum = _mm512_reduce_add_pd(
+      _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(s)),
+                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)))));
+  if (log) {
+    const __m512 sub = _mm512_set1_ps(float(double(mf) + std::log(sum)));
+    for (i = 0; i + 16 <= D; i += 16) _mm512_storeu_ps(y + i, _mm512_sub_ps(_mm512_loadu_ps(x + i), sub));
+    if (i < D) _mm512_mask_storeu_ps(y + i, tail16(D - i), _mm512_sub_ps(_mm512_maskz_loadu_ps(tail16(D - i), x + i), sub));
+  } else {
+    const __m512 inv = _mm512_set1_ps(float(1.0 / sum));
+    for (i = 0; i + 16 <= D; i += 16) _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_loadu_ps(y + i), inv));
+    if (i < D) _mm512_mask_storeu_ps(y + i, tail16(D - i), _mm512_mul_ps(_mm512_maskz_loadu_ps(tail16(D - i), y + i), inv));
   }
 }
 #endif
@@ -323,6 +388,16 @@ template <typename T>
 void softmax_forward(bool log, int64_t outer, int64_t D, int64_t inner, const T* x, T* y) {
   const int64_t total = outer * D * inner;
   if (inner == 1) {
+#ifdef FC_SOFTMAX_AVX512
+    if constexpr (std::is_same<T, float>::value) {
+      static const bool avx512 = cpu_has_avx512();
+      if (avx512) {
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
+        for (int64_t o = 0; o < outer; ++o) softmax_row_f32_avx512(log, x + o * D, D, y + o * D);
+        return;
+      }
+    }
+#endif
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
     for (int64_t o = 0; o < outer; ++o) softmax_row<T>(log, x + o * D, D, y + o * D);
     return;

@@ -427,3 +427,31 @@ def test_one_sgd_step_matches_torch(rng, torch):
         tsd = tnet.state_dict()
         for name, v in net.state_dict().items():
             assert rel(np.asarray(v, np.float64), tsd[name].numpy().astype(np.float64)) < 1e-4, (step, name)
+
+
+@pytest.mark.parametrize("fn", ["max_pool2d", "min_pool2d"])
+def test_maxpool_without_grad_takes_values_only_path(fn):
+    # no_grad, a constant input, or a Tensor that does not require grad: the values-only kernel
+    # (no indices); the values are those of the recorded path, and nothing is recorded
+    from fastconv.autograd import no_grad
+    f = getattr(F, fn)
+    x = np.random.default_rng(4).standard_normal((2, 3, 28, 28)).astype(np.float32)
+    t = Tensor(x.copy(), requires_grad=True)
+    y = f(t, 3, 2, 1)
+    assert y.requires_grad
+    with no_grad():
+        y_ng = f(t, 3, 2, 1)
+    y_const = f(Tensor(x), 3, 2, 1)
+    y_arr = f(x, 3, 2, 1)
+    for other in (y_ng, y_const, y_arr):
+        assert isinstance(other, Tensor) and not other.requires_grad
+        np.testing.assert_array_equal(other.data, y.data)
+    with no_grad():
+        y_i, idx = f(t, 3, 2, 1, return_indices=True)       # indices asked for: still given
+    np.testing.assert_array_equal(y_i.data, y.data)
+    assert idx.data.dtype == np.int64 and idx.shape == y.shape
+    g = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+    y.backward(Tensor(g))
+    from fastconv.ops import pool as P
+    want = (P.max_pool2d_backward if fn == "max_pool2d" else P.min_pool2d_backward)(g, x, 3, 2, 1)
+    np.testing.assert_array_equal(t.grad.data if isinstance(t.grad, Tensor) else t.grad, want)

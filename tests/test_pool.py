@@ -561,21 +561,25 @@ def test_2x2_stride2_fast_path_ties_nan_and_chunk_edges(shape, dtype, rng):
 @pytest.mark.parametrize("shape", [(2, 3, 28, 28), (1, 2, 29, 31), (1, 1, 1, 1), (2, 1, 2, 3), (1, 2, 5, 2),
                                    (1, 1, 3, 32), (1, 1, 4, 33), (1, 2, 7, 64), (1, 1, 6, 65), (1, 1, 112, 17)])
 def test_3x3_stride2_pad1_fast_path_ties_nan_and_chunk_edges(shape, dtype, rng):
-    """3x3/s2/p1 values-only forward runs its own kernel (16 outputs per chunk, the window's left
-    column carried over from the previous chunk): rows shorter, equal and longer than one or two
-    chunks, odd and even sizes (the right/bottom padding inside or outside the last window), 1x1
-    planes, heavy ties, NaN and -inf, against the float64 reference and the indices path."""
+    """3x3/s2/p1 forward runs kernels of its own, values only and with indices (16 outputs per
+    chunk, the window's left column carried over from the previous chunk): rows shorter, equal
+    and longer than one or two chunks, odd and even sizes (the right/bottom padding inside or
+    outside the last window), 1x1 planes, heavy ties, NaN, -inf and planes of identities only
+    (indices: the first in-image element), values and indices against the float64 reference."""
     x = rng.integers(-2, 3, size=shape).astype(dtype)
     flat = x.reshape(-1)
     flat[rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)] = np.nan
     flat[rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)] = -np.inf
     for kind in ("max", "min"):
         fn = P.max_pool2d if kind == "max" else P.min_pool2d
-        y_only = fn(x, 3, 2, 1)
-        y, _ = fn(x, 3, 2, 1, return_indices=True)               # the generic row kernels
-        ry, _ = ref.maxmin_pool(x, kind, 3, 2, 1)
+        xk = x.copy()
+        xk[0, 0] = -np.inf if kind == "max" else np.inf         # windows of identities only
+        y_only = fn(xk, 3, 2, 1)
+        y, i = fn(xk, 3, 2, 1, return_indices=True)              # a kernel of its own too (float)
+        ry, ri = ref.maxmin_pool(xk, kind, 3, 2, 1)
         np.testing.assert_array_equal(y_only, ry.astype(dtype))
-        np.testing.assert_array_equal(y_only, y)
+        np.testing.assert_array_equal(y, ry.astype(dtype))
+        np.testing.assert_array_equal(i, ri)
     xf = rng.standard_normal(shape).astype(dtype)
     tol = 1e-6 if dtype == np.float32 else 1e-13
     for extra in ({}, dict(count_include_pad=False), dict(divisor_override=5), dict(ceil_mode=True)):

@@ -902,6 +902,85 @@ FC_TGT void fwd_3x3s2p1_f32(const PoolProblem& p, const float* __restrict x, flo
 }
 #endif
 
+#ifdef FC_POOL_AVX512_PASS
+// better(v, a) of the Op for 16 floats: strictly better, or v NaN (a later NaN replaces an earlier one)
+template <class Op>
+FC_TGT FC_AI __mmask16 better16(__m512 v, __m512 a) {
+  const int cmp = std::is_same<Op, MaxOp<float>>::value ? _CMP_GT_OQ : _CMP_LT_OQ;
+  return __mmask16(_mm512_cmp_ps_mask(v, a, cmp) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+}
+
+// 3x3/s2/p1 max/min with indices, float, planes under 2^31 elements (int32
+// positions): fwd_3x3s2p1_f32's chunking with fwd_rows_idx's rule. Per window
+// row (top to bottom): the best of columns 2q-1, 2q, 2q+1 in that order, kept
+// only when strictly better (or NaN), starting from the identity at the first
+// in-image column; then the rows in order under the same rule, starting from
+// the first in-image row. So the first extreme in row-major window order wins,
+// a window of identities (-inf for max) points at its first in-image element,
+// and a NaN's position (the last NaN) is reported, as the generic kernel and torch.
+template <class Op>
+FC_TGT void fwd_3x3s2p1_idx_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y,
+                                int64_t* __restrict idx, int64_t b, int64_t e) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const __m512 id = _mm512_set1_ps(Op::id());
+  const __m512i iev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i iod = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
+  int64_t plane = b / P, oh = b % P - 1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++oh == P) {
+      oh = 0;
+      ++plane;
+    }
+    const float* __restrict xp = x + plane * H * W;
+    const int64_t r_lo = oh > 0 ? 2 * oh - 1 : 0, r_hi = std::min<int64_t>(2 * oh + 1, H - 1);
+    float* __restrict out = y + it * Q;
+    int64_t* __restrict dst = idx + it * Q;
+    // the window's previous-chunk odd column, per row
+    __m512 carry[3] = {id, id, id};
+    for (int64_t q0 = 0; q0 < Q; q0 += 16) {
+      const int64_t c0 = 2 * q0, n = W - c0;
+      const __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16);
+      // column of tap 1 (2q) per lane; taps 0 and 2 are one left and one right
+      const __m512i c2q = _mm512_add_epi32(_mm512_set1_epi32(int32_t(c0)), iev);
+      const __m512i cl = _mm512_sub_epi32(c2q, one), cr = _mm512_add_epi32(c2q, one);
+      const __m512i first_col = _mm512_max_epi32(cl, zero);
+      __m512 acc = id;
+      __m512i oi = _mm512_add_epi32(_mm512_set1_epi32(int32_t(r_lo * W)), first_col);
+      for (int64_t r = r_lo; r <= r_hi; ++r) {
+        const float* __restrict row = xp + r * W;
+        const __m512 v0 = _mm512_mask_loadu_ps(id, m0, row + c0);
+        const __m512 v1 = _mm512_mask_loadu_ps(id, m1, row + c0 + 16);
+        const __m512 ev = _mm512_permutex2var_ps(v0, iev, v1);
+        const __m512 od = _mm512_permutex2var_ps(v0, iod, v1);
+        const int k = int(r - (2 * oh - 1));  // 0, 1, 2: the window row
+        const __m512 pr = _mm512_castsi512_ps(
+            _mm512_alignr_epi32(_mm512_castps_si512(od), _mm512_castps_si512(carry[k]), 15));
+        carry[k] = od;
+        // tap 0 against the identity: taken when better (never for the padding column)
+        __mmask16 mk = better16<Op>(pr, id);
+        __m512 hv = _mm512_mask_mov_ps(id, mk, pr);
+        __m512i hc = _mm512_mask_mov_epi32(first_col, mk, cl);
+        mk = better16<Op>(ev, hv);
+        hv = _mm512_mask_mov_ps(hv, mk, ev);
+        hc = _mm512_mask_mov_epi32(hc, mk, c2q);
+        mk = better16<Op>(od, hv);
+        hv = _mm512_mask_mov_ps(hv, mk, od);
+        hc = _mm512_mask_mov_epi32(hc, mk, cr);
+        mk = better16<Op>(hv, acc);
+        acc = _mm512_mask_mov_ps(acc, mk, hv);
+        oi = _mm512_mask_mov_epi32(oi, mk, _mm512_add_epi32(_mm512_set1_epi32(int32_t(r * W)), hc));
+      }
+      const __mmask16 sm = lanes16(Q - q0);
+      _mm512_mask_storeu_ps(out + q0, sm, acc);
+      _mm512_mask_storeu_epi64(dst + q0, __mmask8(sm & 0xFF), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(oi)));
+      _mm512_mask_storeu_epi64(dst + q0 + 8, __mmask8(sm >> 8),
+                               _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(oi, 1)));
+    }
+  }
+}
+#endif
+
 template <typename T>
 FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* idx, int64_t b,
                       int64_t e, T* scr, int64_t* iscr) {
@@ -919,6 +998,10 @@ FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int
   }
 #ifdef FC_POOL_AVX512_PASS
   if constexpr (std::is_same<T, float>::value) {
+    if (idx && narrow && is_3x3s2p1_any(p) && kind != PoolKind::Avg) {
+      if (kind == PoolKind::Max) return fwd_3x3s2p1_idx_f32<MaxOp<float>>(p, x, y, idx, b, e);
+      return fwd_3x3s2p1_idx_f32<MinOp<float>>(p, x, y, idx, b, e);
+    }
     if (!idx && is_3x3s2p1_any(p)) {
       switch (kind) {
         case PoolKind::Max: return fwd_3x3s2p1_f32<MaxOp<float>>(p, x, y, b, e);

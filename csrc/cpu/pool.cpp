@@ -903,6 +903,36 @@ FC_TGT void fwd_3x3s2p1_f32(const PoolProblem& p, const float* __restrict x, flo
 #endif
 
 #ifdef FC_POOL_AVX512_PASS
+// fwd_2x2s2's average for float with AVX-512: the same sums in the same order,
+// ((a[2l] + a[2l+1]) + (c[2l] + c[2l+1])) * inv, with the even/odd columns split
+// by vpermt2ps (GCC's version of that split in fwd_2x2s2 took 1.8x the max's time).
+FC_TGT void avg_fwd_2x2s2_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y, int64_t b,
+                              int64_t e) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const __m512 inv = _mm512_set1_ps(1.0f / float(p.divisor_override ? p.divisor_override : 4));
+  const __m512i iev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i iod = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  int64_t plane = b / P, oh = b % P - 1;
+  for (int64_t it = b; it < e; ++it) {
+    if (++oh == P) {
+      oh = 0;
+      ++plane;
+    }
+    const float* __restrict r0 = x + plane * H * W + 2 * oh * W;
+    const float* __restrict r1 = r0 + W;
+    float* __restrict out = y + it * Q;
+    for (int64_t q0 = 0; q0 < Q; q0 += 16) {
+      const int64_t n = 2 * (Q - q0);  // the windows' columns (an odd W's last one is unused)
+      const __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16);
+      const __m512 a0 = _mm512_maskz_loadu_ps(m0, r0 + 2 * q0), a1 = _mm512_maskz_loadu_ps(m1, r0 + 2 * q0 + 16);
+      const __m512 c0 = _mm512_maskz_loadu_ps(m0, r1 + 2 * q0), c1 = _mm512_maskz_loadu_ps(m1, r1 + 2 * q0 + 16);
+      const __m512 ta = _mm512_add_ps(_mm512_permutex2var_ps(a0, iev, a1), _mm512_permutex2var_ps(a0, iod, a1));
+      const __m512 tc = _mm512_add_ps(_mm512_permutex2var_ps(c0, iev, c1), _mm512_permutex2var_ps(c0, iod, c1));
+      _mm512_mask_storeu_ps(out + q0, lanes16(Q - q0), _mm512_mul_ps(_mm512_add_ps(ta, tc), inv));
+    }
+  }
+}
+
 // better(v, a) of the Op for 16 floats: strictly better, or v NaN (a later NaN replaces an earlier one)
 template <class Op>
 FC_TGT FC_AI __mmask16 better16(__m512 v, __m512 a) {
@@ -993,7 +1023,11 @@ FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int
         return idx ? fwd_2x2s2<MaxOp<T>, T, true>(p, x, y, idx, b, e) : fwd_2x2s2<MaxOp<T>, T, false>(p, x, y, idx, b, e);
       case PoolKind::Min:
         return idx ? fwd_2x2s2<MinOp<T>, T, true>(p, x, y, idx, b, e) : fwd_2x2s2<MinOp<T>, T, false>(p, x, y, idx, b, e);
-      case PoolKind::Avg: return fwd_2x2s2<AvgOp<T>, T, false>(p, x, y, idx, b, e);
+      case PoolKind::Avg:
+#ifdef FC_POOL_AVX512_PASS
+        if constexpr (std::is_same<T, float>::value) return avg_fwd_2x2s2_f32(p, x, y, b, e);
+#endif
+        return fwd_2x2s2<AvgOp<T>, T, false>(p, x, y, idx, b, e);
     }
   }
 #ifdef FC_POOL_AVX512_PASS

@@ -556,16 +556,23 @@ def test_2x2_stride2_fast_path_ties_nan_and_chunk_edges(shape, dtype, rng):
                                    ref.avg_pool(xf, 2, 2, divisor_override=div), rtol=tol, atol=tol)
 
 
-# ------------------------------------------- the 3x3 stride-2 pad-1 fast path
+# ------------------------------------------- the 3x3 stride-2 fast paths
+S2_SHAPES = [(2, 3, 28, 28), (1, 2, 29, 31), (1, 1, 1, 1), (2, 1, 2, 3), (1, 2, 5, 2), (1, 1, 3, 32), (1, 1, 4, 33),
+             (1, 2, 7, 64), (1, 1, 6, 65), (1, 1, 112, 17), (1, 1, 8, 34), (1, 1, 9, 35)]
+S2_CASES = [(shape, pad, ceil) for shape in S2_SHAPES for pad in (1, 0) for ceil in (False, True)
+            if pad == 1 or min(shape[2:]) >= 3]  # without padding a 3x3 window needs 3x3
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (1, 2, 29, 31), (1, 1, 1, 1), (2, 1, 2, 3), (1, 2, 5, 2),
-                                   (1, 1, 3, 32), (1, 1, 4, 33), (1, 2, 7, 64), (1, 1, 6, 65), (1, 1, 112, 17)])
-def test_3x3_stride2_pad1_fast_path_ties_nan_and_chunk_edges(shape, dtype, rng):
-    """3x3/s2/p1 forward runs kernels of its own, values only and with indices (16 outputs per
-    chunk, the window's left column carried over from the previous chunk): rows shorter, equal
-    and longer than one or two chunks, odd and even sizes (the right/bottom padding inside or
-    outside the last window), 1x1 planes, heavy ties, NaN, -inf and planes of identities only
-    (indices: the first in-image element), values and indices against the float64 reference."""
+@pytest.mark.parametrize("shape,pad,ceil", S2_CASES)
+def test_3x3_stride2_fast_path_ties_nan_and_chunk_edges(shape, pad, ceil, dtype, rng):
+    """3x3/s2 with padding 0 or 1 in either ceil mode (ResNet, AlexNet, GoogLeNet) runs forward
+    kernels of its own, values only and with indices (16 outputs per chunk, each window row read
+    as 33 columns): rows shorter, equal and longer than one or two chunks, odd and even sizes (the
+    right/bottom padding or a ceil-mode window's overhang inside or outside the last window), 1x1
+    planes, heavy ties, NaN, -inf and planes of identities only (indices: the first in-image
+    element), values and indices against the float64 reference; avg with every divisor rule."""
+    cfg = dict(kernel_size=3, stride=2, padding=pad, ceil_mode=ceil)
     x = rng.integers(-2, 3, size=shape).astype(dtype)
     flat = x.reshape(-1)
     flat[rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)] = np.nan
@@ -574,20 +581,20 @@ def test_3x3_stride2_pad1_fast_path_ties_nan_and_chunk_edges(shape, dtype, rng):
         fn = P.max_pool2d if kind == "max" else P.min_pool2d
         xk = x.copy()
         xk[0, 0] = -np.inf if kind == "max" else np.inf         # windows of identities only
-        y_only = fn(xk, 3, 2, 1)
-        y, i = fn(xk, 3, 2, 1, return_indices=True)              # a kernel of its own too (float)
-        ry, ri = ref.maxmin_pool(xk, kind, 3, 2, 1)
+        y_only = fn(xk, **cfg)
+        y, i = fn(xk, return_indices=True, **cfg)
+        ry, ri = ref.maxmin_pool(xk, kind, 3, 2, pad, 1, ceil)
         np.testing.assert_array_equal(y_only, ry.astype(dtype))
         np.testing.assert_array_equal(y, ry.astype(dtype))
         np.testing.assert_array_equal(i, ri)
     xf = rng.standard_normal(shape).astype(dtype)
     tol = 1e-6 if dtype == np.float32 else 1e-13
-    for extra in ({}, dict(count_include_pad=False), dict(divisor_override=5), dict(ceil_mode=True)):
-        np.testing.assert_allclose(P.avg_pool2d(xf, 3, 2, 1, **extra), ref.avg_pool(xf, 3, 2, 1, **extra),
+    for extra in ({}, dict(count_include_pad=False), dict(divisor_override=5)):
+        np.testing.assert_allclose(P.avg_pool2d(xf, **cfg, **extra), ref.avg_pool(xf, **cfg, **extra),
                                    rtol=tol, atol=tol)
     xn = xf.copy()
     xn.reshape(-1)[rng.choice(xn.size, size=max(1, xn.size // 40), replace=False)] = np.nan
-    np.testing.assert_allclose(P.avg_pool2d(xn, 3, 2, 1), ref.avg_pool(xn, 3, 2, 1), rtol=tol, atol=tol,
+    np.testing.assert_allclose(P.avg_pool2d(xn, **cfg), ref.avg_pool(xn, **cfg), rtol=tol, atol=tol,
                                equal_nan=True)
 
 

@@ -51,14 +51,16 @@ inline bool is_2x2s2_inside(const PoolProblem& p) {
 // 3x3 windows, stride 2, padding 1 (the ResNet stem's and the seed network's
 // pooling), floor-mode sizes, output planes small enough for a divided copy in
 // scratch: avg backward has a kernel of its own.
-// The forward (values only, float, AVX-512) has one for every plane size.
 constexpr int64_t kAvg3x3Plane = 1 << 14;
-inline bool is_3x3s2p1_any(const PoolProblem& p) {
-  return p.kh == 3 && p.kw == 3 && p.sh == 2 && p.sw == 2 && p.ph == 1 && p.pw == 1 && p.dh == 1 &&
-         p.dw == 1 && p.P == (p.H + 1) / 2 && p.Q == (p.W + 1) / 2;
-}
 inline bool is_3x3s2p1(const PoolProblem& p) {
-  return is_3x3s2p1_any(p) && (p.P + 1) * (p.Q + 1) <= kAvg3x3Plane;
+  return p.kh == 3 && p.kw == 3 && p.sh == 2 && p.sw == 2 && p.ph == 1 && p.pw == 1 && p.dh == 1 &&
+         p.dw == 1 && p.P == (p.H + 1) / 2 && p.Q == (p.W + 1) / 2 && (p.P + 1) * (p.Q + 1) <= kAvg3x3Plane;
+}
+// 3x3 windows, stride 2, padding 0 or 1, either ceil mode (ResNet, AlexNet,
+// ZFNet, GoogLeNet, Inception, the seed network): the float forward has
+// AVX-512 kernels of its own, values only and with indices.
+inline bool is_3x3s2_small_pad(const PoolProblem& p) {
+  return p.kh == 3 && p.kw == 3 && p.sh == 2 && p.sw == 2 && p.ph <= 1 && p.pw <= 1 && p.dh == 1 && p.dw == 1;
 }
 
 // Phase-buffer length (per phase) of the forward row kernels: long enough for
@@ -821,18 +823,17 @@ FC_TGT void fwd_2x2s2(const PoolProblem& p, const T* __restrict x, T* __restrict
 }
 
 #ifdef FC_POOL_AVX512_PASS
-// 3x3 windows, stride 2, padding 1 (is_3x3s2p1_any: the ResNet stem's and the
-// seed network's pooling), values only, float: one pass per output row in
-// 16-output chunks. Output q covers input columns 2q-1, 2q, 2q+1, so after the
-// vertical reduction v of the window's rows (32 columns from 2*q0, identity
-// past the row end: masked loads) and its split into even columns
-// e[l] = v[2l] and odd ones o[l] = v[2l+1] (two vpermt2ps):
-// out[q0+l] = comb(comb(o[l-1], e[l]), o[l]), where o[-1] is the previous
-// chunk's last odd column (the left padding for the first), one valignd.
-// The generic row kernels spend ~8 short loops per row on the 14-wide rows of
+// 3x3 windows, stride 2, padding 0 or 1, either ceil mode (is_3x3s2_small_pad),
+// values only, float: one pass per output row in 16-output chunks. Window q
+// covers input columns c + 2l, c + 2l + 1, c + 2l + 2 (c = 2*q0 - pw, l = q - q0),
+// so per window row 33 columns from c are loaded (masked: the identity outside
+// the image, including column -1), reduced vertically over the window's
+// in-image rows, and split by two vpermt2ps into the three taps (the third
+// tap's last lane is column c + 32): out = comb(comb(t0, t1), t2). The
+// generic row kernels spend ~8 short loops per row on the 14-wide rows of
 // 28x28 planes (3x slower there). Written with intrinsics: GCC compiled the
-// same loops in plain C++ to scalar inserts (the shifted o[l-1]) and extracts
-// (the partial store), no faster than the generic path; other ISAs and double
+// same loops in plain C++ to scalar inserts and extracts (the shifted taps and
+// the partial store), no faster than the generic path; other ISAs and double
 // keep the generic one. comb(a, v) as the Op's: vmaxps(a, v) returns v when
 // either is NaN, then a NaN accumulator a is put back.
 template <class Op>
@@ -844,58 +845,67 @@ FC_TGT FC_AI __m512 comb16(__m512 a, __m512 v) {
     return _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
   }
 }
+// Loads of one window row for 16 outputs: v0, v1 = columns [c, c + 32), v2 lane 0 = column
+// c + 32 (the third tap of the chunk's last window), identity outside [0, W). c >= -1.
+FC_TGT FC_AI void load_row3(const float* __restrict row, int64_t c, int64_t W, __m512 id, __m512& v0, __m512& v1,
+                            __m512& v2) {
+  const __mmask16 left = c < 0 ? __mmask16(0xFFFE) : __mmask16(0xFFFF);  // column -1: the padding
+  v0 = _mm512_mask_loadu_ps(id, __mmask16(lanes16(W - c) & left), row + c);
+  v1 = _mm512_mask_loadu_ps(id, lanes16(W - c - 16), row + c + 16);
+  v2 = _mm512_mask_loadu_ps(id, lanes16(W - c - 32) & 1, row + c + 32);
+}
+// The three taps of 16 windows from those: columns c + 2l, c + 2l + 1, c + 2l + 2.
+struct Taps16 {
+  __m512i i0, i1, i2;
+  FC_TGT Taps16()
+      : i0(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)),
+        i1(_mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)),
+        i2(_mm512_setr_epi32(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 0)) {}
+  FC_TGT FC_AI void split(__m512 v0, __m512 v1, __m512 v2, __m512& t0, __m512& t1, __m512& t2) const {
+    t0 = _mm512_permutex2var_ps(v0, i0, v1);
+    t1 = _mm512_permutex2var_ps(v0, i1, v1);
+    t2 = _mm512_mask_broadcastss_ps(_mm512_permutex2var_ps(v0, i2, v1), __mmask16(0x8000), _mm512_castps512_ps128(v2));
+  }
+};
+
 template <class Op>
-FC_TGT void fwd_3x3s2p1_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y, int64_t b,
-                            int64_t e) {
-  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+FC_TGT void fwd_3x3s2_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y, int64_t b,
+                          int64_t e, float* __restrict colcnt) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, ph = p.ph, pw = p.pw;
   const __m512 id = _mm512_set1_ps(Op::id());
-  const __m512i iev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i iod = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512 one = _mm512_set1_ps(1.0f);
+  const Taps16 taps;
+  if (Op::avg)
+    for (int64_t q = 0; q < round16(Q); ++q)
+      colcnt[q] = q >= Q ? 1.0f
+                         : p.divisor_override ? float(p.divisor_override)
+                                              : float(avg_count(q, 2, pw, 3, W, p.count_include_pad));
   int64_t plane = b / P, oh = b % P - 1;
   for (int64_t it = b; it < e; ++it) {
     if (++oh == P) {
       oh = 0;
       ++plane;
     }
-    const float* __restrict mid = x + (plane * H + 2 * oh) * W;
-    const float* __restrict up = oh > 0 ? mid - W : nullptr;
-    const float* __restrict dn = 2 * oh + 1 < H ? mid + W : nullptr;
-    __m512 rdiv = _mm512_set1_ps(p.divisor_override ? float(p.divisor_override) : 9.0f);
-    if (Op::avg && !p.divisor_override && !p.count_include_pad)
-      rdiv = _mm512_set1_ps(float(1 + (up != nullptr) + (dn != nullptr)));
+    // window rows 2*oh - ph + {0, 1, 2}; the first is inside or the top padding (torch drops
+    // windows that start in the bottom padding), so one row at least is inside
+    const float* __restrict xp = x + plane * H * W;
+    const int64_t h0 = 2 * oh - ph, r_lo = std::max<int64_t>(h0, 0), r_hi = std::min<int64_t>(h0 + 2, H - 1);
+    const float rdiv = p.divisor_override ? 1.0f : float(avg_count(oh, 2, ph, 3, H, p.count_include_pad));
     float* __restrict out = y + it * Q;
-    __m512 carry = id;
     for (int64_t q0 = 0; q0 < Q; q0 += 16) {
-      const int64_t c0 = 2 * q0, n = W - c0;
-      const __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16);
-      __m512 v0 = _mm512_mask_loadu_ps(id, m0, mid + c0);
-      __m512 v1 = _mm512_mask_loadu_ps(id, m1, mid + c0 + 16);
-      if (up) {
-        v0 = comb16<Op>(_mm512_mask_loadu_ps(id, m0, up + c0), v0);
-        v1 = comb16<Op>(_mm512_mask_loadu_ps(id, m1, up + c0 + 16), v1);
+      const int64_t c = 2 * q0 - pw;
+      __m512 v0, v1, v2;
+      load_row3(xp + r_lo * W, c, W, id, v0, v1, v2);
+      for (int64_t r = r_lo + 1; r <= r_hi; ++r) {
+        __m512 w0, w1, w2;
+        load_row3(xp + r * W, c, W, id, w0, w1, w2);
+        v0 = comb16<Op>(v0, w0);
+        v1 = comb16<Op>(v1, w1);
+        v2 = comb16<Op>(v2, w2);
       }
-      if (dn) {
-        v0 = comb16<Op>(v0, _mm512_mask_loadu_ps(id, m0, dn + c0));
-        v1 = comb16<Op>(v1, _mm512_mask_loadu_ps(id, m1, dn + c0 + 16));
-      }
-      const __m512 ev = _mm512_permutex2var_ps(v0, iev, v1);
-      const __m512 od = _mm512_permutex2var_ps(v0, iod, v1);
-      // lane 0: the previous chunk's lane 15; lane l: od[l - 1]
-      const __m512 pr = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(od), _mm512_castps_si512(carry), 15));
-      carry = od;
-      __m512 o = comb16<Op>(comb16<Op>(pr, ev), od);
-      if constexpr (Op::avg) {
-        __m512 d = rdiv;
-        if (!p.divisor_override && !p.count_include_pad) {
-          // columns inside the image: 3, less the left padding (q = 0) and the right one (2q+1 >= W)
-          __m512 c = _mm512_set1_ps(3.0f);
-          if (q0 == 0) c = _mm512_mask_sub_ps(c, __mmask16(1), c, one);
-          c = _mm512_mask_sub_ps(c, __mmask16(~lanes16(W / 2 - q0)), c, one);
-          d = _mm512_mul_ps(rdiv, c);
-        }
-        o = _mm512_div_ps(o, d);
-      }
+      __m512 t0, t1, t2;
+      taps.split(v0, v1, v2, t0, t1, t2);
+      __m512 o = comb16<Op>(comb16<Op>(t0, t1), t2);
+      if constexpr (Op::avg) o = _mm512_div_ps(o, _mm512_mul_ps(_mm512_set1_ps(rdiv), _mm512_loadu_ps(colcnt + q0)));
       _mm512_mask_storeu_ps(out + q0, lanes16(Q - q0), o);
     }
   }
@@ -940,21 +950,21 @@ FC_TGT FC_AI __mmask16 better16(__m512 v, __m512 a) {
   return __mmask16(_mm512_cmp_ps_mask(v, a, cmp) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
 }
 
-// 3x3/s2/p1 max/min with indices, float, planes under 2^31 elements (int32
-// positions): fwd_3x3s2p1_f32's chunking with fwd_rows_idx's rule. Per window
-// row (top to bottom): the best of columns 2q-1, 2q, 2q+1 in that order, kept
-// only when strictly better (or NaN), starting from the identity at the first
-// in-image column; then the rows in order under the same rule, starting from
-// the first in-image row. So the first extreme in row-major window order wins,
-// a window of identities (-inf for max) points at its first in-image element,
-// and a NaN's position (the last NaN) is reported, as the generic kernel and torch.
+// 3x3/s2 (padding 0 or 1, any ceil mode) max/min with indices, float, planes
+// under 2^31 elements (int32 positions): fwd_3x3s2_f32's chunking with
+// fwd_rows_idx's rule. Per window row (top to bottom): the best of its three
+// columns in order, kept only when strictly better (or NaN), starting from the
+// identity at the first in-image column; then the rows in order under the same
+// rule, starting from the first in-image row. So the first extreme in
+// row-major window order wins, a window of identities (-inf for max) points at
+// its first in-image element, and a NaN's position (the last NaN) is
+// reported, as the generic kernel and torch.
 template <class Op>
-FC_TGT void fwd_3x3s2p1_idx_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y,
-                                int64_t* __restrict idx, int64_t b, int64_t e) {
-  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+FC_TGT void fwd_3x3s2_idx_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y,
+                              int64_t* __restrict idx, int64_t b, int64_t e) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, ph = p.ph, pw = p.pw;
   const __m512 id = _mm512_set1_ps(Op::id());
-  const __m512i iev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i iod = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const Taps16 taps;
   const __m512i one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
   int64_t plane = b / P, oh = b % P - 1;
   for (int64_t it = b; it < e; ++it) {
@@ -963,40 +973,31 @@ FC_TGT void fwd_3x3s2p1_idx_f32(const PoolProblem& p, const float* __restrict x,
       ++plane;
     }
     const float* __restrict xp = x + plane * H * W;
-    const int64_t r_lo = oh > 0 ? 2 * oh - 1 : 0, r_hi = std::min<int64_t>(2 * oh + 1, H - 1);
+    const int64_t h0 = 2 * oh - ph, r_lo = std::max<int64_t>(h0, 0), r_hi = std::min<int64_t>(h0 + 2, H - 1);
     float* __restrict out = y + it * Q;
     int64_t* __restrict dst = idx + it * Q;
-    // the window's previous-chunk odd column, per row
-    __m512 carry[3] = {id, id, id};
     for (int64_t q0 = 0; q0 < Q; q0 += 16) {
-      const int64_t c0 = 2 * q0, n = W - c0;
-      const __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16);
-      // column of tap 1 (2q) per lane; taps 0 and 2 are one left and one right
-      const __m512i c2q = _mm512_add_epi32(_mm512_set1_epi32(int32_t(c0)), iev);
-      const __m512i cl = _mm512_sub_epi32(c2q, one), cr = _mm512_add_epi32(c2q, one);
-      const __m512i first_col = _mm512_max_epi32(cl, zero);
+      const int64_t c = 2 * q0 - pw;
+      // the three tap columns per lane, and the window's first in-image column
+      const __m512i col0 = _mm512_add_epi32(_mm512_set1_epi32(int32_t(c)), taps.i0);
+      const __m512i col1 = _mm512_add_epi32(col0, one), col2 = _mm512_add_epi32(col1, one);
+      const __m512i first_col = _mm512_max_epi32(col0, zero);
       __m512 acc = id;
       __m512i oi = _mm512_add_epi32(_mm512_set1_epi32(int32_t(r_lo * W)), first_col);
       for (int64_t r = r_lo; r <= r_hi; ++r) {
-        const float* __restrict row = xp + r * W;
-        const __m512 v0 = _mm512_mask_loadu_ps(id, m0, row + c0);
-        const __m512 v1 = _mm512_mask_loadu_ps(id, m1, row + c0 + 16);
-        const __m512 ev = _mm512_permutex2var_ps(v0, iev, v1);
-        const __m512 od = _mm512_permutex2var_ps(v0, iod, v1);
-        const int k = int(r - (2 * oh - 1));  // 0, 1, 2: the window row
-        const __m512 pr = _mm512_castsi512_ps(
-            _mm512_alignr_epi32(_mm512_castps_si512(od), _mm512_castps_si512(carry[k]), 15));
-        carry[k] = od;
-        // tap 0 against the identity: taken when better (never for the padding column)
-        __mmask16 mk = better16<Op>(pr, id);
-        __m512 hv = _mm512_mask_mov_ps(id, mk, pr);
-        __m512i hc = _mm512_mask_mov_epi32(first_col, mk, cl);
-        mk = better16<Op>(ev, hv);
-        hv = _mm512_mask_mov_ps(hv, mk, ev);
-        hc = _mm512_mask_mov_epi32(hc, mk, c2q);
-        mk = better16<Op>(od, hv);
-        hv = _mm512_mask_mov_ps(hv, mk, od);
-        hc = _mm512_mask_mov_epi32(hc, mk, cr);
+        __m512 v0, v1, v2, t0, t1, t2;
+        load_row3(xp + r * W, c, W, id, v0, v1, v2);
+        taps.split(v0, v1, v2, t0, t1, t2);
+        // tap 0 against the identity: taken when better (never for a padding column)
+        __mmask16 mk = better16<Op>(t0, id);
+        __m512 hv = _mm512_mask_mov_ps(id, mk, t0);
+        __m512i hc = _mm512_mask_mov_epi32(first_col, mk, col0);
+        mk = better16<Op>(t1, hv);
+        hv = _mm512_mask_mov_ps(hv, mk, t1);
+        hc = _mm512_mask_mov_epi32(hc, mk, col1);
+        mk = better16<Op>(t2, hv);
+        hv = _mm512_mask_mov_ps(hv, mk, t2);
+        hc = _mm512_mask_mov_epi32(hc, mk, col2);
         mk = better16<Op>(hv, acc);
         acc = _mm512_mask_mov_ps(acc, mk, hv);
         oi = _mm512_mask_mov_epi32(oi, mk, _mm512_add_epi32(_mm512_set1_epi32(int32_t(r * W)), hc));
@@ -1032,15 +1033,17 @@ FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int
   }
 #ifdef FC_POOL_AVX512_PASS
   if constexpr (std::is_same<T, float>::value) {
-    if (idx && narrow && is_3x3s2p1_any(p) && kind != PoolKind::Avg) {
-      if (kind == PoolKind::Max) return fwd_3x3s2p1_idx_f32<MaxOp<float>>(p, x, y, idx, b, e);
-      return fwd_3x3s2p1_idx_f32<MinOp<float>>(p, x, y, idx, b, e);
-    }
-    if (!idx && is_3x3s2p1_any(p)) {
-      switch (kind) {
-        case PoolKind::Max: return fwd_3x3s2p1_f32<MaxOp<float>>(p, x, y, b, e);
-        case PoolKind::Min: return fwd_3x3s2p1_f32<MinOp<float>>(p, x, y, b, e);
-        case PoolKind::Avg: return fwd_3x3s2p1_f32<AvgOp<float>>(p, x, y, b, e);
+    if (is_3x3s2_small_pad(p)) {
+      if (!idx) {
+        switch (kind) {
+          case PoolKind::Max: return fwd_3x3s2_f32<MaxOp<float>>(p, x, y, b, e, scr);
+          case PoolKind::Min: return fwd_3x3s2_f32<MinOp<float>>(p, x, y, b, e, scr);
+          case PoolKind::Avg: return fwd_3x3s2_f32<AvgOp<float>>(p, x, y, b, e, scr);
+        }
+      } else if (narrow && kind == PoolKind::Max) {
+        return fwd_3x3s2_idx_f32<MaxOp<float>>(p, x, y, idx, b, e);
+      } else if (narrow && kind == PoolKind::Min) {
+        return fwd_3x3s2_idx_f32<MinOp<float>>(p, x, y, idx, b, e);
       }
     }
   }

@@ -824,18 +824,17 @@ FC_TGT void fwd_2x2s2(const PoolProblem& p, const T* __restrict x, T* __restrict
 
 #ifdef FC_POOL_AVX512_PASS
 // 3x3 windows, stride 2, padding 0 or 1, either ceil mode (is_3x3s2_small_pad),
-// values only, float: one pass per output row in 16-output chunks. Window q
-// covers input columns c + 2l, c + 2l + 1, c + 2l + 2 (c = 2*q0 - pw, l = q - q0),
-// so per window row 33 columns from c are loaded (masked: the identity outside
-// the image, including column -1), reduced vertically over the window's
-// in-image rows, and split by two vpermt2ps into the three taps (the third
-// tap's last lane is column c + 32): out = comb(comb(t0, t1), t2). The
-// generic row kernels spend ~8 short loops per row on the 14-wide rows of
-// 28x28 planes (3x slower there). Written with intrinsics: GCC compiled the
-// same loops in plain C++ to scalar inserts and extracts (the shifted taps and
-// the partial store), no faster than the generic path; other ISAs and double
-// keep the generic one. comb(a, v) as the Op's: vmaxps(a, v) returns v when
-// either is NaN, then a NaN accumulator a is put back.
+// values only, float: one pass per output row in 16-output chunks. The
+// window's rows are reduced vertically over 32 columns from 2*q0 (masked
+// loads: the identity outside the image), split into even and odd columns by
+// two vpermt2ps, and the three taps are those and one of them shifted by a
+// lane (EvenOdd, shift_in_*): out = comb(comb(t0, t1), t2). The generic row
+// kernels spend ~8 short loops per row on the 14-wide rows of 28x28 planes (3x
+// slower there). Written with intrinsics: GCC compiled the same loops in plain
+// C++ to scalar inserts and extracts (the shifted taps and the partial store),
+// no faster than the generic path; other ISAs and double keep the generic
+// one. comb(a, v) as the Op's: vmaxps(a, v) returns v when either is NaN, then
+// a NaN accumulator a is put back.
 template <class Op>
 FC_TGT FC_AI __m512 comb16(__m512 a, __m512 v) {
   if constexpr (Op::avg) {
@@ -845,66 +844,89 @@ FC_TGT FC_AI __m512 comb16(__m512 a, __m512 v) {
     return _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
   }
 }
-// Loads of one window row for 16 outputs: v0, v1 = columns [c, c + 32), v2 lane 0 = column
-// c + 32 (the third tap of the chunk's last window), identity outside [0, W). c >= -1.
-FC_TGT FC_AI void load_row3(const float* __restrict row, int64_t c, int64_t W, __m512 id, __m512& v0, __m512& v1,
-                            __m512& v2) {
-  const __mmask16 left = c < 0 ? __mmask16(0xFFFE) : __mmask16(0xFFFF);  // column -1: the padding
-  v0 = _mm512_mask_loadu_ps(id, __mmask16(lanes16(W - c) & left), row + c);
-  v1 = _mm512_mask_loadu_ps(id, lanes16(W - c - 16), row + c + 16);
-  v2 = _mm512_mask_loadu_ps(id, lanes16(W - c - 32) & 1, row + c + 32);
-}
-// The three taps of 16 windows from those: columns c + 2l, c + 2l + 1, c + 2l + 2.
-struct Taps16 {
-  __m512i i0, i1, i2;
-  FC_TGT Taps16()
-      : i0(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)),
-        i1(_mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)),
-        i2(_mm512_setr_epi32(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 0)) {}
-  FC_TGT FC_AI void split(__m512 v0, __m512 v1, __m512 v2, __m512& t0, __m512& t1, __m512& t2) const {
-    t0 = _mm512_permutex2var_ps(v0, i0, v1);
-    t1 = _mm512_permutex2var_ps(v0, i1, v1);
-    t2 = _mm512_mask_broadcastss_ps(_mm512_permutex2var_ps(v0, i2, v1), __mmask16(0x8000), _mm512_castps512_ps128(v2));
+// Even and odd columns of 32 from 2*q0 of one row: e[l] = column 2(q0+l), o[l] = column
+// 2(q0+l)+1, identity outside the image (masked loads; m0, m1 from the row end).
+struct EvenOdd {
+  __m512i iev, iod;
+  FC_TGT EvenOdd()
+      : iev(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)),
+        iod(_mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)) {}
+  FC_TGT FC_AI void split(__m512 v0, __m512 v1, __m512& ev, __m512& od) const {
+    ev = _mm512_permutex2var_ps(v0, iev, v1);
+    od = _mm512_permutex2var_ps(v0, iod, v1);
   }
 };
+// Window q covers columns 2q - pw + {0, 1, 2}: with padding 1 those are o[l-1], e[l], o[l]
+// (the chunks run left to right and o[-1] is carried from the previous chunk: the
+// left padding for the first); without padding e[l], o[l], e[l+1] (the chunks run right to
+// left and e[16] is carried from the next chunk; for the right-most one it is column
+// 2*(q0 + 16), loaded alone). One valignd each way.
+FC_TGT FC_AI __m512 shift_in_left(__m512 od, __m512 carry) {  // [carry[15], od[0..14]]
+  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(od), _mm512_castps_si512(carry), 15));
+}
+FC_TGT FC_AI __m512 shift_in_right(__m512 ev, __m512 carry) {  // [ev[1..15], carry[0]]
+  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(carry), _mm512_castps_si512(ev), 1));
+}
 
 template <class Op>
 FC_TGT void fwd_3x3s2_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y, int64_t b,
                           int64_t e, float* __restrict colcnt) {
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, ph = p.ph, pw = p.pw;
   const __m512 id = _mm512_set1_ps(Op::id());
-  const Taps16 taps;
+  const EvenOdd eo;
   if (Op::avg)
     for (int64_t q = 0; q < round16(Q); ++q)
       colcnt[q] = q >= Q ? 1.0f
                          : p.divisor_override ? float(p.divisor_override)
                                               : float(avg_count(q, 2, pw, 3, W, p.count_include_pad));
+  const int64_t q_last = (Q - 1) / 16 * 16;
   int64_t plane = b / P, oh = b % P - 1;
   for (int64_t it = b; it < e; ++it) {
     if (++oh == P) {
       oh = 0;
       ++plane;
     }
-    // window rows 2*oh - ph + {0, 1, 2}; the first is inside or the top padding (torch drops
-    // windows that start in the bottom padding), so one row at least is inside
+    // window rows h0 + {0, 1, 2}; h0 >= -1 and h0 < H (torch drops windows that start in the
+    // bottom padding): row h0 or h0 + 1 is inside, the others may be padding (null)
     const float* __restrict xp = x + plane * H * W;
-    const int64_t h0 = 2 * oh - ph, r_lo = std::max<int64_t>(h0, 0), r_hi = std::min<int64_t>(h0 + 2, H - 1);
+    const int64_t h0 = 2 * oh - ph;
+    const float* __restrict r0 = h0 >= 0 ? xp + h0 * W : nullptr;
+    const float* __restrict r1 = h0 + 1 < H ? xp + (h0 + 1) * W : nullptr;
+    const float* __restrict r2 = h0 + 2 < H ? xp + (h0 + 2) * W : nullptr;
     const float rdiv = p.divisor_override ? 1.0f : float(avg_count(oh, 2, ph, 3, H, p.count_include_pad));
-    float* __restrict out = y + it * Q;
-    for (int64_t q0 = 0; q0 < Q; q0 += 16) {
-      const int64_t c = 2 * q0 - pw;
-      __m512 v0, v1, v2;
-      load_row3(xp + r_lo * W, c, W, id, v0, v1, v2);
-      for (int64_t r = r_lo + 1; r <= r_hi; ++r) {
-        __m512 w0, w1, w2;
-        load_row3(xp + r * W, c, W, id, w0, w1, w2);
-        v0 = comb16<Op>(v0, w0);
-        v1 = comb16<Op>(v1, w1);
-        v2 = comb16<Op>(v2, w2);
+    // the vertical reduction of 32 columns from c (masks m0, m1)
+    auto vert = [&](int64_t c, __mmask16 m0, __mmask16 m1, __m512& v0, __m512& v1) FC_TGT {
+      v0 = id;
+      v1 = id;
+      bool first = true;
+      for (const float* __restrict row : {r0, r1, r2}) {
+        if (row == nullptr) continue;
+        const __m512 a0 = _mm512_mask_loadu_ps(id, m0, row + c), a1 = _mm512_mask_loadu_ps(id, m1, row + c + 16);
+        v0 = first ? a0 : comb16<Op>(v0, a0);
+        v1 = first ? a1 : comb16<Op>(v1, a1);
+        first = false;
       }
-      __m512 t0, t1, t2;
-      taps.split(v0, v1, v2, t0, t1, t2);
-      __m512 o = comb16<Op>(comb16<Op>(t0, t1), t2);
+    };
+    float* __restrict out = y + it * Q;
+    __m512 carry = id;
+    if (pw == 0) {
+      __m512 unused;
+      const int64_t c = 2 * (q_last + 16);
+      vert(c, __mmask16(lanes16(W - c) & 1), 0, carry, unused);
+    }
+    for (int64_t k = 0; k <= q_last; k += 16) {
+      const int64_t q0 = pw == 1 ? k : q_last - k;
+      const int64_t c = 2 * q0;
+      __m512 v0, v1, ev, od, o;
+      vert(c, lanes16(W - c), lanes16(W - c - 16), v0, v1);
+      eo.split(v0, v1, ev, od);
+      if (pw == 1) {
+        o = comb16<Op>(comb16<Op>(shift_in_left(od, carry), ev), od);
+        carry = od;
+      } else {
+        o = comb16<Op>(comb16<Op>(ev, od), shift_in_right(ev, carry));
+        carry = ev;
+      }
       if constexpr (Op::avg) o = _mm512_div_ps(o, _mm512_mul_ps(_mm512_set1_ps(rdiv), _mm512_loadu_ps(colcnt + q0)));
       _mm512_mask_storeu_ps(out + q0, lanes16(Q - q0), o);
     }
@@ -964,8 +986,9 @@ FC_TGT void fwd_3x3s2_idx_f32(const PoolProblem& p, const float* __restrict x, f
                               int64_t* __restrict idx, int64_t b, int64_t e) {
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, ph = p.ph, pw = p.pw;
   const __m512 id = _mm512_set1_ps(Op::id());
-  const Taps16 taps;
+  const EvenOdd eo;
   const __m512i one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
+  const int64_t q_last = (Q - 1) / 16 * 16;
   int64_t plane = b / P, oh = b % P - 1;
   for (int64_t it = b; it < e; ++it) {
     if (++oh == P) {
@@ -976,18 +999,38 @@ FC_TGT void fwd_3x3s2_idx_f32(const PoolProblem& p, const float* __restrict x, f
     const int64_t h0 = 2 * oh - ph, r_lo = std::max<int64_t>(h0, 0), r_hi = std::min<int64_t>(h0 + 2, H - 1);
     float* __restrict out = y + it * Q;
     int64_t* __restrict dst = idx + it * Q;
-    for (int64_t q0 = 0; q0 < Q; q0 += 16) {
-      const int64_t c = 2 * q0 - pw;
+    __m512 carry[3] = {id, id, id};  // per window row (see fwd_3x3s2_f32)
+    if (pw == 0) {
+      const int64_t c = 2 * (q_last + 16);
+      for (int64_t r = r_lo; r <= r_hi; ++r)
+        carry[r - h0] = _mm512_mask_loadu_ps(id, __mmask16(lanes16(W - c) & 1), xp + r * W + c);
+    }
+    for (int64_t k = 0; k <= q_last; k += 16) {
+      const int64_t q0 = pw == 1 ? k : q_last - k;
+      const int64_t c = 2 * q0;
+      const __mmask16 m0 = lanes16(W - c), m1 = lanes16(W - c - 16);
       // the three tap columns per lane, and the window's first in-image column
-      const __m512i col0 = _mm512_add_epi32(_mm512_set1_epi32(int32_t(c)), taps.i0);
+      const __m512i col0 = _mm512_add_epi32(_mm512_set1_epi32(int32_t(c - pw)), eo.iev);
       const __m512i col1 = _mm512_add_epi32(col0, one), col2 = _mm512_add_epi32(col1, one);
       const __m512i first_col = _mm512_max_epi32(col0, zero);
       __m512 acc = id;
       __m512i oi = _mm512_add_epi32(_mm512_set1_epi32(int32_t(r_lo * W)), first_col);
       for (int64_t r = r_lo; r <= r_hi; ++r) {
-        __m512 v0, v1, v2, t0, t1, t2;
-        load_row3(xp + r * W, c, W, id, v0, v1, v2);
-        taps.split(v0, v1, v2, t0, t1, t2);
+        const float* __restrict row = xp + r * W;
+        __m512 ev, od, t0, t1, t2;
+        eo.split(_mm512_mask_loadu_ps(id, m0, row + c), _mm512_mask_loadu_ps(id, m1, row + c + 16), ev, od);
+        __m512& cr = carry[r - h0];
+        if (pw == 1) {
+          t0 = shift_in_left(od, cr);
+          t1 = ev;
+          t2 = od;
+          cr = od;
+        } else {
+          t0 = ev;
+          t1 = od;
+          t2 = shift_in_right(ev, cr);
+          cr = ev;
+        }
         // tap 0 against the identity: taken when better (never for a padding column)
         __mmask16 mk = better16<Op>(t0, id);
         __m512 hv = _mm512_mask_mov_ps(id, mk, t0);

@@ -463,6 +463,20 @@ using ::fastconv::PoolKind;
 using ::fastconv::PoolProblem;
 using namespace ::fastconv::pool_detail;
 
+// (plane, row) of consecutive items b, b + 1, ... of a range over planes x rows: one
+// division for the first, then counting (per-row 64-bit divisions cost as much as the
+// row's vector work on small planes).
+struct RowCursor {
+  int64_t plane, row, rows;
+  RowCursor(int64_t b, int64_t rows_) : plane(b / rows_), row(b % rows_ - 1), rows(rows_) {}
+  FC_AI void next() {
+    if (++row == rows) {
+      row = 0;
+      ++plane;
+    }
+  }
+};
+
 // max / min: NaN wins (and a later NaN replaces an earlier one, like torch);
 // otherwise strictly better only, so the first extreme value is kept.
 template <typename T>
@@ -622,12 +636,10 @@ FC_TGT void fwd_rows(const PoolProblem& p, const T* __restrict x, T* __restrict 
                          : p.divisor_override ? T(p.divisor_override)
                                               : T(avg_count(q, sw, pw, p.kw, W, p.count_include_pad));
   // per-row 64-bit divisions cost as much as the row's vector work: count instead
-  int64_t plane = b / P, oh = b % P - 1;
+  RowCursor cur(b, P);
   for (int64_t it = b; it < e; ++it) {
-    if (++oh == P) {
-      oh = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, oh = cur.row;
     const T* __restrict xp = x + plane * H * W;
     const int64_t h0 = oh * p.sh - p.ph;
     int64_t nvalid = 0;
@@ -699,12 +711,10 @@ FC_TGT void fwd_rows_idx(const PoolProblem& p, const T* __restrict x, T* __restr
   init_keep<Op, T>(keep, Wb, pw, W);
   for (int64_t q = 0; q < Qr; ++q) fc[q] = I(q < Q ? first_inside(q * sw - pw, p.dw) : 0);
   // per-row 64-bit divisions cost as much as the row's vector work: count instead
-  int64_t plane = b / P, oh = b % P - 1;
+  RowCursor cur(b, P);
   for (int64_t it = b; it < e; ++it) {
-    if (++oh == P) {
-      oh = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, oh = cur.row;
     const T* __restrict xp = x + plane * H * W;
     const int64_t h0 = oh * p.sh - p.ph;
     const I first = I(first_inside(h0, p.dh) * W);
@@ -779,12 +789,10 @@ FC_TGT void fwd_2x2s2(const PoolProblem& p, const T* __restrict x, T* __restrict
   constexpr int64_t kChunk = 16;
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
   const T inv = T(1) / T(p.divisor_override ? p.divisor_override : 4);
-  int64_t plane = b / P, oh = b % P - 1;
+  RowCursor cur(b, P);
   for (int64_t it = b; it < e; ++it) {
-    if (++oh == P) {
-      oh = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, oh = cur.row;
     const T* __restrict r0 = x + plane * H * W + 2 * oh * W;
     const T* __restrict r1 = r0 + W;
     T* __restrict out = y + it * Q;
@@ -867,6 +875,24 @@ FC_TGT FC_AI __m512 shift_in_left(__m512 od, __m512 carry) {  // [carry[15], od[
 FC_TGT FC_AI __m512 shift_in_right(__m512 ev, __m512 carry) {  // [ev[1..15], carry[0]]
   return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(carry), _mm512_castps_si512(ev), 1));
 }
+// The three taps t[0..2] of 16 windows (columns 2q - pw + {0, 1, 2}) from one row's even and
+// odd columns, passing the carried column on.
+FC_TGT FC_AI void taps3(int64_t pw, __m512 ev, __m512 od, __m512& carry, __m512* t) {
+  if (pw == 1) {
+    t[0] = shift_in_left(od, carry);
+    t[1] = ev;
+    t[2] = od;
+    carry = od;
+  } else {
+    t[0] = ev;
+    t[1] = od;
+    t[2] = shift_in_right(ev, carry);
+    carry = ev;
+  }
+}
+// Chunk k (k = 0, 16, ..., q_last) in the order the carry needs: left to right with padding 1,
+// right to left without.
+FC_AI int64_t chunk_q0(int64_t pw, int64_t k, int64_t q_last) { return pw == 1 ? k : q_last - k; }
 
 template <class Op>
 FC_TGT void fwd_3x3s2_f32(const PoolProblem& p, const float* __restrict x, float* __restrict y, int64_t b,
@@ -880,12 +906,10 @@ FC_TGT void fwd_3x3s2_f32(const PoolProblem& p, const float* __restrict x, float
                          : p.divisor_override ? float(p.divisor_override)
                                               : float(avg_count(q, 2, pw, 3, W, p.count_include_pad));
   const int64_t q_last = (Q - 1) / 16 * 16;
-  int64_t plane = b / P, oh = b % P - 1;
+  RowCursor cur(b, P);
   for (int64_t it = b; it < e; ++it) {
-    if (++oh == P) {
-      oh = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, oh = cur.row;
     // window rows h0 + {0, 1, 2}; h0 >= -1 and h0 < H (torch drops windows that start in the
     // bottom padding): row h0 or h0 + 1 is inside, the others may be padding (null)
     const float* __restrict xp = x + plane * H * W;
@@ -915,18 +939,12 @@ FC_TGT void fwd_3x3s2_f32(const PoolProblem& p, const float* __restrict x, float
       vert(c, __mmask16(lanes16(W - c) & 1), 0, carry, unused);
     }
     for (int64_t k = 0; k <= q_last; k += 16) {
-      const int64_t q0 = pw == 1 ? k : q_last - k;
-      const int64_t c = 2 * q0;
-      __m512 v0, v1, ev, od, o;
+      const int64_t q0 = chunk_q0(pw, k, q_last), c = 2 * q0;
+      __m512 v0, v1, ev, od, t[3];
       vert(c, lanes16(W - c), lanes16(W - c - 16), v0, v1);
       eo.split(v0, v1, ev, od);
-      if (pw == 1) {
-        o = comb16<Op>(comb16<Op>(shift_in_left(od, carry), ev), od);
-        carry = od;
-      } else {
-        o = comb16<Op>(comb16<Op>(ev, od), shift_in_right(ev, carry));
-        carry = ev;
-      }
+      taps3(pw, ev, od, carry, t);
+      __m512 o = comb16<Op>(comb16<Op>(t[0], t[1]), t[2]);
       if constexpr (Op::avg) o = _mm512_div_ps(o, _mm512_mul_ps(_mm512_set1_ps(rdiv), _mm512_loadu_ps(colcnt + q0)));
       _mm512_mask_storeu_ps(out + q0, lanes16(Q - q0), o);
     }
@@ -944,12 +962,10 @@ FC_TGT void avg_fwd_2x2s2_f32(const PoolProblem& p, const float* __restrict x, f
   const __m512 inv = _mm512_set1_ps(1.0f / float(p.divisor_override ? p.divisor_override : 4));
   const __m512i iev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i iod = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  int64_t plane = b / P, oh = b % P - 1;
+  RowCursor cur(b, P);
   for (int64_t it = b; it < e; ++it) {
-    if (++oh == P) {
-      oh = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, oh = cur.row;
     const float* __restrict r0 = x + plane * H * W + 2 * oh * W;
     const float* __restrict r1 = r0 + W;
     float* __restrict out = y + it * Q;
@@ -989,12 +1005,10 @@ FC_TGT void fwd_3x3s2_idx_f32(const PoolProblem& p, const float* __restrict x, f
   const EvenOdd eo;
   const __m512i one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
   const int64_t q_last = (Q - 1) / 16 * 16;
-  int64_t plane = b / P, oh = b % P - 1;
+  RowCursor cur(b, P);
   for (int64_t it = b; it < e; ++it) {
-    if (++oh == P) {
-      oh = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, oh = cur.row;
     const float* __restrict xp = x + plane * H * W;
     const int64_t h0 = 2 * oh - ph, r_lo = std::max<int64_t>(h0, 0), r_hi = std::min<int64_t>(h0 + 2, H - 1);
     float* __restrict out = y + it * Q;
@@ -1006,8 +1020,7 @@ FC_TGT void fwd_3x3s2_idx_f32(const PoolProblem& p, const float* __restrict x, f
         carry[r - h0] = _mm512_mask_loadu_ps(id, __mmask16(lanes16(W - c) & 1), xp + r * W + c);
     }
     for (int64_t k = 0; k <= q_last; k += 16) {
-      const int64_t q0 = pw == 1 ? k : q_last - k;
-      const int64_t c = 2 * q0;
+      const int64_t q0 = chunk_q0(pw, k, q_last), c = 2 * q0;
       const __mmask16 m0 = lanes16(W - c), m1 = lanes16(W - c - 16);
       // the three tap columns per lane, and the window's first in-image column
       const __m512i col0 = _mm512_add_epi32(_mm512_set1_epi32(int32_t(c - pw)), eo.iev);
@@ -1017,31 +1030,20 @@ FC_TGT void fwd_3x3s2_idx_f32(const PoolProblem& p, const float* __restrict x, f
       __m512i oi = _mm512_add_epi32(_mm512_set1_epi32(int32_t(r_lo * W)), first_col);
       for (int64_t r = r_lo; r <= r_hi; ++r) {
         const float* __restrict row = xp + r * W;
-        __m512 ev, od, t0, t1, t2;
+        __m512 ev, od, t[3];
         eo.split(_mm512_mask_loadu_ps(id, m0, row + c), _mm512_mask_loadu_ps(id, m1, row + c + 16), ev, od);
-        __m512& cr = carry[r - h0];
-        if (pw == 1) {
-          t0 = shift_in_left(od, cr);
-          t1 = ev;
-          t2 = od;
-          cr = od;
-        } else {
-          t0 = ev;
-          t1 = od;
-          t2 = shift_in_right(ev, cr);
-          cr = ev;
+        taps3(pw, ev, od, carry[r - h0], t);
+        // the taps in order against the identity at the first in-image column: taken when
+        // strictly better (never for a padding column)
+        const __m512i cols[3] = {col0, col1, col2};
+        __m512 hv = id;
+        __m512i hc = first_col;
+        for (int j = 0; j < 3; ++j) {
+          const __mmask16 mk = better16<Op>(t[j], hv);
+          hv = _mm512_mask_mov_ps(hv, mk, t[j]);
+          hc = _mm512_mask_mov_epi32(hc, mk, cols[j]);
         }
-        // tap 0 against the identity: taken when better (never for a padding column)
-        __mmask16 mk = better16<Op>(t0, id);
-        __m512 hv = _mm512_mask_mov_ps(id, mk, t0);
-        __m512i hc = _mm512_mask_mov_epi32(first_col, mk, col0);
-        mk = better16<Op>(t1, hv);
-        hv = _mm512_mask_mov_ps(hv, mk, t1);
-        hc = _mm512_mask_mov_epi32(hc, mk, col1);
-        mk = better16<Op>(t2, hv);
-        hv = _mm512_mask_mov_ps(hv, mk, t2);
-        hc = _mm512_mask_mov_epi32(hc, mk, col2);
-        mk = better16<Op>(hv, acc);
+        const __mmask16 mk = better16<Op>(hv, acc);
         acc = _mm512_mask_mov_ps(acc, mk, hv);
         oi = _mm512_mask_mov_epi32(oi, mk, _mm512_add_epi32(_mm512_set1_epi32(int32_t(r * W)), hc));
       }
@@ -1121,12 +1123,10 @@ FC_TGT void avg_bwd_2x2s2(const PoolProblem& p, const T* __restrict dy, T* __res
   // x / d == x * (1/d) exactly when d is a power of two: the same bits as the division
   const bool pow2 = (div & (div - 1)) == 0;
   const T dv = T(div), inv = T(1) / T(div);
-  int64_t plane = b / H, ih = b % H - 1;
+  RowCursor cur(b, H);
   for (int64_t it = b; it < e; ++it) {
-    if (++ih == H) {
-      ih = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, ih = cur.row;
     T* __restrict dxr = dx + it * W;
     int64_t w = 0;
     if (ih < 2 * P) {
@@ -1168,12 +1168,11 @@ FC_TGT void avg_bwd_3x3s2p1(const PoolProblem& p, const T* __restrict dy, T* __r
     }
   c[Q] = T(0);
   const int64_t half = W / 2;  // columns 2n, 2n+1 for n < half; an odd W adds column 2*half
-  int64_t plane = b / H, ih = b % H - 1, r_plane = -1;
+  RowCursor cur(b, H);
+  int64_t r_plane = -1;
   for (int64_t it = b; it < e; ++it) {
-    if (++ih == H) {
-      ih = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, ih = cur.row;
     if (r_plane != plane) {
       const T* __restrict g = dy + plane * P * Q;
       for (int64_t oh = 0; oh < P; ++oh)
@@ -1221,12 +1220,11 @@ FC_TGT void avg_bwd_3x3s2p1_f32(const PoolProblem& p, const float* __restrict dy
     }
   const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  int64_t plane = b / H, ih = b % H - 1, r_plane = -1;
+  RowCursor cur(b, H);
+  int64_t r_plane = -1;
   for (int64_t it = b; it < e; ++it) {
-    if (++ih == H) {
-      ih = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, ih = cur.row;
     if (r_plane != plane) {
       const float* __restrict g = dy + plane * P * Q;
       for (int64_t oh = 0; oh < P; ++oh)
@@ -1295,13 +1293,11 @@ FC_TGT void avg_bwd_range(const PoolProblem& p, const T* __restrict dy, T* __res
       for (int64_t q = 0; q < Q; ++q) divtab[oh * Q + q] = rc * colcnt[q];
     }
   // per-row 64-bit divisions cost as much as the row's vector work: count instead
-  int64_t plane = b / H, ih = b % H - 1;
+  RowCursor cur(b, H);
   int64_t gs_plane = -1;  // the plane gs holds
   for (int64_t it = b; it < e; ++it) {
-    if (++ih == H) {
-      ih = 0;
-      ++plane;
-    }
+    cur.next();
+    const int64_t plane = cur.plane, ih = cur.row;
     const T* __restrict dyp = dy + plane * P * Q;
     T* __restrict dxr = dx + it * W;
     // windows oh with oh*sh - ph <= ih <= oh*sh - ph + kh - 1

@@ -621,3 +621,28 @@ def test_float16_and_noncontiguous(rng):
     xt = x.transpose(2, 1, 0)
     close(L.tanh(xt), R.tanh(xt), np.float32, tol=1e-6)
     close(L.local_response_norm(xt, 3), R.lrn(xt, 3), np.float32)
+
+
+def _isas():
+    from fastconv.backends import cpu
+    return cpu.available_isas() if cpu.CPU_AVAILABLE else []
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_softmax_every_isa(rng, isa):
+    # float rows run an AVX-512 kernel when the ISA switch says avx512, the cloned loops otherwise
+    from fastconv.backends import cpu
+    before = cpu.isa()
+    cpu.set_isa(isa)
+    try:
+        for shape in ((5, 1000), (3, 17), (2, 2500)):
+            x = randn(rng, shape, np.float32, 5.0)
+            g = randn(rng, shape, np.float32)
+            y, ly = L.softmax(x, 1), L.log_softmax(x, 1)
+            close(y, R.softmax(x, 1), np.float32, "softmax", 2e-6)
+            close(ly, R.log_softmax(x, 1), np.float32, "log_softmax", 2e-6)
+            y64 = R.softmax(x, 1)
+            close(L.softmax_backward(g, y, 1), y64 * (g - (g * y64).sum(axis=1, keepdims=True)), np.float32,
+                  "softmax backward", 4e-5)
+    finally:
+        cpu.set_isa(before)

@@ -627,3 +627,60 @@ def test_2x2_stride2_backward_fast_path(shape, dtype, rng):
             assert not np.signbit(dx[dx == 0]).any()                  # no -0
         dx_own = bw(g, x, 2, 2)                                     # indices recomputed
         np.testing.assert_array_equal(dx_own, bw(g, x, 2, 2, indices=i))
+
+
+# ------------------------------------------------ every ISA build of the kernels
+def _isas():
+    try:
+        from fastconv.backends import cpu
+        return cpu.available_isas() if cpu.CPU_AVAILABLE else []
+    except ImportError:
+        return []
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_every_isa_build_against_reference(isa):
+    """The pooling kernels are compiled for AVX-512, AVX2 and baseline x86-64 and follow the GEMM's
+    ISA switch: each build this CPU can run, on random configurations (kernel 1-5, stride, padding,
+    dilation, ceil mode, odd sizes, rows shorter and longer than a vector; the 2x2/s2 and 3x3/s2
+    fast paths included), forward with and without indices and every backward, float32 and
+    float64, against the float64 reference."""
+    from fastconv.backends import cpu
+    rng = np.random.default_rng(11)
+    cases = [dict(kernel_size=2, stride=2, padding=0, ceil_mode=False), dict(kernel_size=3, stride=2, padding=1,
+             ceil_mode=False), dict(kernel_size=3, stride=2, padding=0, ceil_mode=True)]
+    for _ in range(12):
+        k = int(rng.integers(1, 6))
+        cases.append(dict(kernel_size=(k, int(rng.integers(1, 6))), stride=(int(rng.integers(1, 4)), int(rng.integers(1, 4))),
+                          padding=(int(rng.integers(0, k // 2 + 1)), 0), dilation=int(rng.integers(1, 3)),
+                          ceil_mode=bool(rng.integers(0, 2))))
+    before = cpu.isa()
+    cpu.set_isa(isa)
+    try:
+        assert cpu._need().pool_isa() == {"portable": "baseline"}.get(isa, isa)
+        for cfg in cases:
+            shape = (2, 3, int(rng.integers(9, 40)), int(rng.integers(9, 40)))
+            for dtype, tol in ((np.float32, 2e-6), (np.float64, 1e-12)):
+                x = distinct(rng, shape).astype(dtype)
+                for kind in ("max", "min"):
+                    fn = P.max_pool2d if kind == "max" else P.min_pool2d
+                    bw = P.max_pool2d_backward if kind == "max" else P.min_pool2d_backward
+                    y, i = fn(x, return_indices=True, **cfg)
+                    ry, ri = ref.maxmin_pool(x, kind, cfg["kernel_size"], cfg["stride"], cfg["padding"],
+                                             cfg.get("dilation", 1), cfg["ceil_mode"])
+                    np.testing.assert_array_equal(i, ri)
+                    close(y, ry, tol)
+                    close(fn(x, **cfg), ry, tol)
+                    g = rng.standard_normal(y.shape).astype(dtype)
+                    want = ref.maxmin_pool_backward(g, x.shape, ri)
+                    close(bw(g, x, indices=i, **cfg), want, tol)
+                    close(bw(g, x, **cfg), want, tol)
+                acfg = {k: v for k, v in cfg.items() if k != "dilation"}
+                for extra in ({}, dict(count_include_pad=False)):
+                    y = P.avg_pool2d(x, **acfg, **extra)
+                    close(y, ref.avg_pool(x, **acfg, **extra), tol)
+                    g = rng.standard_normal(y.shape).astype(dtype)
+                    close(P.avg_pool2d_backward(g, x, **acfg, **extra),
+                          ref.avg_pool_backward(g, x.shape, **acfg, **extra), tol)
+    finally:
+        cpu.set_isa(before)

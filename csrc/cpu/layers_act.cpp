@@ -5,10 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
-#include "fastconv/gemm.h"  // cpu_has_avx512
+#include "fastconv/gemm.h"  // gemm_isa
 #include "fastconv/layers_cpu.h"
 #include "layers_common.h"
 
@@ -390,7 +391,7 @@ void softmax_forward(bool log, int64_t outer, int64_t D, int64_t inner, const T*
   if (inner == 1) {
 #ifdef FC_SOFTMAX_AVX512
     if constexpr (std::is_same<T, float>::value) {
-      static const bool avx512 = cpu_has_avx512();
+      const bool avx512 = std::string(gemm_isa()) == "avx512";  // CPUID or set_isa(), as every path
       if (avx512) {
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
         for (int64_t o = 0; o < outer; ++o) softmax_row_f32_avx512(log, x + o * D, D, y + o * D);
@@ -423,7 +424,7 @@ void softmax_backward(bool log, int64_t outer, int64_t D, int64_t inner, const T
   if (inner == 1) {
 #ifdef FC_SOFTMAX_AVX512
     if constexpr (std::is_same<T, float>::value) {
-      static const bool avx512 = cpu_has_avx512();
+      const bool avx512 = std::string(gemm_isa()) == "avx512";  // CPUID or set_isa(), as every path
       if (!log && avx512) {
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (total > kParallelMin)
         for (int64_t o = 0; o < outer; ++o) softmax_row_bwd_f32_avx512(dy + o * D, y + o * D, D, dx + o * D);

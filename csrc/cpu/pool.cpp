@@ -148,10 +148,12 @@ namespace {
 
 enum class Isa { Base, Avx2, Avx512 };
 
+// The GEMM's choice (CPUID, or fastconv.backends.cpu.set_isa()), as the convolution paths:
+// one switch selects every vectorized path, and the tests run each build on one machine.
 Isa pick_isa() {
 #ifdef FC_POOL_HAVE_X86
-  static const Isa isa = cpu_has_avx512() ? Isa::Avx512 : (cpu_has_avx2_fma() ? Isa::Avx2 : Isa::Base);
-  return isa;
+  const std::string g = gemm_isa();
+  return g == "avx512" ? Isa::Avx512 : (g == "avx2" ? Isa::Avx2 : Isa::Base);
 #else
   return Isa::Base;
 #endif
@@ -293,6 +295,8 @@ int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x,
     // the same order). Out-of-range indices are counted and skipped: the
     // range check rides along instead of costing a pass over the indices.
     const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
+    const bool avx512 = pick_isa() == Isa::Avx512;
+    (void)avx512;
     int64_t bad = 0;
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) reduction(+ : bad) if (p.planes * (HW + PQ) > kParallelMin)
     for (int64_t plane = 0; plane < p.planes; ++plane) {
@@ -301,7 +305,7 @@ int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x,
       const int64_t* ix = idx + plane * PQ;
       bool done = false;
 #ifdef FC_POOL_HAVE_X86
-      if (pick_isa() == Isa::Avx512) done = pool_avx512::maxmin_bwd_plane<T>(p, g, ix, d);
+      if (avx512) done = pool_avx512::maxmin_bwd_plane<T>(p, g, ix, d);
 #endif
       if (done) continue;
       for (int64_t i = 0; i < HW; ++i) d[i] = T(0);

@@ -30,7 +30,7 @@ Every kernel is checked against torch (max |got - ref| / max |ref| <= 1e-4)
 before it is timed; a failing case is not timed, says FAIL, and the script
 exits with status 1.
 
-  python benchmarks/bench_pool.py [--threads 2] [--repeat 7] [--markdown PATH] [--no-buffer-cache]
+  python benchmarks/bench_pool.py [--threads 2] [--repeat 7] [--markdown PATH] [--no-buffer-cache] [--isa avx2]
   python benchmarks/bench_pool.py --device cuda   # GPU: CuPy arrays vs torch CUDA (bench_pool_cuda.py)
 """
 from __future__ import annotations
@@ -144,6 +144,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--isa", default="auto", choices=("auto", "avx512", "avx2", "portable"),
+                    help="force the kernels' instruction set (fastconv.backends.cpu.set_isa), e.g. to see "
+                         "what an AVX2-only CPU would run")
     ap.add_argument("--no-buffer-cache", action="store_true",
                     help="fastconv results in fresh memory (fastconv.set_buffer_cache_limit(0))")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -170,6 +173,7 @@ def main(argv=None):
         except ImportError:
             torch = None
     fastconv.set_num_threads(args.threads)
+    fastconv.backends.cpu.set_isa(args.isa)
     if args.no_buffer_cache:
         fastconv.set_buffer_cache_limit(0)
     if torch is not None:

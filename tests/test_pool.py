@@ -563,11 +563,29 @@ S2_CASES = [(shape, pad, ceil) for shape in S2_SHAPES for pad in (1, 0) for ceil
             if pad == 1 or min(shape[2:]) >= 3]  # without padding a 3x3 window needs 3x3
 
 
+def _isas():
+    try:
+        from fastconv.backends import cpu
+        return cpu.available_isas() if cpu.CPU_AVAILABLE else []
+    except ImportError:
+        return []
+
+
+@pytest.fixture(params=_isas())
+def each_isa(request):
+    """Runs the test under each instruction set this CPU has (the kernels follow set_isa)."""
+    from fastconv.backends import cpu
+    before = cpu.isa()
+    cpu.set_isa(request.param)
+    yield request.param
+    cpu.set_isa(before)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,pad,ceil", S2_CASES)
-def test_3x3_stride2_fast_path_ties_nan_and_chunk_edges(shape, pad, ceil, dtype, rng):
+def test_3x3_stride2_fast_path_ties_nan_and_chunk_edges(shape, pad, ceil, dtype, rng, each_isa):
     """3x3/s2 with padding 0 or 1 in either ceil mode (ResNet, AlexNet, GoogLeNet) runs forward
-    kernels of its own, values only and with indices (16 outputs per chunk, each window row read
+    kernels of its own (AVX-512: values only and with indices; AVX2: values only), under each ISA (16 outputs per chunk, each window row read
     as 33 columns): rows shorter, equal and longer than one or two chunks, odd and even sizes (the
     right/bottom padding or a ceil-mode window's overhang inside or outside the last window), 1x1
     planes, heavy ties, NaN, -inf and planes of identities only (indices: the first in-image
@@ -630,14 +648,6 @@ def test_2x2_stride2_backward_fast_path(shape, dtype, rng):
 
 
 # ------------------------------------------------ every ISA build of the kernels
-def _isas():
-    try:
-        from fastconv.backends import cpu
-        return cpu.available_isas() if cpu.CPU_AVAILABLE else []
-    except ImportError:
-        return []
-
-
 @pytest.mark.parametrize("isa", _isas())
 def test_every_isa_build_against_reference(isa):
     """The pooling kernels are compiled for AVX-512, AVX2 and baseline x86-64 and follow the GEMM's

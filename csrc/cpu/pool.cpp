@@ -127,9 +127,11 @@ namespace fastconv { namespace pool_avx512 {
 #undef FC_POOL_AVX512_PASS
 #undef FC_TGT
 #define FC_TGT __attribute__((target("avx2,fma")))
+#define FC_POOL_AVX2_PASS 1
 namespace fastconv { namespace pool_avx2 {
 #include __FILE__
 }}  // namespace fastconv::pool_avx2
+#undef FC_POOL_AVX2_PASS
 #undef FC_TGT
 #endif
 #define FC_TGT
@@ -1061,6 +1063,106 @@ FC_TGT void fwd_3x3s2_idx_f32(const PoolProblem& p, const float* __restrict x, f
 }
 #endif
 
+#ifdef FC_POOL_AVX2_PASS
+// fwd_3x3s2_f32 for AVX2 (8 outputs per chunk): the same vertical reduction,
+// even/odd split (vshufps + vpermpd), taps shifted in by a lane with the same
+// carry, so the same values; masked loads fill the identity by a blend.
+struct Avx2Lanes {
+  __m256i lane, rot_r, rot_l;  // 0..7; lane l <- l - 1 (lane 0 <- 7); lane l <- l + 1 (lane 7 <- 0)
+  FC_TGT Avx2Lanes()
+      : lane(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+        rot_r(_mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6)),
+        rot_l(_mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0)) {}
+  FC_TGT FC_AI __m256i mask(int64_t n) const {  // lanes < n
+    const int32_t c = int32_t(std::max<int64_t>(0, std::min<int64_t>(8, n)));
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), lane);
+  }
+};
+template <class Op>
+FC_TGT FC_AI __m256 comb8(__m256 a, __m256 v) {
+  if constexpr (Op::avg) {
+    return _mm256_add_ps(a, v);
+  } else {
+    const __m256 m = std::is_same<Op, MaxOp<float>>::value ? _mm256_max_ps(a, v) : _mm256_min_ps(a, v);
+    return _mm256_blendv_ps(m, a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  }
+}
+// (vmaskmovps only at row ends: AMD runs its store form microcoded, ~20x a plain store)
+FC_TGT FC_AI __m256 load8(const float* p, int64_t n, const Avx2Lanes& L, __m256 id) {
+  if (n >= 8) return _mm256_loadu_ps(p);
+  const __m256i m = L.mask(n);
+  return _mm256_blendv_ps(id, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+}
+FC_TGT FC_AI void store8(float* p, int64_t n, const Avx2Lanes& L, __m256 v) {
+  if (n >= 8) _mm256_storeu_ps(p, v);
+  else _mm256_maskstore_ps(p, L.mask(n), v);
+}
+template <class Op>
+FC_TGT void fwd_3x3s2_f32_avx2(const PoolProblem& p, const float* __restrict x, float* __restrict y, int64_t b,
+                               int64_t e, float* __restrict colcnt) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q, ph = p.ph, pw = p.pw;
+  const __m256 id = _mm256_set1_ps(Op::id());
+  const Avx2Lanes L;
+  if (Op::avg)
+    for (int64_t q = 0; q < round16(Q); ++q)
+      colcnt[q] = q >= Q ? 1.0f
+                         : p.divisor_override ? float(p.divisor_override)
+                                              : float(avg_count(q, 2, pw, 3, W, p.count_include_pad));
+  const int64_t q_last = (Q - 1) / 8 * 8;
+  RowCursor cur(b, P);
+  for (int64_t it = b; it < e; ++it) {
+    cur.next();
+    const float* __restrict xp = x + cur.plane * H * W;
+    const int64_t h0 = 2 * cur.row - ph;
+    const float* __restrict r0 = h0 >= 0 ? xp + h0 * W : nullptr;
+    const float* __restrict r1 = h0 + 1 < H ? xp + (h0 + 1) * W : nullptr;
+    const float* __restrict r2 = h0 + 2 < H ? xp + (h0 + 2) * W : nullptr;
+    const float rdiv = p.divisor_override ? 1.0f : float(avg_count(cur.row, 2, ph, 3, H, p.count_include_pad));
+    auto vert = [&](int64_t c, int64_t n0, int64_t n1, __m256& v0, __m256& v1) FC_TGT {
+      bool first = true;
+      for (const float* __restrict row : {r0, r1, r2}) {
+        if (row == nullptr) continue;
+        const __m256 a0 = load8(row + c, n0, L, id), a1 = load8(row + c + 8, n1, L, id);
+        v0 = first ? a0 : comb8<Op>(v0, a0);
+        v1 = first ? a1 : comb8<Op>(v1, a1);
+        first = false;
+      }
+    };
+    float* __restrict out = y + it * Q;
+    __m256 carry = id;
+    if (pw == 0) {
+      __m256 unused;
+      const int64_t c = 2 * (q_last + 8);
+      vert(c, std::min<int64_t>(W - c, 1), 0, carry, unused);
+    }
+    for (int64_t k = 0; k <= q_last; k += 8) {
+      const int64_t q0 = pw == 1 ? k : q_last - k, c = 2 * q0;
+      __m256 v0 = id, v1 = id;
+      vert(c, W - c, W - c - 8, v0, v1);
+      // even / odd columns: within 128-bit halves, then the 64-bit pairs in order
+      const __m256 ev = _mm256_castpd_ps(_mm256_permute4x64_pd(
+          _mm256_castps_pd(_mm256_shuffle_ps(v0, v1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+      const __m256 od = _mm256_castpd_ps(_mm256_permute4x64_pd(
+          _mm256_castps_pd(_mm256_shuffle_ps(v0, v1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+      __m256 o;
+      if (pw == 1) {  // [carry[7], od[0..6]]
+        const __m256 t0 = _mm256_blend_ps(_mm256_permutevar8x32_ps(od, L.rot_r),
+                                          _mm256_permutevar8x32_ps(carry, L.rot_r), 0x01);
+        o = comb8<Op>(comb8<Op>(t0, ev), od);
+        carry = od;
+      } else {  // [ev[1..7], carry[0]]
+        const __m256 t2 = _mm256_blend_ps(_mm256_permutevar8x32_ps(ev, L.rot_l),
+                                          _mm256_permutevar8x32_ps(carry, L.rot_l), 0x80);
+        o = comb8<Op>(comb8<Op>(ev, od), t2);
+        carry = ev;
+      }
+      if constexpr (Op::avg) o = _mm256_div_ps(o, _mm256_mul_ps(_mm256_set1_ps(rdiv), _mm256_loadu_ps(colcnt + q0)));
+      store8(out + q0, Q - q0, L, o);
+    }
+  }
+}
+#endif
+
 template <typename T>
 FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* idx, int64_t b,
                       int64_t e, T* scr, int64_t* iscr) {
@@ -1080,6 +1182,17 @@ FC_TGT void fwd_range(PoolKind kind, const PoolProblem& p, const T* x, T* y, int
         return fwd_2x2s2<AvgOp<T>, T, false>(p, x, y, idx, b, e);
     }
   }
+#ifdef FC_POOL_AVX2_PASS
+  if constexpr (std::is_same<T, float>::value) {
+    if (!idx && is_3x3s2_small_pad(p)) {
+      switch (kind) {
+        case PoolKind::Max: return fwd_3x3s2_f32_avx2<MaxOp<float>>(p, x, y, b, e, scr);
+        case PoolKind::Min: return fwd_3x3s2_f32_avx2<MinOp<float>>(p, x, y, b, e, scr);
+        case PoolKind::Avg: return fwd_3x3s2_f32_avx2<AvgOp<float>>(p, x, y, b, e, scr);
+      }
+    }
+  }
+#endif
 #ifdef FC_POOL_AVX512_PASS
   if constexpr (std::is_same<T, float>::value) {
     if (is_3x3s2_small_pad(p)) {

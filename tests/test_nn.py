@@ -430,19 +430,27 @@ def test_one_sgd_step_matches_torch(rng, torch):
 
 
 @pytest.mark.parametrize("fn", ["max_pool2d", "min_pool2d"])
-def test_maxpool_without_grad_takes_values_only_path(fn):
+def test_maxpool_without_grad_takes_values_only_path(fn, monkeypatch):
     # no_grad, a constant input, or a Tensor that does not require grad: the values-only kernel
-    # (no indices); the values are those of the recorded path, and nothing is recorded
+    # (the recorded Function, which asks for indices, is not run); the values are those of the
+    # recorded path, and nothing is recorded
     from fastconv.autograd import no_grad
     f = getattr(F, fn)
     x = np.random.default_rng(4).standard_normal((2, 3, 28, 28)).astype(np.float32)
     t = Tensor(x.copy(), requires_grad=True)
     y = f(t, 3, 2, 1)
     assert y.requires_grad
+    recorded = F._MaxPool.apply
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the indices path ran where no backward can run")
+
+    monkeypatch.setattr(F._MaxPool, "apply", refuse)
     with no_grad():
         y_ng = f(t, 3, 2, 1)
     y_const = f(Tensor(x), 3, 2, 1)
     y_arr = f(x, 3, 2, 1)
+    monkeypatch.setattr(F._MaxPool, "apply", recorded)
     for other in (y_ng, y_const, y_arr):
         assert isinstance(other, Tensor) and not other.requires_grad
         np.testing.assert_array_equal(other.data, y.data)

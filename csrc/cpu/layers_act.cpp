@@ -157,6 +157,11 @@ FC_CLONES void softmax_row_bwd(bool log, const T* dy, const T* y, int64_t D, T* 
 #ifdef FC_SOFTMAX_AVX512
 #define FC_AVX512_TGT __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
 FC_AVX512_TGT inline __mmask16 tail16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+// 16 float lanes added into 16 double lanes (d0: lanes 0-7, d1: lanes 8-15)
+FC_AVX512_TGT inline void add_to_pd(__m512 f, __m512d& d0, __m512d& d1) {
+  d0 = _mm512_add_pd(d0, _mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+  d1 = _mm512_add_pd(d1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))));
+}
 
 // softmax backward of one float row with AVX-512, dx = y * (dy - dot(dy, y)).
 // The cloned C++ above leaves, per row, a scalar remainder of up to 63 products,
@@ -180,23 +185,18 @@ FC_AVX512_TGT void softmax_row_bwd_f32_avx512(
       const __mmask16 m = tail16(e - i);
       a[k] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dy + i), _mm512_maskz_loadu_ps(m, y + i), a[k]);
     }
-    const __m512 f = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-    d0 = _mm512_add_pd(d0, _mm512_cvtps_pd(_mm512_castps512_ps256(f)));
-    d1 = _mm512_add_pd(d1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))));
+    add_to_pd(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])), d0, d1);
   }
   const __m512 s = _mm512_set1_ps(float(_mm512_reduce_add_pd(_mm512_add_pd(d0, d1))));
   int64_t i = 0;
   for (; i + 16 <= D; i += 16)
     _mm512_storeu_ps(dx + i, _mm512_mul_ps(_mm512_loadu_ps(y + i), _mm512_sub_ps(_mm512_loadu_ps(dy + i), s)));
   if (i < D) {
-    const __mmask16 m = __mmask16((1u << (D - i)) - 1u);
+    const __mmask16 m = tail16(D - i);
     _mm512_mask_storeu_ps(dx + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i),
                                                    _mm512_sub_ps(_mm512_maskz_loadu_ps(m, dy + i), s)));
   }
 }
-#endif
-
-#ifdef FC_SOFTMAX_AVX512
 
 // exp(x) for x <= 0 or NaN (softmax's x - max): exp_poly's range reduction and
 // degree-6 polynomial (Cephes coefficients), but 2^n applied by vscalefps and
@@ -244,9 +244,9 @@ FC_AVX512_TGT void softmax_row_f32_avx512(bool log, const float* x, int64_t D, f
     if (!log) _mm512_mask_storeu_ps(y + i, t, e);
     s = _mm512_add_ps(s, e);
   }
-  const double sum = _mm512_reduce_add_pd(
-      _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(s)),
-                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)))));
+  __m512d d0 = _mm512_setzero_pd(), d1 = _mm512_setzero_pd();
+  add_to_pd(s, d0, d1);
+  const double sum = _mm512_reduce_add_pd(_mm512_add_pd(d0, d1));
   if (log) {
     const __m512 sub = _mm512_set1_ps(float(double(mf) + std::log(sum)));
     for (i = 0; i + 16 <= D; i += 16) _mm512_storeu_ps(y + i, _mm512_sub_ps(_mm512_loadu_ps(x + i), sub));

@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 
+from ..problem import _is_int
 from ._device import arrays_for as _arrays_for
 
 __all__ = [
@@ -74,9 +75,7 @@ def _real(v, name, lo=None, lo_open=False):
 
 
 def _int(v, name):
-    if type(v) is int:  # the common case, without the abc check below
-        return v
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+    if not _is_int(v):
         raise TypeError(f"{name} must be an int, got {v!r}")
     return int(v)
 

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <strings.h>  // strcasecmp
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -49,17 +50,8 @@ inline void set_max_threads(int n) {
 // stream 2^19 floats through the cache, so the threshold rises to that. Read once.
 inline int64_t parallel_min_work() {
   static const int64_t v = [] {
-    const char* p = std::getenv("OMP_WAIT_POLICY");
-    bool passive = false;
-    if (p != nullptr) {
-      const char* want = "passive";
-      passive = true;
-      int i = 0;
-      for (; p[i] != '\0' && want[i] != '\0'; ++i)
-        if ((p[i] | 0x20) != want[i]) passive = false;
-      if (p[i] != '\0' || want[i] != '\0') passive = false;
-    }
-    return passive ? int64_t(1) << 19 : int64_t(1) << 15;
+    const char* p = std::getenv("OMP_WAIT_POLICY");  // OpenMP reads it case-insensitively too
+    return p != nullptr && strcasecmp(p, "passive") == 0 ? int64_t(1) << 19 : int64_t(1) << 15;
   }();
   return v;
 }

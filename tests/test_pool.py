@@ -581,6 +581,25 @@ def each_isa(request):
     cpu.set_isa(before)
 
 
+@pytest.mark.parametrize("planes", [1, 15, 16, 17, 40])
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (4, 4), (1, 17), (7, 7), (5, 40)])
+def test_global_average_in_groups_of_planes(planes, hw, each_isa):
+    """Global average pooling (float: AVX-512 sums 16 planes at a time and folds the 16 lane
+    vectors together): plane counts below, at and past a group of 16, planes shorter and longer
+    than a vector, a NaN and an inf plane that must not reach their neighbours; float64 reference."""
+    rng = np.random.default_rng(planes * 100 + hw[0] * hw[1])
+    x = rng.standard_normal((1, planes) + hw).astype(np.float32)
+    if planes > 3:
+        x[0, 1, 0, 0] = np.nan
+        x[0, 2, -1, -1] = np.inf
+    want = x.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+    for got in (P.adaptive_avg_pool2d(x, 1), P.avg_pool2d(x, hw)):
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-7, equal_nan=True)
+    np.testing.assert_allclose(P.avg_pool2d(x, hw, divisor_override=3), want * (hw[0] * hw[1] / 3), rtol=2e-6,
+                               atol=2e-7, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,pad,ceil", S2_CASES)
 def test_3x3_stride2_fast_path_ties_nan_and_chunk_edges(shape, pad, ceil, dtype, rng, each_isa):
@@ -643,6 +662,8 @@ def test_2x2_stride2_backward_fast_path(shape, dtype, rng):
             else:                                   # one gradient per element at most: exact
                 np.testing.assert_array_equal(dx, want.astype(dtype))
             assert not np.signbit(dx[dx == 0]).any()                  # no -0
+        with pytest.raises(ValueError, match="indices must lie in"):  # its own window's index + 2^32:
+            bw(g, x, 2, 2, indices=i + (1 << 32))                   # must not alias into the window
         dx_own = bw(g, x, 2, 2)                                     # indices recomputed
         np.testing.assert_array_equal(dx_own, bw(g, x, 2, 2, indices=i))
 

@@ -355,6 +355,9 @@ def test_activations(backend, name, dtype, rng):
     close(getattr(ops, name + "_backward")(g, yd, backend=backend), dwant, dtype, what=f"{name} backward")
     nan = np.array([np.nan, 1.0], dtype)
     assert np.isnan(getattr(ops, name)(nan, backend=backend)[0]), f"{name}: NaN must stay NaN"
+    if name == "relu":  # zero only where the output is <= 0: a NaN output passes the gradient (torch)
+        got = ops.relu_backward(np.full(3, 2.0, dtype), np.array([np.nan, -0.0, 1.0], dtype), backend=backend)
+        np.testing.assert_array_equal(got, np.array([2.0, 0.0, 2.0], dtype))
 
 
 SOFTMAX = [pytest.param(shape, dim, id=f"{'x'.join(map(str, shape))}_dim{dim}") for shape, dim in (

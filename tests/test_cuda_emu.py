@@ -143,6 +143,12 @@ def test_fprop_relu_epilogue(spec, algo):
     cpu = ops.conv2d(x, w, b, algo=algo, backend="cpu", activation="relu", **spec.kwargs())
     check_close(got, cpu.astype(np.float64), TOL32, np.float32, f"relu {algo} {spec.name} vs cpu")
     assert (got >= 0).all() and (got == 0).any()
+    xn = x.copy()
+    xn[0, 0] = np.nan  # a NaN stays NaN through the epilogue, as through ops.relu and on the CPU
+    got = ops.conv2d(xn, w, b, algo=algo, backend="cuda-emu", activation="relu", **spec.kwargs())
+    cpu = ops.conv2d(xn, w, b, algo=algo, backend="cpu", activation="relu", **spec.kwargs())
+    assert np.isnan(got).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(cpu))
 
 
 @pytest.mark.parametrize("op", ["fprop_bias", "dgrad", "wgrad"])

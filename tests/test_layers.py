@@ -106,6 +106,28 @@ def test_batch_norm_running_stats_float32(rng):
     assert rm.dtype == np.float32 and rv.dtype == np.float32
 
 
+def test_batch_norm_running_stats_must_be_updatable(rng):
+    """Training updates the caller's running statistics in place: a list (converted to a fresh
+    array nobody sees) is a TypeError, a read-only array a ValueError; an array of another float
+    dtype or a strided view is updated itself, not a converted copy."""
+    C = 4
+    x = randn(rng, (6, C, 2, 3), np.float64, 2.0, 1.0)
+    _, mean, var = R.batch_norm_train(x)
+    with pytest.raises(TypeError, match="running_mean must be a numpy array"):
+        L.batch_norm(x, [0.0] * C, np.ones(C), training=True)
+    ro = np.ones(C)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="running_var must be writeable"):
+        L.batch_norm(x, np.zeros(C), ro, training=True)
+    L.batch_norm(x, [0.0] * C, (1.0,) * C, training=False)  # evaluation only reads them: any sequence
+    rm16, rv_view = np.zeros(C, np.float16), np.ones(2 * C)[::2]
+    L.batch_norm(x, rm16, rv_view, training=True, momentum=0.5)
+    n = x.size // C
+    np.testing.assert_allclose(rm16, 0.5 * mean, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(rv_view, 0.5 + 0.5 * var * n / (n - 1), rtol=1e-12)
+    assert rm16.dtype == np.float16
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 3, 5, 7), (5, 4), (3, 16, 9, 11), (3, 3, 1, 1)], ids=str)
 @pytest.mark.parametrize("affine", [True, False])
@@ -236,6 +258,11 @@ def test_relu_backward_takes_input_or_output(rng):
     x = randn(rng, (5, 6))
     g = randn(rng, (5, 6))
     np.testing.assert_array_equal(L.relu_backward(g, x), L.relu_backward(g, L.relu(x)))
+    # zero where the output is <= 0 only: a NaN output passes the gradient (torch's threshold_backward)
+    for dtype in DTYPES:
+        out = np.array([np.nan, -0.0, 0.0, -1.0, 2.0] * 7000, dtype)  # past one chunk: the threaded path too
+        got = L.relu_backward(np.full(out.shape, 3, dtype), out)
+        np.testing.assert_array_equal(got, np.where(np.isnan(out) | (out > 0), 3, 0).astype(dtype))
 
 
 def test_activations_vs_torch(rng):
@@ -514,6 +541,24 @@ def test_conv2d_relu_epilogue(rng, dtype, xs, ws, kw):
             fused = ops.conv2d(x, w, bias, algo=algo, activation="relu", **kw)
             np.testing.assert_array_equal(fused, L.relu(plain), err_msg=algo)
             assert (fused == 0).any() and (fused > 0).any()
+    # a NaN stays NaN through the epilogue, as through ops.relu (the vector max once returned 0),
+    # under every ISA build of the GEMM micro-kernels
+    from fastconv.backends import cpu
+    xn = x.copy()
+    xn[0, 0, 0, 0] = np.nan
+    before = cpu.isa() if cpu.CPU_AVAILABLE else None
+    try:
+        for isa in cpu.available_isas() if cpu.CPU_AVAILABLE else [None]:
+            if isa:
+                cpu.set_isa(isa)
+            for algo in algos:
+                plain = ops.conv2d(xn, w, b, algo=algo, **kw)
+                fused = ops.conv2d(xn, w, b, algo=algo, activation="relu", **kw)
+                assert np.isnan(plain).any()
+                np.testing.assert_array_equal(fused, L.relu(plain), err_msg=f"{algo} {isa}")
+    finally:
+        if before:
+            cpu.set_isa(before)
 
 
 # ============================================ determinism over thread counts

@@ -268,6 +268,11 @@ def test_adaptive(shape, osize, rng):
     dm_ref = ref.maxmin_pool_backward(g, x.shape, im_ref)
     close(P.adaptive_max_pool2d_backward(g, x, osize), dm_ref)
     close(P.adaptive_max_pool2d_backward(g, x, osize, indices=im), dm_ref)
+    # indices passed by hand land where they point, inside their window or not (a scatter, as torch
+    # on the CPU and as max_pool2d_backward): all on element 0, and shifted by one output
+    H, W = shape[2:]
+    for hand in (np.zeros_like(im), np.roll(im, 1, axis=-1), (im + W) % (H * W)):
+        close(P.adaptive_max_pool2d_backward(g, x, osize, indices=hand), ref.maxmin_pool_backward(g, x.shape, hand))
     close(P.adaptive_avg_pool2d(x.astype(np.float32), osize), ya, 2e-6)
 
 
@@ -579,6 +584,52 @@ def each_isa(request):
     cpu.set_isa(request.param)
     yield request.param
     cpu.set_isa(before)
+
+
+OVERSIZED = [  # (H, W), kernel, stride, padding, dilation, ceil_mode: strides/windows/padding >> the image
+    ((6, 6), 2, (1, 2**30), 0, 1, False),
+    ((5, 7), (3, 101), (2, 1), (1, 50), 1, False),
+    ((6, 9), 3, (100, 1), 1, (2, 3), True),
+    ((4, 6), (101, 2), (1, 3), (50, 1), 1, True),
+    ((3, 1), (1, 3), (2**31 - 1, 5), (0, 1), 1, False),
+]
+
+
+@pytest.mark.parametrize("hw,k,s,p,d,ceil", OVERSIZED)
+def test_oversized_stride_window_and_padding(hw, k, s, p, d, ceil, rng):
+    """Strides, windows, padding or dilation far larger than the image are valid (torch runs them)
+    and must neither allocate scratch in proportion to them (a 2^30 stride aborted the process
+    with bad_alloc) nor visit every tap: forward values/indices and backwards vs the reference."""
+    x = distinct(rng, (2, 3) + hw)
+    cfg = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil)
+    for kind, fwd, bwd in (("max", P.max_pool2d, P.max_pool2d_backward), ("min", P.min_pool2d, P.min_pool2d_backward)):
+        y, i = fwd(x, dilation=d, return_indices=True, **cfg)
+        y_ref, i_ref = ref.maxmin_pool(x, kind, dilation=d, **cfg)
+        close(y, y_ref, 0)
+        np.testing.assert_array_equal(i, i_ref)
+        g = rng.standard_normal(y.shape)
+        close(bwd(g, x, dilation=d, **cfg), ref.maxmin_pool_backward(g, x.shape, i_ref))
+    if d == 1:
+        for extra in ({}, dict(count_include_pad=False), dict(divisor_override=3)):
+            y = P.avg_pool2d(x, **cfg, **extra)
+            close(y, ref.avg_pool(x, **cfg, **extra))
+            g = rng.standard_normal(y.shape)
+            close(P.avg_pool2d_backward(g, x, **cfg, **extra), ref.avg_pool_backward(g, x.shape, **cfg, **extra))
+
+
+def test_window_of_2_to_the_30_and_parameters_past_int32(rng):
+    x = distinct(rng, (1, 2, 6, 6))
+    y, i = P.max_pool2d(x, 2**30, 1, 2**29, return_indices=True)   # every window covers the image
+    assert y.shape == (1, 2, 7, 7)
+    close(y, np.broadcast_to(x.max(axis=(2, 3), keepdims=True), y.shape), 0)
+    np.testing.assert_array_equal(i, np.broadcast_to(x.reshape(1, 2, 36).argmax(-1)[..., None, None], i.shape))
+    close(P.avg_pool2d(x, 2**30, 1, 2**29, count_include_pad=False),
+          np.broadcast_to(x.mean(axis=(2, 3), keepdims=True), y.shape))
+    for arg in ("kernel_size", "stride", "padding", "dilation"):
+        cfg = dict(kernel_size=2**31 if arg == "kernel_size" else 2, stride=2**31 if arg == "stride" else None,
+                   padding=2**31 if arg == "padding" else 0, dilation=2**31 if arg == "dilation" else 1)
+        with pytest.raises(ValueError, match=f"{arg} must be < 2\\^31"):
+            P.max_pool2d(x, **cfg)
 
 
 @pytest.mark.parametrize("planes", [1, 15, 16, 17, 40])

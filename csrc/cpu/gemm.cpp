@@ -123,7 +123,7 @@ void ukr_portable(int64_t kc, const T* a, const T* b, int64_t ldb, T* c,
       else if (beta != T(0))
         r = beta * ci[j] + r;
       if (bias) r += bi;
-      if (relu) r = r > T(0) ? r : T(0);
+      if (relu) r = r < T(0) ? T(0) : r;
       ci[j] = r;
     }
   }
@@ -498,7 +498,7 @@ void scale_epilogue(const Problem<T>& P) {
     for (int64_t j = 0; j < P.N; ++j) {
       T r = P.beta == T(0) ? T(0) : P.beta * ci[j];
       r += bi;
-      if (P.relu) r = r > T(0) ? r : T(0);
+      if (P.relu) r = r < T(0) ? T(0) : r;
       ci[j] = r;
     }
   }

@@ -64,7 +64,7 @@ void sgemm_ukr(int64_t kc, const float* a, const float* b, int64_t ldb,
         r = (beta == 1.0f) ? _mm256_add_ps(old, r) : _mm256_fmadd_ps(vbeta, old, r);
       }
       if (bias) r = _mm256_add_ps(r, vb);
-      if (relu) r = _mm256_max_ps(r, zero);
+      if (relu) r = _mm256_max_ps(zero, r);  // operand order: a NaN r stays NaN (vmaxps returns the second operand)
       if (full)
         _mm256_storeu_ps(ci + 8 * v, r);
       else

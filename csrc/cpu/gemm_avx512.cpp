@@ -73,7 +73,7 @@ void sgemm_ukr(int64_t kc, const float* a, const float* b, int64_t ldb,
         r = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(mask[v], ci + 16 * v), r);
       }
       if (bias) r = _mm512_add_ps(r, vb);
-      if (relu) r = _mm512_max_ps(r, zero);
+      if (relu) r = _mm512_max_ps(zero, r);  // operand order: a NaN r stays NaN (vmaxps returns the second operand)
       _mm512_mask_storeu_ps(ci + 16 * v, mask[v], r);
     }
   }

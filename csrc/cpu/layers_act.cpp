@@ -38,7 +38,7 @@ FC_CLONES void act_fwd_leaf(int kind, int64_t n, const T* x, T* y) {
 template <typename T>
 FC_CLONES void act_bwd_leaf(int kind, int64_t n, const T* dy, const T* y, T* dx) {
   if (kind == 0) {
-    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= T(0) ? T(0) : dy[i];  // a NaN output passes the gradient (torch threshold_backward)
   } else if (kind == 1) {
     for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * y[i] * (T(1) - y[i]);
   } else {

@@ -205,6 +205,100 @@ void global_fwd(PoolKind kind, int64_t planes, int64_t HW, const T* x, T* y, int
   }
 }
 
+// Oversized geometries: a stride, window or padding far larger than the
+// image (stride 2^30 on a 6x6 input is valid, and torch runs it). The row
+// kernels' scratch holds the padded row split into stride phases and spans
+// the widest window, and their loops visit every tap, so both grow with those
+// sizes (gigabytes, a bad_alloc abort); here each output visits only its taps
+// inside the image, with no scratch. Same rules as the row kernels: the first
+// better value in row-major window order (a NaN always replaces: the last NaN
+// wins), torch's initial index (the first tap at or after the image's top and
+// left edges) for a window with no tap in the image, torch's avg divisors.
+bool oversized(const PoolProblem& p) {
+  const auto big = [](int64_t k, int64_t s, int64_t d, int64_t pad, int64_t n) {
+    const int64_t lim = 2 * n + 64;  // parameters are < 2^31 (pool_check): no overflow
+    return s > lim || pad > lim || (k - 1) * d + 1 > lim;
+  };
+  return big(p.kh, p.sh, p.dh, p.ph, p.H) || big(p.kw, p.sw, p.dw, p.pw, p.W);
+}
+
+// Taps i in [0, k) of a window starting at s with 0 <= s + i*d < n: [i0, i1).
+inline void taps_inside(int64_t s, int64_t d, int64_t k, int64_t n, int64_t& i0, int64_t& i1) {
+  i0 = s >= 0 ? 0 : (-s + d - 1) / d;
+  i1 = s > n - 1 ? 0 : std::min(k, (n - 1 - s) / d + 1);
+  if (i1 < i0) i1 = i0;
+}
+
+template <typename T>
+T direct_divisor(const PoolProblem& p, int64_t oh, int64_t ow) {
+  if (p.divisor_override) return T(p.divisor_override);
+  return T(avg_count(oh, p.sh, p.ph, p.kh, p.H, p.count_include_pad)) *
+         T(avg_count(ow, p.sw, p.pw, p.kw, p.W, p.count_include_pad));
+}
+
+template <typename T>
+void direct_fwd(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* idx) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const bool mx = kind == PoolKind::Max;
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (p.planes * P * Q > kParallelMin)
+  for (int64_t it = 0; it < p.planes * P; ++it) {
+    const int64_t oh = it % P, hs = oh * p.sh - p.ph;
+    const T* xp = x + (it / P) * H * W;
+    int64_t i0, i1;
+    taps_inside(hs, p.dh, p.kh, H, i0, i1);
+    for (int64_t ow = 0; ow < Q; ++ow) {
+      const int64_t ws = ow * p.sw - p.pw;
+      int64_t j0, j1;
+      taps_inside(ws, p.dw, p.kw, W, j0, j1);
+      if (kind == PoolKind::Avg) {
+        T acc = T(0);
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = j0; j < j1; ++j) acc += xp[(hs + i * p.dh) * W + ws + j * p.dw];
+        y[it * Q + ow] = acc / direct_divisor<T>(p, oh, ow);
+        continue;
+      }
+      T best = mx ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity();
+      int64_t bi = (hs + i0 * p.dh) * W + ws + j0 * p.dw;
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t at = (hs + i * p.dh) * W + ws + j * p.dw;
+          const T v = xp[at];
+          if ((mx ? v > best : v < best) || v != v) {
+            best = v;
+            bi = at;
+          }
+        }
+      y[it * Q + ow] = best;
+      if (idx) idx[it * Q + ow] = bi;
+    }
+  }
+}
+
+// Avg backward of an oversized geometry: each plane zeroed, then every output
+// adds its share to its taps inside the image, in row-major output order.
+template <typename T>
+void direct_avg_bwd(const PoolProblem& p, const T* dy, T* dx) {
+  const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (p.planes * (H * W + P * Q) > kParallelMin)
+  for (int64_t plane = 0; plane < p.planes; ++plane) {
+    T* d = dx + plane * H * W;
+    for (int64_t i = 0; i < H * W; ++i) d[i] = T(0);
+    for (int64_t oh = 0; oh < P; ++oh) {
+      const int64_t hs = oh * p.sh - p.ph;
+      int64_t i0, i1;
+      taps_inside(hs, 1, p.kh, H, i0, i1);
+      for (int64_t ow = 0; ow < Q; ++ow) {
+        const int64_t ws = ow * p.sw - p.pw;
+        int64_t j0, j1;
+        taps_inside(ws, 1, p.kw, W, j0, j1);
+        const T v = dy[(plane * P + oh) * Q + ow] / direct_divisor<T>(p, oh, ow);
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = j0; j < j1; ++j) d[(hs + i) * W + ws + j] += v;
+      }
+    }
+  }
+}
+
 // adaptive windows: start = floor(i*in/out), end = ceil((i+1)*in/out)
 inline int64_t a_start(int64_t i, int64_t in, int64_t out) { return (i * in) / out; }
 inline int64_t a_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * in + out - 1) / out; }
@@ -238,6 +332,8 @@ std::string pool_check(PoolKind kind, const PoolProblem& p) {
   if (p.sh <= 0 || p.sw <= 0) return "stride must be positive";
   if (p.dh <= 0 || p.dw <= 0) return "dilation must be positive";
   if (p.ph < 0 || p.pw < 0) return "padding must be >= 0";
+  if (std::max({p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw}) > std::numeric_limits<int32_t>::max())
+    return "kernel_size, stride, padding and dilation must be < 2^31";
   if (p.ph > p.kh / 2 || p.pw > p.kw / 2) return "padding must be at most half the kernel size";
   if (kind == PoolKind::Avg && (p.dh != 1 || p.dw != 1)) return "avg pooling has no dilation";
   // every window must start inside the (top/left padded) input
@@ -263,6 +359,7 @@ void pool2d_fwd(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* 
     global_fwd<T>(kind, p.planes, p.H * p.W, x, y, idx, div);
     return;
   }
+  if (oversized(p)) return direct_fwd<T>(kind, p, x, y, idx);
   const int64_t items = p.planes * p.P;
   const int64_t scr = fwd_scratch(p);
 #pragma omp parallel num_threads(::fastconv::max_threads()) if (p.planes * (p.H * p.W + p.P * p.Q) > kParallelMin)
@@ -320,6 +417,10 @@ int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x,
       bad += nbad;
     }
     return bad;
+  }
+  if (oversized(p)) {
+    direct_avg_bwd<T>(p, dy, dx);
+    return 0;
   }
   const int64_t items = p.planes * p.H;
   const int64_t scr = bwd_scratch(p);
@@ -409,6 +510,24 @@ void adaptive_pool2d_bwd(PoolKind kind, const AdaptiveProblem& p, const T* dy, c
     adaptive_pool2d_fwd<T>(kind, p, x, ytmp.data(), own.data());
     idx = own.data();
   }
+  if (kind != PoolKind::Avg) {
+    // max: every output adds its gradient at its index, in row-major output
+    // order within a plane owned by one thread (deterministic; where windows
+    // overlap, the order a gather over each input row's windows would take).
+    // A scatter, not a gather over the windows that contain an element, so
+    // indices passed in by hand land where they point, as in torch.
+    const int64_t HW = H * W, PQ = P * Q;
+#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (p.planes * (HW + PQ) > kParallelMin)
+    for (int64_t plane = 0; plane < p.planes; ++plane) {
+      T* d = dx + plane * HW;
+      const T* g = dy + plane * PQ;
+      const int64_t* ip = idx + plane * PQ;
+      for (int64_t i = 0; i < HW; ++i) d[i] = T(0);
+      for (int64_t o = 0; o < PQ; ++o)
+        if (static_cast<uint64_t>(ip[o]) < static_cast<uint64_t>(HW)) d[ip[o]] += g[o];
+    }
+    return;
+  }
   std::vector<int64_t> hlo, hhi, wlo, whi;
   adaptive_ranges(H, P, hlo, hhi);
   adaptive_ranges(W, Q, wlo, whi);
@@ -424,26 +543,15 @@ void adaptive_pool2d_bwd(PoolKind kind, const AdaptiveProblem& p, const T* dy, c
       const int64_t plane = it / H, ih = it % H;
       const T* dyp = dy + plane * P * Q;
       T* dxr = dx + it * W;
-      for (int64_t w = 0; w < W; ++w) dxr[w] = T(0);
-      if (kind == PoolKind::Avg) {
-        for (int64_t q = 0; q < Q; ++q) t[q] = T(0);
-        for (int64_t oh = hlo[ih]; oh <= hhi[ih]; ++oh) {
-          const T rc = T(a_end(oh, H, P) - a_start(oh, H, P));
-          for (int64_t q = 0; q < Q; ++q) t[q] += dyp[oh * Q + q] / (rc * colcnt[q]);
-        }
-        for (int64_t w = 0; w < W; ++w) {
-          T acc = T(0);
-          for (int64_t q = wlo[w]; q <= whi[w]; ++q) acc += t[q];
-          dxr[w] = acc;
-        }
-      } else {
-        const int64_t* ip = idx + plane * P * Q;
-        const int64_t base = ih * W;
-        for (int64_t oh = hlo[ih]; oh <= hhi[ih]; ++oh)
-          for (int64_t q = 0; q < Q; ++q) {
-            const int64_t d = ip[oh * Q + q] - base;
-            if (uint64_t(d) < uint64_t(W)) dxr[d] += dyp[oh * Q + q];
-          }
+      for (int64_t q = 0; q < Q; ++q) t[q] = T(0);
+      for (int64_t oh = hlo[ih]; oh <= hhi[ih]; ++oh) {
+        const T rc = T(a_end(oh, H, P) - a_start(oh, H, P));
+        for (int64_t q = 0; q < Q; ++q) t[q] += dyp[oh * Q + q] / (rc * colcnt[q]);
+      }
+      for (int64_t w = 0; w < W; ++w) {
+        T acc = T(0);
+        for (int64_t q = wlo[w]; q <= whi[w]; ++q) acc += t[q];
+        dxr[w] = acc;
       }
     }
   }

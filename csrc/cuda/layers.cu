@@ -109,7 +109,7 @@ __global__ void act_bwd_kernel(int64_t n, const T* __restrict__ dy, const T* __r
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const T v = y[i];
-    if (kKind == 0) dx[i] = v > T(0) ? dy[i] : T(0);
+    if (kKind == 0) dx[i] = v <= T(0) ? T(0) : dy[i];  // a NaN output passes the gradient (torch threshold_backward)
     else if (kKind == 1) dx[i] = dy[i] * v * (T(1) - v);
     else dx[i] = dy[i] * (T(1) - v * v);
   }

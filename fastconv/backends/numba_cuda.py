@@ -842,7 +842,7 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             v = y[i]
             if kind == 0:
-                dx[i] = dy[i] if v > Z else Z
+                dx[i] = Z if v <= Z else dy[i]  # a NaN output passes the gradient (torch)
             elif kind == 1:
                 dx[i] = dy[i] * v * (ONE - v)
             else:

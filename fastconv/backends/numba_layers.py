@@ -680,11 +680,12 @@ def _act_fwd(kind, x, y):
 
 @njit(**_PAR)
 def _act_bwd(kind, dy, y, dx):
-    """Backward from the forward's output y (relu: y > 0 also works with the input)."""
+    """Backward from the forward's output y (relu: the input works too; zero where y <= 0, so a NaN
+    passes the gradient, as torch's threshold_backward)."""
     n = y.size
     if kind == 0:
         for i in prange(n):
-            dx[i] = dy[i] if y[i] > 0 else 0
+            dx[i] = 0 if y[i] <= 0 else dy[i]
     elif kind == 1:
         for i in prange(n):
             dx[i] = dy[i] * y[i] * (1 - y[i])

@@ -146,9 +146,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError("momentum=None (cumulative moving average) is not supported; pass a float")
     momentum = _real(momentum, "momentum")
     if not A.on_device:  # GPU arrays (views of the caller's memory) are always writeable
-        for v, n in ((rm, "running_mean"), (rv, "running_var")):
-            if v is not None and (not isinstance(v, np.ndarray) or not v.flags.writeable):
-                raise ValueError(f"{n} must be a writeable numpy array: it is updated in place")
+        # the caller's objects, not their float views: a list converts to a fresh array whose
+        # update nobody would see, and an array of another dtype is updated through a copy
+        for v, n in ((running_mean, "running_mean"), (running_var, "running_var")):
+            if v is not None and not isinstance(v, np.ndarray):
+                raise TypeError(f"{n} must be a numpy array when training (it is updated in place), got "
+                                f"{type(v).__name__}")
+            if v is not None and not v.flags.writeable:
+                raise ValueError(f"{n} must be writeable when training: it is updated in place")
+        rm = running_mean if rm is not None else None
+        rv = running_var if rv is not None else None
     if N * L <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
     y, mean, invstd, var = _bn_train(A, x, dtype, N, C, L, w, b, eps)
@@ -330,7 +337,10 @@ def tanh(input, *, backend=None):
 
 
 def relu_backward(grad_output, output, *, backend=None):
-    """``grad_output * (output > 0)``; the forward's input works as well as its output."""
+    """``grad_output`` where ``output > 0``, else 0; the forward's input works as well as its output.
+
+    A NaN output passes the gradient (torch's ``threshold_backward`` zeroes only where output <= 0).
+    """
     return _act_bwd("relu", grad_output, output, "output", backend)
 
 

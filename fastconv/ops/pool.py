@@ -66,6 +66,9 @@ def _as4d(arr, name):
     raise ValueError(f"{name} must be 3-D (C, H, W) or 4-D (N, C, H, W), got {arr.ndim}-D with shape {arr.shape}")
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def _pair(value, name, minimum):
     if _is_int(value):
         vals = (int(value), int(value))
@@ -81,6 +84,8 @@ def _pair(value, name, minimum):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(vals) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(vals) > _INT32_MAX:  # torch's limit too (it overflows past it); far past any image
+        raise ValueError(f"{name} must be < 2^31, got {value!r}")
     return vals
 
 
@@ -252,7 +257,12 @@ def _maxmin_backward(kind, grad_output, input, kernel_size, stride, padding, dil
 
 def max_pool2d_backward(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                         indices=None, *, backend=None):
-    """grad_input of :func:`max_pool2d` (``indices`` from ``return_indices=True``, or None to recompute)."""
+    """grad_input of :func:`max_pool2d` (``indices`` from ``return_indices=True``, or None to recompute).
+
+    Each output's gradient is added at its index, inside its window or not (a scatter, as torch on
+    the CPU); the GPU kernels gather over the windows that contain an element, so there an index
+    outside its own window drops its gradient (as torch's CUDA kernel).
+    """
     return _maxmin_backward(_MAX, grad_output, input, kernel_size, stride, padding, dilation, ceil_mode, indices,
                            backend)
 
@@ -454,7 +464,12 @@ def adaptive_avg_pool2d_backward(grad_output, input, *, backend=None):
 
 
 def adaptive_max_pool2d_backward(grad_output, input, output_size, indices=None, *, backend=None):
-    """grad_input of :func:`adaptive_max_pool2d` (``indices`` or None to recompute the argmax)."""
+    """grad_input of :func:`adaptive_max_pool2d` (``indices`` or None to recompute the argmax).
+
+    Each output's gradient is added at its index (flat in the input plane), inside its window or
+    not, as torch on the CPU; the GPU kernels gather over the windows that contain an element, so
+    there an index outside its own window drops its gradient (as torch's CUDA max-pool backward).
+    """
     A = _arrays_for(backend, ("grad_output", grad_output), ("input", input), ("indices", indices))
     x, x4, unbatched = _adaptive_input(A, input)
     N, C, H, W = x4.shape

@@ -109,7 +109,8 @@ def test_batch_norm_running_stats_float32(rng):
 def test_batch_norm_running_stats_must_be_updatable(rng):
     """Training updates the caller's running statistics in place: a list (converted to a fresh
     array nobody sees) is a TypeError, a read-only array a ValueError; an array of another float
-    dtype or a strided view is updated itself, not a converted copy."""
+    dtype or a strided view is updated itself, not a converted copy. eps = 0 is rejected when
+    training, as torch does."""
     C = 4
     x = randn(rng, (6, C, 2, 3), np.float64, 2.0, 1.0)
     _, mean, var = R.batch_norm_train(x)
@@ -120,6 +121,10 @@ def test_batch_norm_running_stats_must_be_updatable(rng):
     with pytest.raises(ValueError, match="running_var must be writeable"):
         L.batch_norm(x, np.zeros(C), ro, training=True)
     L.batch_norm(x, [0.0] * C, (1.0,) * C, training=False)  # evaluation only reads them: any sequence
+    with pytest.raises(ValueError, match="eps must be positive when training"):
+        L.batch_norm(x, np.zeros(C), np.ones(C), training=True, eps=0.0)
+    with pytest.raises(ValueError, match="eps must be positive when training"):
+        L.batch_norm_forward_train(x, eps=0.0)
     rm16, rv_view = np.zeros(C, np.float16), np.ones(2 * C)[::2]
     L.batch_norm(x, rm16, rv_view, training=True, momentum=0.5)
     n = x.size // C

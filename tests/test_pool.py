@@ -617,6 +617,25 @@ def test_oversized_stride_window_and_padding(hw, k, s, p, d, ceil, rng):
             close(P.avg_pool2d_backward(g, x, **cfg, **extra), ref.avg_pool_backward(g, x.shape, **cfg, **extra))
 
 
+def test_window_with_no_element_of_the_input(rng):
+    """With dilation a window can hold only padding: -inf and torch's initial index (here outside
+    the 1x8 plane). Backward with those indices raises a ValueError that says why (torch writes out
+    of bounds there); without indices the -inf outputs send no gradient."""
+    x = distinct(rng, (2, 3, 1, 8))
+    cfg = dict(kernel_size=2, stride=(1, 5), padding=1, dilation=2, ceil_mode=True)
+    y, i = P.max_pool2d(x, return_indices=True, **cfg)
+    y_ref, i_ref = ref.maxmin_pool(x, "max", **cfg)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(i, i_ref)
+    outside = i >= 8
+    assert outside.any() and np.all(y[outside] == -np.inf)
+    g = rng.standard_normal(y.shape)
+    with pytest.raises(ValueError, match="no element of the input"):
+        P.max_pool2d_backward(g, x, indices=i, **cfg)
+    close(P.max_pool2d_backward(g, x, **cfg), ref.maxmin_pool_backward(np.where(outside, 0, g), x.shape,
+                                                                       np.where(outside, 0, i_ref)))
+
+
 def test_window_of_2_to_the_30_and_parameters_past_int32(rng):
     x = distinct(rng, (1, 2, 6, 6))
     y, i = P.max_pool2d(x, 2**30, 1, 2**29, return_indices=True)   # every window covers the image

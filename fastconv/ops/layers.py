@@ -116,6 +116,12 @@ def _channel_vec(A, v, name, C, x_shape):
     return v
 
 
+def _train_eps(eps):
+    if not eps > 0:  # as torch: a constant channel would divide by zero
+        raise ValueError(f"eps must be positive when training, got {eps}")
+    return eps
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5, *, backend=None):
     """As ``torch.nn.functional.batch_norm``: normalizes over every axis but 1.
@@ -145,6 +151,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if momentum is None:
         raise ValueError("momentum=None (cumulative moving average) is not supported; pass a float")
     momentum = _real(momentum, "momentum")
+    _train_eps(eps)
     if not A.on_device:  # GPU arrays (views of the caller's memory) are always writeable
         # the caller's objects, not their float views: a list converts to a fresh array whose
         # update nobody would see, and an array of another dtype is updated through a copy
@@ -196,7 +203,7 @@ def batch_norm_forward_train(input, weight=None, bias=None, eps=1e-5, *, backend
     N, C, L = _bn_view(x)
     w = _channel_vec(A, weight, "weight", C, x.shape)
     b = _channel_vec(A, bias, "bias", C, x.shape)
-    eps = _real(eps, "eps", 0.0)
+    eps = _train_eps(_real(eps, "eps", 0.0))
     dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
     if N * L <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")

@@ -8,6 +8,8 @@ timing, one step's loss is compared (relative difference <= 1e-3, reported).
 Each repeat times --steps steps of fastconv and of torch, interleaved, the
 order flipped every repeat; the table shows the median images/s and the ratio
 fastconv / torch (> 1: fastconv faster). Both use --threads threads.
+"misses/step" is fastconv's output-buffer cache misses per timed step (each a
+fresh mapping whose pages the kernel writing it faults in; 0 in a steady loop).
 
   python benchmarks/bench_train.py [--threads N] [--repeat 5] [--steps 5] [--full] [--only lenet5]
                                    [--profile CASE] [--markdown PATH] [--no-torch]
@@ -160,7 +162,8 @@ def main(argv=None):
     print(f"fastconv {fastconv.__version__} ({fastconv.info()['isa']}), torch "
           f"{torch.__version__ if torch else '-'}; threads {args.threads}; SGD momentum 0.9; "
           f"median of {args.repeat} x {args.steps} steps")
-    hdr = f"{'model':<11}{'batch':>6}  {'input':<10}{'fastconv img/s':>15}{'torch img/s':>13}{'ratio':>7}  loss check"
+    hdr = (f"{'model':<11}{'batch':>6}  {'input':<10}{'fastconv img/s':>15}{'torch img/s':>13}{'ratio':>7}"
+           f"{'misses/step':>12}  loss check")
     print(hdr)
     print("-" * len(hdr))
     for name, batch, shape in cases(args.full):
@@ -178,29 +181,33 @@ def main(argv=None):
             t_step()
         fc_step()
         fc_t, t_t = [], []
+        misses0 = fastconv.buffer_cache_info().get("misses", 0)
         for r in range(args.repeat):
             order = [("fc", fc_step), ("t", t_step)] if r % 2 == 0 else [("t", t_step), ("fc", fc_step)]
             for who, st in order:
                 if st is None:
                     continue
                 (fc_t if who == "fc" else t_t).append(timed(st, args.steps))
+        # output-buffer cache misses per timed fastconv step: each is a fresh mapping the kernel
+        # writing it page-faults (README, "API"); a loop in steady state should have none
+        misses = (fastconv.buffer_cache_info().get("misses", 0) - misses0) / (args.repeat * args.steps)
         fc_ips = batch * args.steps / statistics.median(fc_t)
         t_ips = batch * args.steps / statistics.median(t_t) if t_t else None
         ratio = fc_ips / t_ips if t_ips else None
         shp = "x".join(map(str, shape))
         print(f"{name:<11}{batch:>6}  {shp:<10}{_ips(fc_ips):>15}{(_ips(t_ips) if t_ips else '-'):>13}"
-              f"{(f'{ratio:.2f}' if ratio else '-'):>7}  {check}", flush=True)
-        rows.append((name, batch, shp, fc_ips, t_ips, ratio, check))
+              f"{(f'{ratio:.2f}' if ratio else '-'):>7}{misses:>12.2f}  {check}", flush=True)
+        rows.append((name, batch, shp, fc_ips, t_ips, ratio, misses))
         if args.profile and args.profile in label:
             print(f"\ncProfile of {args.steps} fastconv steps, {label} (sorted by own time):")
             print(profile(fc_step, args.steps))
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write("| model | batch | input | fastconv img/s | torch img/s | fastconv/torch |\n"
-                    "|---|---:|---|---:|---:|---:|\n")
-            for name, batch, shp, a, b, r, _ in rows:
-                f.write(f"| {name} | {batch} | {shp} | {_ips(a)} | {_ips(b)} | {r:.2f} |\n" if b else
-                        f"| {name} | {batch} | {shp} | {_ips(a)} | - | - |\n")
+            f.write("| model | batch | input | fastconv img/s | torch img/s | fastconv/torch | cache misses/step |\n"
+                    "|---|---:|---|---:|---:|---:|---:|\n")
+            for name, batch, shp, a, b, r, ms in rows:
+                f.write(f"| {name} | {batch} | {shp} | {_ips(a)} | {_ips(b)} | {r:.2f} | {ms:.2f} |\n" if b else
+                        f"| {name} | {batch} | {shp} | {_ips(a)} | - | - | {ms:.2f} |\n")
     return 0
 
 

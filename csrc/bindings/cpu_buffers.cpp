@@ -63,9 +63,9 @@ class BufferCache {
   // idle bytes, and only blocks within 1/8 of the request served it), a
   // training loop's steps cycled: a request found only blocks of another
   // size, released them, and the requests of that size then missed in turn.
-  // simple_cnn at batch 64 missed on 6 of its 13 requests a step, each a fresh
-  // mapping the kernel then page-faults (3.4-3.8K training images/s); with
-  // both, 12 misses in 100 steps, all in the first steps (4.7K images/s).
+  // benchmarks/bench_train.py counted 6-8 misses a step (simple_cnn, lenet5
+  // b256, resnet20), each a fresh mapping the kernel then page-faults; with
+  // both, none (simple_cnn 0.73x -> 0.97x torch, lenet5 b256 0.90x -> 1.63x).
   // Never null (throws std::bad_alloc).
   Block take(size_t bytes) {
     const size_t need = (bytes + kGranule - 1) / kGranule * kGranule;

@@ -105,7 +105,7 @@ void direct_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T
       }
     }
     if (relu)
-      for (int64_t q = 0; q < p.Q; ++q) orow[q] = orow[q] < T(0) ? T(0) : orow[q];
+      for (int64_t q = 0; q < p.Q; ++q) orow[q] = relu_value(orow[q]);
   }
 }
 

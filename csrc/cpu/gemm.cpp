@@ -16,6 +16,7 @@
 // L1 and the vector operand streams from L2, which suits a row-major C.
 #include <fastconv/gemm.h>
 #include <fastconv/parallel.h>
+#include <fastconv/problem.h>  // relu_value
 
 #include <omp.h>
 
@@ -123,7 +124,7 @@ void ukr_portable(int64_t kc, const T* a, const T* b, int64_t ldb, T* c,
       else if (beta != T(0))
         r = beta * ci[j] + r;
       if (bias) r += bi;
-      if (relu) r = r < T(0) ? T(0) : r;
+      if (relu) r = relu_value(r);
       ci[j] = r;
     }
   }
@@ -498,7 +499,7 @@ void scale_epilogue(const Problem<T>& P) {
     for (int64_t j = 0; j < P.N; ++j) {
       T r = P.beta == T(0) ? T(0) : P.beta * ci[j];
       r += bi;
-      if (P.relu) r = r < T(0) ? T(0) : r;
+      if (P.relu) r = relu_value(r);
       ci[j] = r;
     }
   }

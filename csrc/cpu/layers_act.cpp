@@ -11,6 +11,7 @@
 
 #include "fastconv/gemm.h"  // gemm_isa
 #include "fastconv/layers_cpu.h"
+#include "fastconv/problem.h"  // relu_value, relu_grad
 #include "layers_common.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(FASTCONV_NO_X86_KERNELS)
@@ -26,8 +27,7 @@ constexpr int64_t kChunk = 1 << 14;
 template <typename T>
 FC_CLONES void act_fwd_leaf(int kind, int64_t n, const T* x, T* y) {
   if (kind == 0) {
-    // NaN stays NaN (as torch's relu)
-    for (int64_t i = 0; i < n; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];
+    for (int64_t i = 0; i < n; ++i) y[i] = relu_value(x[i]);
   } else if (kind == 1) {
     for (int64_t i = 0; i < n; ++i) y[i] = vsigmoid<T>(x[i]);
   } else {
@@ -38,7 +38,7 @@ FC_CLONES void act_fwd_leaf(int kind, int64_t n, const T* x, T* y) {
 template <typename T>
 FC_CLONES void act_bwd_leaf(int kind, int64_t n, const T* dy, const T* y, T* dx) {
   if (kind == 0) {
-    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= T(0) ? T(0) : dy[i];  // a NaN output passes the gradient (torch threshold_backward)
+    for (int64_t i = 0; i < n; ++i) dx[i] = relu_grad(y[i], dy[i]);
   } else if (kind == 1) {
     for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * y[i] * (T(1) - y[i]);
   } else {

@@ -205,6 +205,22 @@ void global_fwd(PoolKind kind, int64_t planes, int64_t HW, const T* x, T* y, int
   }
 }
 
+// Max/min backward of one plane from indices: zeroed, then every output adds
+// its gradient at its index in row-major output order (a fixed order, so
+// overlapping windows accumulate deterministically). Indices outside the
+// plane are skipped and counted.
+template <typename T>
+int64_t scatter_plane(const T* g, const int64_t* ix, int64_t PQ, T* d, int64_t HW) {
+  for (int64_t i = 0; i < HW; ++i) d[i] = T(0);
+  int64_t nbad = 0;
+  for (int64_t o = 0; o < PQ; ++o) {
+    const int64_t i = ix[o];
+    if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) d[i] += g[o];
+    else ++nbad;
+  }
+  return nbad;
+}
+
 // Oversized geometries: a stride, window or padding far larger than the
 // image (stride 2^30 on a 6x6 input is valid, and torch runs it). The row
 // kernels' scratch holds the padded row split into stride phases and spans
@@ -224,7 +240,7 @@ bool oversized(const PoolProblem& p) {
 
 // Taps i in [0, k) of a window starting at s with 0 <= s + i*d < n: [i0, i1).
 inline void taps_inside(int64_t s, int64_t d, int64_t k, int64_t n, int64_t& i0, int64_t& i1) {
-  i0 = s >= 0 ? 0 : (-s + d - 1) / d;
+  i0 = (first_inside(s, d) - s) / d;
   i1 = s > n - 1 ? 0 : std::min(k, (n - 1 - s) / d + 1);
   if (i1 < i0) i1 = i0;
 }
@@ -258,7 +274,7 @@ void direct_fwd(PoolKind kind, const PoolProblem& p, const T* x, T* y, int64_t* 
         continue;
       }
       T best = mx ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity();
-      int64_t bi = (hs + i0 * p.dh) * W + ws + j0 * p.dw;
+      int64_t bi = first_inside(hs, p.dh) * W + first_inside(ws, p.dw);  // torch's initial index
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t at = (hs + i * p.dh) * W + ws + j * p.dw;
@@ -406,15 +422,7 @@ int64_t pool2d_bwd(PoolKind kind, const PoolProblem& p, const T* dy, const T* x,
 #ifdef FC_POOL_HAVE_X86
       if (avx512) done = pool_avx512::maxmin_bwd_plane<T>(p, g, ix, d);
 #endif
-      if (done) continue;
-      for (int64_t i = 0; i < HW; ++i) d[i] = T(0);
-      int64_t nbad = 0;
-      for (int64_t o = 0; o < PQ; ++o) {
-        const int64_t i = ix[o];
-        if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) d[i] += g[o];
-        else ++nbad;
-      }
-      bad += nbad;
+      if (!done) bad += scatter_plane(g, ix, PQ, d, HW);
     }
     return bad;
   }
@@ -486,20 +494,15 @@ void adaptive_pool2d_bwd(PoolKind kind, const AdaptiveProblem& p, const T* dy, c
                          const int64_t* idx, T* dx) {
   if (p.planes == 0) return;
   const int64_t H = p.H, W = p.W, P = p.P, Q = p.Q;
-  if (P == 1 && Q == 1 && (kind == PoolKind::Avg || idx != nullptr)) {
-    // Global pooling (the end of every ResNet/GoogLeNet): a broadcast per
-    // plane for avg, one store per plane for max/min with saved indices.
+  if (P == 1 && Q == 1 && kind == PoolKind::Avg) {
+    // Global average pooling (the end of every ResNet/GoogLeNet): a broadcast
+    // per plane (max/min: the scatter below, one store per plane).
     const int64_t HW = H * W;
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (p.planes * HW > kParallelMin)
     for (int64_t plane = 0; plane < p.planes; ++plane) {
       T* d = dx + plane * HW;
-      if (kind == PoolKind::Avg) {
-        const T v = dy[plane] / T(HW);
-        for (int64_t i = 0; i < HW; ++i) d[i] = v;
-      } else {
-        for (int64_t i = 0; i < HW; ++i) d[i] = T(0);
-        d[idx[plane]] = dy[plane];
-      }
+      const T v = dy[plane] / T(HW);
+      for (int64_t i = 0; i < HW; ++i) d[i] = v;
     }
     return;
   }
@@ -518,14 +521,8 @@ void adaptive_pool2d_bwd(PoolKind kind, const AdaptiveProblem& p, const T* dy, c
     // indices passed in by hand land where they point, as in torch.
     const int64_t HW = H * W, PQ = P * Q;
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (p.planes * (HW + PQ) > kParallelMin)
-    for (int64_t plane = 0; plane < p.planes; ++plane) {
-      T* d = dx + plane * HW;
-      const T* g = dy + plane * PQ;
-      const int64_t* ip = idx + plane * PQ;
-      for (int64_t i = 0; i < HW; ++i) d[i] = T(0);
-      for (int64_t o = 0; o < PQ; ++o)
-        if (static_cast<uint64_t>(ip[o]) < static_cast<uint64_t>(HW)) d[ip[o]] += g[o];
-    }
+    for (int64_t plane = 0; plane < p.planes; ++plane)
+      scatter_plane(dy + plane * PQ, idx + plane * PQ, PQ, dx + plane * HW, HW);
     return;
   }
   std::vector<int64_t> hlo, hhi, wlo, whi;

@@ -194,7 +194,7 @@ void separable_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias
     }
     if (tr) transpose_planes(yv, p.K, v.P, v.Q, yn, par);
     if (relu)
-      for (int64_t i = 0; i < p.K * PQ; ++i) yn[i] = yn[i] < T(0) ? T(0) : yn[i];
+      for (int64_t i = 0; i < p.K * PQ; ++i) yn[i] = relu_value(yn[i]);
   });
 }
 

@@ -216,10 +216,10 @@ void transform_output(const WinoConv<T>& q, const T* M, int64_t t0, int64_t nt, 
           T o00 = a0 + a1 + a2 + b, o01 = a1 - a2 - a3 + b;
           T o10 = c0 + c1 + c2 + b, o11 = c1 - c2 - c3 + b;
           if (relu) {
-            o00 = o00 < T(0) ? T(0) : o00;
-            o01 = o01 < T(0) ? T(0) : o01;
-            o10 = o10 < T(0) ? T(0) : o10;
-            o11 = o11 < T(0) ? T(0) : o11;
+            o00 = relu_value(o00);
+            o01 = relu_value(o01);
+            o10 = relu_value(o10);
+            o11 = relu_value(o11);
           }
           row0[2 * r] = o00;
           row0[2 * r + 1] = o01;

@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     if (bias) acc += bias[k];
-    if (kRelu) acc = acc < T(0) ? T(0) : acc;
+    if (kRelu) acc = relu_value(acc);
     y[i] = acc;
   }
 }
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int b = 0; b < kTQ; ++b) {
         if (b >= nq) continue;
         T v = acc[a][b] + bv;
-        if (kRelu) v = v < T(0) ? T(0) : v;
+        if (kRelu) v = relu_value(v);
         yrow[b] = v;
       }
     }

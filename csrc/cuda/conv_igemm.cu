@@ -127,7 +127,7 @@ struct FpropOps {
   __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
     const int64_t k = g * p.Kg() + row, PQ = p.P * p.Q;
     if (bias) v += bias[k];
-    if (kRelu) v = v < T(0) ? T(0) : v;
+    if (kRelu) v = relu_value(v);
     y[((c / PQ) * p.K + k) * PQ + c % PQ] = v;
   }
 };
@@ -342,7 +342,7 @@ struct Fprop1x1Ops {
   __device__ __forceinline__ void store(int64_t g, int64_t row, int64_t c, T v) const {
     const int64_t k = g * p.Kg() + row, PQ = p.P * p.Q;
     if (bias) v += bias[k];
-    if (kRelu) v = v < T(0) ? T(0) : v;
+    if (kRelu) v = relu_value(v);
     y[((c / PQ) * p.K + k) * PQ + c % PQ] = v;
   }
 };

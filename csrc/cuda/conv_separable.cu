@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kNT)
     if (k >= L.K) continue;
     T v = acc[i];
     if (bias) v += bias[k];
-    if (kRelu) v = v < T(0) ? T(0) : v;
+    if (kRelu) v = relu_value(v);
     y[(n * L.K + k) * L.out_plane + oc * L.out_cstep + o * L.out_step] = v;
   }
 }

@@ -14,6 +14,7 @@
 // register count the kernels use (see the ptxas report) allows.
 #include "fastconv/cuda_compat.h"
 #include "fastconv/layers_cuda.h"
+#include "fastconv/problem.h"  // relu_value, relu_grad
 #include "grid_walk.cuh"
 
 #include <cmath>
@@ -98,7 +99,7 @@ __global__ void act_fwd_kernel(int64_t n, const T* __restrict__ x, T* __restrict
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const T v = x[i];
-    if (kKind == 0) y[i] = v < T(0) ? T(0) : v;  // NaN stays NaN
+    if (kKind == 0) y[i] = relu_value(v);
     else if (kKind == 1) y[i] = d_sigmoid(v);
     else y[i] = d_tanh(v);
   }
@@ -109,7 +110,7 @@ __global__ void act_bwd_kernel(int64_t n, const T* __restrict__ dy, const T* __r
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const T v = y[i];
-    if (kKind == 0) dx[i] = v <= T(0) ? T(0) : dy[i];  // a NaN output passes the gradient (torch threshold_backward)
+    if (kKind == 0) dx[i] = relu_grad(v, dy[i]);
     else if (kKind == 1) dx[i] = dy[i] * v * (T(1) - v);
     else dx[i] = dy[i] * (T(1) - v * v);
   }

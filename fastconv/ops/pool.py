@@ -183,9 +183,10 @@ def _check_grad(A, grad_output, x, expect_shape4, what):
 
 def _index_range_error(indices, H, W):
     return ValueError(f"indices must lie in [0, {H * W}) (flat positions in a {H}x{W} input plane), got "
-                      f"values in [{int(indices.min())}, {int(indices.max())}] (the forward gives a window "
-                      f"with no element of the input, possible with dilation, torch's initial index, which "
-                      f"can lie outside the plane: its -inf output has no input to send a gradient to)")
+                      f"values in [{int(indices.min())}, {int(indices.max())}]. Max pooling's own indices can "
+                      f"lie outside the plane where a window holds no element of the input (possible with "
+                      f"dilation): that output is -inf, has no input to send a gradient to, and such a "
+                      f"window carries torch's initial index; pass indices=None to recompute instead")
 
 
 def _check_indices(A, indices, x, expect_shape4, H, W, check_range=True):

@@ -21,6 +21,19 @@ namespace fastconv {
 
 enum class ConvOp { Fprop, Dgrad, Wgrad };
 
+// ReLU as every fused conv epilogue (CPU and CUDA) and the relu op compute it:
+// a NaN stays NaN, as torch.relu (the form `v > 0 ? v : 0` turned it into 0).
+template <typename T>
+FC_HOST_DEVICE inline T relu_value(T v) {
+  return v < T(0) ? T(0) : v;
+}
+// Its backward, from the output (or the input): zero only where v <= 0, so a
+// NaN passes the gradient, as torch's threshold_backward.
+template <typename T>
+FC_HOST_DEVICE inline T relu_grad(T v, T g) {
+  return v <= T(0) ? T(0) : g;
+}
+
 // The one output-size formula:
 //   P = (H + pad_lo + pad_hi - dil*(R-1) - 1) / stride + 1
 // (symmetric padding: pad_lo == pad_hi == pad). Returns <= 0 when the kernel

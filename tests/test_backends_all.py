@@ -205,6 +205,41 @@ def test_maxmin_pool_nan(backend, dtype, rng):
         np.testing.assert_array_equal(idx, want_idx)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_read_only_arrays(backend, rng):
+    """Read-only inputs (np.load(mmap_mode="r"), np.frombuffer, a cached batch) are read, not
+    refused: every pooling op and backward with read-only input, grad_output and indices gives
+    what the writable arrays give."""
+    own_kernels(backend, "pool2d_forward", "pool2d_backward", "adaptive_pool2d_forward", "adaptive_pool2d_backward")
+
+    def frozen(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+
+    x = rng.standard_normal((2, 3, 7, 6))
+    y, i = ops.max_pool2d(x, 3, 2, 1, return_indices=True, backend=backend)
+    ya, ia = ops.adaptive_max_pool2d(x, (3, 2), return_indices=True, backend=backend)
+    g, ga = rng.standard_normal(y.shape), rng.standard_normal(ya.shape)
+    calls = [
+        lambda x, g, i, ga, ia: ops.max_pool2d(x, 3, 2, 1, return_indices=True, backend=backend),
+        lambda x, g, i, ga, ia: ops.min_pool2d(x, 3, 2, 1, backend=backend),
+        lambda x, g, i, ga, ia: ops.avg_pool2d(x, 3, 2, 1, backend=backend),
+        lambda x, g, i, ga, ia: ops.adaptive_avg_pool2d(x, (3, 2), backend=backend),
+        lambda x, g, i, ga, ia: ops.adaptive_max_pool2d(x, (3, 2), return_indices=True, backend=backend),
+        lambda x, g, i, ga, ia: ops.max_pool2d_backward(g, x, 3, 2, 1, indices=i, backend=backend),
+        lambda x, g, i, ga, ia: ops.min_pool2d_backward(g, x, 3, 2, 1, backend=backend),
+        lambda x, g, i, ga, ia: ops.avg_pool2d_backward(g, x, 3, 2, 1, backend=backend),
+        lambda x, g, i, ga, ia: ops.adaptive_avg_pool2d_backward(ga, x, backend=backend),
+        lambda x, g, i, ga, ia: ops.adaptive_max_pool2d_backward(ga, x, (3, 2), indices=ia, backend=backend),
+    ]
+    for n, call in enumerate(calls):
+        want = call(x, g, i, ga, ia)
+        got = call(frozen(x), frozen(g), frozen(i), frozen(ga), frozen(ia))
+        for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            np.testing.assert_array_equal(a, b, err_msg=f"call {n}")
+
+
 def _avg_variants():
     return [pytest.param(True, None, id="include_pad"), pytest.param(False, None, id="exclude_pad"),
             pytest.param(True, 5, id="divisor5"), pytest.param(False, -3, id="divisor-3")]
@@ -337,6 +372,31 @@ def test_lrn(backend, shape, size, beta, dtype, rng):
         assert abs((g * fd).sum() - (dx * v).sum()) <= 1e-6 * max(1.0, abs((dx * v).sum()))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lrn_large_channel_does_not_spoil_its_neighbours(backend, rng):
+    """A channel far larger than the others passes through every window that holds it and must
+    leave no trace in the windows after it: with size 1 channel c depends on x[c] alone (a running
+    window sum, adding the channel that enters and subtracting the one that leaves, gave 177.8
+    instead of 0.99925 for the 1s after 1e8). Element-wise relative error, float64, windows of
+    sizes 1 to C + 3 (blocks of every length, windows spanning one and two blocks), backward too
+    (its mirrored window sum has signed terms and the same trap)."""
+    own_kernels(backend, "lrn")
+    x = np.array([1e8, 1.0, 1.0, 1.0]).reshape(1, 4, 1)
+    np.testing.assert_allclose(ops.local_response_norm(x, 1, 1.0, 0.75, 1e-3, backend=backend).ravel(),
+                               [1e8 / (1e-3 + 1e16) ** 0.75] + [1 / 1.001 ** 0.75] * 3, rtol=1e-14)
+    for size in (1, 2, 3, 4, 6, 10):
+        x = rng.standard_normal((2, 7, 3, 2))
+        x[:, 2] *= 1e4
+        g = rng.standard_normal(x.shape)
+        args = (size, 1.0, 2.5, 1e-3)
+        want = lref.lrn(x, *args)
+        got = ops.local_response_norm(x, *args, backend=backend)
+        assert np.max(np.abs(got - want) / np.abs(want)) < 1e-13, size
+        want = _lrn_backward_ref(g, x, *args)
+        got = ops.local_response_norm_backward(g, x, *args, backend=backend)
+        assert np.max(np.abs(got - want) / np.abs(want)) < 1e-10, size
+
+
 # -------------------------------------------------------------- activations
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
@@ -383,6 +443,26 @@ def test_softmax(backend, shape, dim, log, dtype, rng):
     else:
         want = y64 * (g64 - (g64 * y64).sum(axis=dim, keepdims=True))
     close(bwd(g, yd, dim, backend=backend), want, dtype, _tol(dtype, 5e-5), "backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_softmax_and_cross_entropy_at_large_logits(backend, dtype, rng):
+    """log p = (x - max) - log(sum): forming max + log(sum) first rounds log(sum) away next to a
+    large maximum (float32 logits near 1e4 were off by 4.5e-4, and logits of 1e30 gave log p = 0
+    and a cross entropy of -0 where the answer is log 3). Absolute errors, every reduction layout
+    (rows, and columns: dim 0), label smoothing (its sum of log p over the classes too)."""
+    own_kernels(backend, "softmax", "cross_entropy")
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    for offset in (1e4, -3e5, 1e30):
+        x = (offset + rng.standard_normal((5, 37)) * (3.0 if offset < 1e10 else 0.0)).astype(dtype)
+        want = lref.log_softmax(x, 1)
+        assert np.max(np.abs(ops.log_softmax(x, 1, backend=backend) - want)) <= tol, offset
+        assert np.max(np.abs(ops.log_softmax(np.ascontiguousarray(x.T), 0, backend=backend) - want.T)) <= tol
+        t = rng.integers(0, 37, 5)
+        for eps in (0.0, 0.3):
+            loss, _ = ops.cross_entropy(x, t, eps, "none", backend=backend)
+            assert np.max(np.abs(np.asarray(loss) - lref.cross_entropy(x, t, eps, "none"))) <= 10 * tol, (offset, eps)
 
 
 # ------------------------------------------------------------ cross entropy

@@ -106,6 +106,19 @@ def test_batch_norm_running_stats_float32(rng):
     assert rm.dtype == np.float32 and rv.dtype == np.float32
 
 
+def test_batch_norm_training_on_an_empty_batch():
+    """N = 0 (or an empty spatial size) in training: an empty output of the input's shape and
+    dtype, running statistics untouched (torch); one value per channel still raises."""
+    for shape in ((0, 3), (2, 3, 0), (0, 3, 4, 4)):
+        rm, rv = np.ones(3), np.full(3, 2.0)
+        y = L.batch_norm(np.zeros(shape, np.float32), rm, rv, training=True)
+        assert y.shape == shape and y.dtype == np.float32
+        np.testing.assert_array_equal(rm, 1.0)
+        np.testing.assert_array_equal(rv, 2.0)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        L.batch_norm(np.zeros((1, 3)), None, None, training=True)
+
+
 def test_batch_norm_running_stats_must_be_updatable(rng):
     """Training updates the caller's running statistics in place: a list (converted to a fresh
     array nobody sees) is a TypeError, a read-only array a ValueError; an array of another float
@@ -419,6 +432,18 @@ def test_cross_entropy_extreme_logits():
     np.testing.assert_allclose(loss, 1e4, rtol=1e-6)
     assert np.all(np.isfinite(grad))
     np.testing.assert_allclose(grad, [[0.5, 0, -0.5], [0, 0, 0]], atol=1e-6)
+
+
+def test_cross_entropy_uint64_targets_past_int64():
+    """A uint64 class index past 2^63 is out of range with its own value in the message; cast to
+    int64 it would wrap (2^64 - 100 into the default ignore_index -100: a row silently ignored)."""
+    z = np.zeros((3, 4))
+    for bad in (2 ** 64 - 100, 2 ** 63 + 5):
+        t = np.array([1, bad, 2], np.uint64)
+        with pytest.raises(ValueError, match=rf"target\[1\] = {bad} is out of range"):
+            L.cross_entropy(z, t)
+    loss, _ = L.cross_entropy(z, np.array([1, 3, 2], np.uint64))
+    np.testing.assert_allclose(loss, np.log(4), rtol=1e-15)
 
 
 # ================================================================== dropout

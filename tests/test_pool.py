@@ -514,7 +514,7 @@ BAD = [
     ("grad_dtype_mismatch", TypeError, lambda: P.max_pool2d_backward(G.astype(np.float32), X, 2), "grad_output", ()),
     ("indices_shape", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=np.zeros((2, 3, 4, 3), np.int64)),
      "indices", ()),
-    ("indices_dtype", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=np.zeros((2, 3, 4, 4), np.int32)),
+    ("indices_dtype", TypeError, lambda: P.max_pool2d_backward(G, X, 2, indices=np.zeros((2, 3, 4, 4), np.int32)),
      "indices", ()),
     ("indices_range", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=np.full((2, 3, 4, 4), 64)),
      "indices", (64,)),
@@ -523,7 +523,7 @@ BAD = [
         G, X, 2, indices=np.where(np.arange(96).reshape(2, 3, 4, 4) == 77, 64, 0)), "indices", (64,)),
     ("indices_negative", ValueError, lambda: P.min_pool2d_backward(
         G, X, 2, indices=np.where(np.arange(96).reshape(2, 3, 4, 4) == 5, -1, 3)), "indices", (-1,)),
-    ("indices_list", ValueError, lambda: P.max_pool2d_backward(G, X, 2, indices=[0]), "indices", ()),
+    ("indices_list", TypeError, lambda: P.max_pool2d_backward(G, X, 2, indices=[0]), "indices", ()),
     ("lp_norm_zero", ValueError, lambda: P.lp_pool2d(X, 0, 2), "norm_type", ()),
     ("lp_norm_str", TypeError, lambda: P.lp_pool2d(X, "2", 2), "norm_type", ()),
     ("empty_plane", ValueError, lambda: P.max_pool2d(np.zeros((1, 1, 0, 4)), 1), "input", ()),
@@ -785,3 +785,18 @@ def test_every_isa_build_against_reference(isa):
                           ref.avg_pool_backward(g, x.shape, **acfg, **extra), tol)
     finally:
         cpu.set_isa(before)
+
+
+def test_adaptive_output_size_forms(rng):
+    """output_size as an int, a tuple, a list, an array of two (as torch), NumPy integers, None
+    for a kept dimension: the same result; a 2-D array or three values raise naming it."""
+    x = rng.standard_normal((2, 3, 9, 7))
+    want = P.adaptive_avg_pool2d(x, (4, 3))
+    for form in ([4, 3], np.array([4, 3]), (np.int64(4), np.int32(3)), np.array([4, 3], np.uint8)):
+        np.testing.assert_array_equal(P.adaptive_avg_pool2d(x, form), want)
+        np.testing.assert_array_equal(P.adaptive_max_pool2d(x, form), P.adaptive_max_pool2d(x, (4, 3)))
+    np.testing.assert_array_equal(P.adaptive_avg_pool2d(x, (None, 3)), P.adaptive_avg_pool2d(x, (9, 3)))
+    with pytest.raises(ValueError, match="output_size"):
+        P.adaptive_avg_pool2d(x, np.array([4, 3, 2]))
+    with pytest.raises(TypeError, match="output_size"):
+        P.adaptive_avg_pool2d(x, np.array([[4, 3]]))

@@ -34,7 +34,7 @@ T* data_of(py::array& a, const char* name, int64_t d0, int64_t d1, int64_t d2, b
     throw py::value_error(std::string(name) + ": expected shape (" + std::to_string(d0) + ", " +
                           std::to_string(d1) + ", " + std::to_string(d2) + ")");
   if (write && !a.writeable()) throw py::value_error(std::string(name) + ": is read-only");
-  return static_cast<T*>(a.mutable_data());
+  return static_cast<T*>(write ? a.mutable_data() : const_cast<void*>(a.data()));
 }
 
 int64_t* idx_of(py::object o, int64_t d0, int64_t d1, int64_t d2, bool write) {
@@ -46,7 +46,7 @@ int64_t* idx_of(py::object o, int64_t d0, int64_t d1, int64_t d2, bool write) {
   if (a.ndim() != 3 || a.shape(0) != d0 || a.shape(1) != d1 || a.shape(2) != d2)
     throw py::value_error("indices: shape does not match the output");
   if (write && !a.writeable()) throw py::value_error("indices: is read-only");
-  return static_cast<int64_t*>(a.mutable_data());
+  return static_cast<int64_t*>(write ? a.mutable_data() : const_cast<void*>(a.data()));
 }
 
 PoolProblem make(const py::array& x, const py::array& y, int64_t kh, int64_t kw, int64_t sh, int64_t sw,

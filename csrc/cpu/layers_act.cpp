@@ -134,8 +134,9 @@ FC_CLONES void softmax_row(bool log, const T* x, int64_t D, T* y) {
   const T m = row_max(x, D);
   if (log) {
     const double s = row_exp_sum<T>(x, D, m, nullptr);
-    const T sub = T(double(m) + std::log(s));
-    for (int64_t i = 0; i < D; ++i) y[i] = x[i] - sub;
+    // (x - m) - log(s), as torch: m + log(s) first would absorb log(s) into a large m
+    const T ls = T(std::log(s));
+    for (int64_t i = 0; i < D; ++i) y[i] = (x[i] - m) - ls;
   } else {
     const double s = row_exp_sum<T>(x, D, m, y);
     const T inv = T(1.0 / s);
@@ -248,9 +249,12 @@ FC_AVX512_TGT void softmax_row_f32_avx512(bool log, const float* x, int64_t D, f
   add_to_pd(s, d0, d1);
   const double sum = _mm512_reduce_add_pd(_mm512_add_pd(d0, d1));
   if (log) {
-    const __m512 sub = _mm512_set1_ps(float(double(mf) + std::log(sum)));
-    for (i = 0; i + 16 <= D; i += 16) _mm512_storeu_ps(y + i, _mm512_sub_ps(_mm512_loadu_ps(x + i), sub));
-    if (i < D) _mm512_mask_storeu_ps(y + i, tail16(D - i), _mm512_sub_ps(_mm512_maskz_loadu_ps(tail16(D - i), x + i), sub));
+    const __m512 ls = _mm512_set1_ps(float(std::log(sum)));  // (x - m) - log(sum), as softmax_row
+    for (i = 0; i + 16 <= D; i += 16)
+      _mm512_storeu_ps(y + i, _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), m), ls));
+    if (i < D)
+      _mm512_mask_storeu_ps(y + i, tail16(D - i),
+                            _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail16(D - i), x + i), m), ls));
   } else {
     const __m512 inv = _mm512_set1_ps(float(1.0 / sum));
     for (i = 0; i + 16 <= D; i += 16) _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_loadu_ps(y + i), inv));
@@ -277,9 +281,9 @@ FC_CLONES void softmax_cols(bool log, const T* x, int64_t D, int64_t inner, int6
       acc[j] += double(e);
     }
   if (log) {
-    for (int64_t j = 0; j < len; ++j) acc[j] = double(mx[j]) + std::log(acc[j]);
+    for (int64_t j = 0; j < len; ++j) acc[j] = std::log(acc[j]);  // (x - m) - log(s), as softmax_row
     for (int64_t d = 0; d < D; ++d)
-      for (int64_t j = 0; j < len; ++j) y[d * inner + j] = T(x[d * inner + j] - T(acc[j]));
+      for (int64_t j = 0; j < len; ++j) y[d * inner + j] = T((x[d * inner + j] - mx[j]) - T(acc[j]));
   } else {
     for (int64_t j = 0; j < len; ++j) mx[j] = T(1.0 / acc[j]);
     for (int64_t d = 0; d < D; ++d)
@@ -311,10 +315,16 @@ FC_CLONES double ce_row(const T* z, int64_t C, int64_t t, bool ignored, double e
   }
   const T m = row_max(z, C);
   const double s = row_exp_sum<T>(z, C, m, g);  // g = exp(z - m) for now
-  const double lse = double(m) + std::log(s);
-  const double logp_t = double(z[t]) - lse;
+  // log p_c = (z_c - m) - log(s): with m + log(s) formed first, log(s) was lost next to a
+  // large m (logits of 1e30 gave a loss of -0 for log 3)
+  const double ls = std::log(s);
+  const double logp_t = (double(z[t]) - double(m)) - ls;
   double loss = -(1.0 - eps) * logp_t;
-  if (eps != 0.0) loss -= eps / double(C) * (row_sum(z, C) - double(C) * lse);
+  if (eps != 0.0) {  // sum_c log p_c = sum_c (z_c - m) - C log(s)
+    double zm = 0.0;
+    for (int64_t c = 0; c < C; ++c) zm += double(z[c]) - double(m);
+    loss -= eps / double(C) * (zm - double(C) * ls);
+  }
   const T a = T(scale / s), b = T(scale * eps / double(C));
   for (int64_t c = 0; c < C; ++c) g[c] = g[c] * a - b;
   g[t] -= T(scale * (1.0 - eps));

@@ -250,14 +250,52 @@ FC_CLONES void pow_neg(const T* b, int64_t n, double beta, T* s) {
   }
 }
 
-template <typename T>
-FC_CLONES void acc_add_sq(double* acc, const T* x, int64_t n, double sign) {
-  for (int64_t i = 0; i < n; ++i) acc[i] += sign * (double(x[i]) * double(x[i]));
+// Window sums over channels without a running sum. A running sum (add the
+// channel that enters, subtract the one that leaves) loses the small channels'
+// digits to cancellation once a large one has passed through the window
+// ([1e8, 1, 1, 1] with size 1 gave 177.8 for 1). Instead the channels are cut
+// into blocks of `size` (= the window length), each with its prefix sums P
+// (from the block's start) and suffix sums S (to its end, or to channel C-1):
+// a window [a, e] lies in one block, starting at its start (P[e]) or ending at
+// its end (S[a]), or spans two (S[a] + P[e]). Only the window's own terms are
+// ever added, so each sum is as accurate as a direct one, at O(1) per element
+// for any size (van Herk / Gil-Werman).
+template <typename T, bool kSquare>
+FC_CLONES void block_scans(const T* src, int64_t ld, int64_t C, int64_t len, int64_t w, double* P, double* S,
+                           int64_t TL) {
+  for (int64_t b0 = 0; b0 < C; b0 += w) {
+    const int64_t b1 = std::min(C, b0 + w);
+    for (int64_t c = b0; c < b1; ++c) {
+      const T* xc = src + c * ld;
+      double* pc = P + c * TL;
+      const double* pp = c == b0 ? nullptr : P + (c - 1) * TL;
+      for (int64_t i = 0; i < len; ++i) {
+        const double v = kSquare ? double(xc[i]) * double(xc[i]) : double(xc[i]);
+        pc[i] = pp ? pp[i] + v : v;
+      }
+    }
+    for (int64_t c = b1 - 1; c >= b0; --c) {
+      const T* xc = src + c * ld;
+      double* sc = S + c * TL;
+      const double* sn = c == b1 - 1 ? nullptr : S + (c + 1) * TL;
+      for (int64_t i = 0; i < len; ++i) {
+        const double v = kSquare ? double(xc[i]) * double(xc[i]) : double(xc[i]);
+        sc[i] = sn ? sn[i] + v : v;
+      }
+    }
+  }
 }
 
-template <typename T>
-FC_CLONES void acc_add(double* acc, const T* x, int64_t n, double sign) {
-  for (int64_t i = 0; i < n; ++i) acc[i] += sign * double(x[i]);
+// The sums over channels [c - lo, c + hi] (clipped to [0, C)) from block_scans:
+// a row of P or S, or their sum in acc.
+inline const double* window_sum(int64_t c, int64_t lo, int64_t hi, int64_t C, int64_t len, int64_t w,
+                                const double* P, const double* S, int64_t TL, double* acc) {
+  const int64_t a = std::max<int64_t>(0, c - lo), e = std::min(C - 1, c + hi);
+  if (a / w == e / w) return a % w == 0 ? P + e * TL : S + a * TL;
+  const double* sa = S + a * TL;
+  const double* pe = P + e * TL;
+  for (int64_t i = 0; i < len; ++i) acc[i] = sa[i] + pe[i];
+  return acc;
 }
 
 template <typename T>
@@ -296,27 +334,25 @@ inline int64_t lrn_tile(int64_t C, int64_t L, int64_t bytes_per_elem) {
 template <typename T>
 void lrn_forward(int64_t N, int64_t C, int64_t L, const T* x, int64_t size, double alpha,
                  double beta, double k, T* y) {
-  const int64_t lo = size / 2, hi = (size - 1) / 2;
+  const int64_t lo = size / 2, hi = (size - 1) / 2, w = std::min(size, C);
   const double coef = alpha / double(size);
-  const int64_t TL = std::min<int64_t>(L, 1024);
+  const int64_t TL = lrn_tile(C, L, 2 * sizeof(double));
   const int64_t ntiles = ceil_div(L, TL);
   const int64_t total = N * C * L;
 #pragma omp parallel num_threads(::fastconv::max_threads()) if (total > kParallelMin)
   {
-    AlignedBuffer<double> acc(TL);
+    AlignedBuffer<double> P(C * TL), S(C * TL), acc(TL);
     AlignedBuffer<T> b(TL), s(TL);
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < N * ntiles; ++it) {
       const int64_t n = it / ntiles, l0 = (it % ntiles) * TL, len = std::min(TL, L - l0);
       const T* xn = x + n * C * L + l0;
       T* yn = y + n * C * L + l0;
-      std::fill(acc.data(), acc.data() + len, 0.0);
-      // running window sum of squares: channels [c - lo, c + hi]
-      for (int64_t j = 0; j < std::min(hi, C); ++j) acc_add_sq<T>(acc.data(), xn + j * L, len, 1.0);
+      // sums of squares over the windows: channels [c - lo, c + hi]
+      block_scans<T, true>(xn, L, C, len, w, P.data(), S.data(), TL);
       for (int64_t c = 0; c < C; ++c) {
-        if (c + hi < C) acc_add_sq<T>(acc.data(), xn + (c + hi) * L, len, 1.0);
-        if (c - lo - 1 >= 0) acc_add_sq<T>(acc.data(), xn + (c - lo - 1) * L, len, -1.0);
-        lrn_base<T>(acc.data(), len, k, coef, b.data());
+        const double* sq = window_sum(c, lo, hi, C, len, w, P.data(), S.data(), TL, acc.data());
+        lrn_base<T>(sq, len, k, coef, b.data());
         pow_neg<T>(b.data(), len, beta, s.data());
         mul_arrays<T>(xn + c * L, s.data(), len, yn + c * L);
       }
@@ -330,15 +366,15 @@ void lrn_backward(int64_t N, int64_t C, int64_t L, const T* dy, const T* x, int6
   // y_i = x_i b_i^-beta, b_i = k + alpha/size sum_{j in W(i)} x_j^2, so
   // dx_j = dy_j b_j^-beta - 2 alpha beta / size * x_j * sum_{i : j in W(i)} dy_i x_i b_i^(-beta-1).
   // j in W(i) = [i - lo, i + hi]  <=>  i in [j - hi, j + lo]: the mirrored window.
-  const int64_t lo = size / 2, hi = (size - 1) / 2;
+  const int64_t lo = size / 2, hi = (size - 1) / 2, w = std::min(size, C);
   const double coef = alpha / double(size);
   const double cgrad = 2.0 * alpha * beta / double(size);
-  const int64_t TL = lrn_tile(C, L, 2 * sizeof(T));
+  const int64_t TL = lrn_tile(C, L, 2 * sizeof(T) + 2 * sizeof(double));
   const int64_t ntiles = ceil_div(L, TL);
   const int64_t total = N * C * L;
 #pragma omp parallel num_threads(::fastconv::max_threads()) if (total > kParallelMin)
   {
-    AlignedBuffer<double> acc(TL);
+    AlignedBuffer<double> P(C * TL), S(C * TL), acc(TL);
     AlignedBuffer<T> b(TL), s(C * TL), t(C * TL);
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < N * ntiles; ++it) {
@@ -346,22 +382,18 @@ void lrn_backward(int64_t N, int64_t C, int64_t L, const T* dy, const T* x, int6
       const T* xn = x + n * C * L + l0;
       const T* dyn = dy + n * C * L + l0;
       T* dxn = dx + n * C * L + l0;
-      std::fill(acc.data(), acc.data() + len, 0.0);
-      for (int64_t j = 0; j < std::min(hi, C); ++j) acc_add_sq<T>(acc.data(), xn + j * L, len, 1.0);
+      block_scans<T, true>(xn, L, C, len, w, P.data(), S.data(), TL);
       for (int64_t c = 0; c < C; ++c) {
-        if (c + hi < C) acc_add_sq<T>(acc.data(), xn + (c + hi) * L, len, 1.0);
-        if (c - lo - 1 >= 0) acc_add_sq<T>(acc.data(), xn + (c - lo - 1) * L, len, -1.0);
-        lrn_base<T>(acc.data(), len, k, coef, b.data());
+        const double* sq = window_sum(c, lo, hi, C, len, w, P.data(), S.data(), TL, acc.data());
+        lrn_base<T>(sq, len, k, coef, b.data());
         pow_neg<T>(b.data(), len, beta, s.data() + c * TL);
         lrn_t<T>(dyn + c * L, xn + c * L, s.data() + c * TL, b.data(), len, t.data() + c * TL);
       }
-      // u_j = sum_{i in [j - hi, j + lo]} t_i, again as a running sum
-      std::fill(acc.data(), acc.data() + len, 0.0);
-      for (int64_t i = 0; i < std::min(lo, C); ++i) acc_add<T>(acc.data(), t.data() + i * TL, len, 1.0);
+      // u_j = sum_{i in [j - hi, j + lo]} t_i: the same block sums over the mirrored window
+      block_scans<T, false>(t.data(), TL, C, len, w, P.data(), S.data(), TL);
       for (int64_t j = 0; j < C; ++j) {
-        if (j + lo < C) acc_add<T>(acc.data(), t.data() + (j + lo) * TL, len, 1.0);
-        if (j - hi - 1 >= 0) acc_add<T>(acc.data(), t.data() + (j - hi - 1) * TL, len, -1.0);
-        lrn_dx<T>(dyn + j * L, s.data() + j * TL, xn + j * L, acc.data(), cgrad, len, dxn + j * L);
+        const double* u = window_sum(j, hi, lo, C, len, w, P.data(), S.data(), TL, acc.data());
+        lrn_dx<T>(dyn + j * L, s.data() + j * TL, xn + j * L, u, cgrad, len, dxn + j * L);
       }
     }
   }

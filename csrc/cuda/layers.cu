@@ -138,8 +138,8 @@ __global__ void softmax_rows_kernel(int64_t rows, int64_t D, const T* __restrict
     tree_sum(red, tid, nt);
     s = red[0];
     if (kLog) {
-      const T sub = T(double(m) + log(s));
-      for (int64_t j = tid; j < D; j += nt) yr[j] = xr[j] - sub;
+      const T ls = T(log(s));  // (x - m) - log(s): m + log(s) would absorb log(s) into a large m
+      for (int64_t j = tid; j < D; j += nt) yr[j] = (xr[j] - m) - ls;
     } else {
       const T inv = T(1.0 / s);
       for (int64_t j = tid; j < D; j += nt) yr[j] = d_exp(xr[j] - m) * inv;
@@ -184,8 +184,8 @@ __global__ void softmax_cols_kernel(int64_t outer, int64_t D, int64_t inner, con
     double s = 0;
     for (int64_t d = 0; d < D; ++d) s += double(d_exp(xc[d * inner] - m));
     if (kLog) {
-      const T sub = T(double(m) + log(s));
-      for (int64_t d = 0; d < D; ++d) yc[d * inner] = xc[d * inner] - sub;
+      const T ls = T(log(s));  // (x - m) - log(s), as above
+      for (int64_t d = 0; d < D; ++d) yc[d * inner] = (xc[d * inner] - m) - ls;
     } else {
       const T inv = T(1.0 / s);
       for (int64_t d = 0; d < D; ++d) yc[d * inner] = d_exp(xc[d * inner] - m) * inv;
@@ -251,15 +251,15 @@ __global__ void ce_kernel(int64_t N, int64_t C, const T* __restrict__ z, const i
     __syncthreads();
     double sz = 0;
     if (eps != 0.0) {
-      for (int64_t c = tid; c < C; c += nt) sz += double(zr[c]);
+      for (int64_t c = tid; c < C; c += nt) sz += double(zr[c]) - double(m);  // sum_c (z_c - m)
       red[tid] = sz;
       tree_sum(red, tid, nt);
       sz = red[0];
     }
-    const double lse = double(m) + log(s);
+    const double ls = log(s);  // log p_c = (z_c - m) - log(s), m + log(s) not formed (absorption)
     if (tid == 0) {
-      double loss = -(1.0 - eps) * (double(zr[t]) - lse);
-      if (eps != 0.0) loss -= eps / double(C) * (sz - double(C) * lse);
+      double loss = -(1.0 - eps) * ((double(zr[t]) - double(m)) - ls);
+      if (eps != 0.0) loss -= eps / double(C) * (sz - double(C) * ls);
       row_loss[row] = loss;
     }
     const T a = T(scale / s), b = T(scale * eps / double(C)), hit = T(scale * (1.0 - eps));

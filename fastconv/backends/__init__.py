@@ -71,7 +71,7 @@ _REGISTRY = {
     # takes GPU arrays only: last, so it is never the automatic NumPy default
     "cuda": ".cuda",
 }
-_KNOWN = tuple(_REGISTRY) + ("cuda",)
+_KNOWN = tuple(dict.fromkeys(tuple(_REGISTRY) + ("cuda",)))  # "cuda" is in the registry already
 _cache: dict = {}
 
 

@@ -866,9 +866,9 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
             for d in range(D):
                 s += F64(math.exp(x[base + d * inner] - m))
             if log:
-                sub = TC(F64(m) + math.log(s))
+                ls = TC(math.log(s))  # (x - m) - log(s): m + log(s) would absorb log(s) into a large m
                 for d in range(D):
-                    y[base + d * inner] = x[base + d * inner] - sub
+                    y[base + d * inner] = (x[base + d * inner] - m) - ls
             else:
                 inv = TC(1.0 / s)
                 for d in range(D):
@@ -942,9 +942,9 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
             base = o * D
             m, s = row_max_exp_sum(x, base, D, tid, rm, rs)
             if log:
-                sub = TC(F64(m) + math.log(s))
+                ls = TC(math.log(s))  # (x - m) - log(s), as above
                 for d in range(tid, D, RTPB):
-                    y[base + d] = x[base + d] - sub
+                    y[base + d] = (x[base + d] - m) - ls
             else:
                 inv = TC(1.0 / s)
                 for d in range(tid, D, RTPB):
@@ -992,13 +992,13 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
             zs = 0.0
             if eps != 0.0:
                 for c in range(tid, C, RTPB):
-                    zs += F64(z[base + c])
+                    zs += F64(z[base + c]) - F64(m)  # sum_c (z_c - m)
                 cuda.syncthreads()  # every thread has read rs[0] (the sum) before it is overwritten
                 rs[tid] = zs
                 cuda.syncthreads()
                 tree_sum(rs, tid)
                 zs = rs[0]
-            lse = F64(m) + math.log(s)
+            ls = math.log(s)  # log p_c = (z_c - m) - log(s); m + log(s) is not formed (absorption)
             a = TC(scale / s)
             bb = TC(scale * eps / C)
             hit = TC(scale * (1.0 - eps))
@@ -1008,9 +1008,9 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
                     g -= hit
                 grad[base + c] = g
             if tid == 0:
-                loss = -(1.0 - eps) * (F64(z[base + t]) - lse)
+                loss = -(1.0 - eps) * ((F64(z[base + t]) - F64(m)) - ls)
                 if eps != 0.0:
-                    loss -= eps / C * (zs - C * lse)
+                    loss -= eps / C * (zs - C * ls)
                 row_loss[i] = loss
             cuda.syncthreads()
 

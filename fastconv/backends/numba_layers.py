@@ -554,15 +554,53 @@ def bn_backward(dy, x, N, C, L, mean, invstd, w, training, dx, dw, db):
 _LRN_TILE = 256  # spatial positions per task: the per-task scratch (C x tile) stays in L2
 
 
+@njit(**_SEQ)
+def _block_scans(v, w, P, S):
+    """Prefix (P) and suffix (S) sums of the rows of v (C x ln) within blocks of w channels.
+
+    Window sums are then taken from these (_window_sum) instead of a running sum, whose
+    subtraction of the channel that leaves the window loses the small channels' digits to
+    cancellation after a large one (the compiled kernels' block_scans, layers_norm.cpp).
+    """
+    C, ln = v.shape
+    for b0 in range(0, C, w):
+        b1 = min(C, b0 + w)
+        for c in range(b0, b1):
+            for i in range(ln):
+                P[c, i] = v[c, i] if c == b0 else P[c - 1, i] + v[c, i]
+        for c in range(b1 - 1, b0 - 1, -1):
+            for i in range(ln):
+                S[c, i] = v[c, i] if c == b1 - 1 else S[c + 1, i] + v[c, i]
+
+
+@njit(**_SEQ)
+def _window_sum(c, lo, hi, w, P, S, acc):
+    """Sums over channels [c - lo, c + hi] (clipped) from _block_scans, into acc."""
+    C, ln = P.shape
+    a = max(0, c - lo)
+    e = min(C - 1, c + hi)
+    if a // w == e // w:
+        if a % w == 0:
+            for i in range(ln):
+                acc[i] = P[e, i]
+        else:
+            for i in range(ln):
+                acc[i] = S[a, i]
+    else:
+        for i in range(ln):
+            acc[i] = S[a, i] + P[e, i]
+
+
 @njit(**_PAR)
 def _lrn_fwd(x3, size, alpha, beta, k, y3):
     """y = x * (k + alpha/size * sum_{c' in [c - size//2, c + (size-1)//2]} x_c'^2) ** -beta.
 
-    A running sum of squares over channels, per spatial tile, in float64.
+    Block prefix/suffix sums of squares over channels, per spatial tile, in float64.
     """
     N, C, L = x3.shape
     lo = size // 2
     hi = (size - 1) // 2
+    w = min(size, C)
     coef = alpha / size
     TL = min(L, _LRN_TILE)
     nt = (L + TL - 1) // TL
@@ -570,20 +608,17 @@ def _lrn_fwd(x3, size, alpha, beta, k, y3):
         n = it // nt
         l0 = (it - n * nt) * TL
         ln = min(TL, L - l0)
-        acc = np.zeros(ln)
-        for j in range(min(hi, C)):
-            for i in range(ln):
-                v = np.float64(x3[n, j, l0 + i])
-                acc[i] += v * v
+        sq = np.empty((C, ln))
         for c in range(C):
-            if c + hi < C:
-                for i in range(ln):
-                    v = np.float64(x3[n, c + hi, l0 + i])
-                    acc[i] += v * v
-            if c - lo - 1 >= 0:
-                for i in range(ln):
-                    v = np.float64(x3[n, c - lo - 1, l0 + i])
-                    acc[i] -= v * v
+            for i in range(ln):
+                v = np.float64(x3[n, c, l0 + i])
+                sq[c, i] = v * v
+        P = np.empty((C, ln))
+        S = np.empty((C, ln))
+        acc = np.empty(ln)
+        _block_scans(sq, w, P, S)
+        for c in range(C):
+            _window_sum(c, lo, hi, w, P, S, acc)
             for i in range(ln):
                 y3[n, c, l0 + i] = x3[n, c, l0 + i] * (k + coef * acc[i]) ** (-beta)
 
@@ -597,6 +632,7 @@ def _lrn_bwd(dy3, x3, size, alpha, beta, k, dx3):
     N, C, L = x3.shape
     lo = size // 2
     hi = (size - 1) // 2
+    w = min(size, C)
     coef = alpha / size
     cgrad = 2.0 * alpha * beta / size
     TL = min(L, _LRN_TILE)
@@ -605,39 +641,26 @@ def _lrn_bwd(dy3, x3, size, alpha, beta, k, dx3):
         n = it // nt
         l0 = (it - n * nt) * TL
         ln = min(TL, L - l0)
-        acc = np.zeros(ln)
+        acc = np.empty(ln)
         s = np.empty((C, ln))
         t = np.empty((C, ln))
-        for j in range(min(hi, C)):
-            for i in range(ln):
-                v = np.float64(x3[n, j, l0 + i])
-                acc[i] += v * v
+        P = np.empty((C, ln))
+        S = np.empty((C, ln))
         for c in range(C):
-            if c + hi < C:
-                for i in range(ln):
-                    v = np.float64(x3[n, c + hi, l0 + i])
-                    acc[i] += v * v
-            if c - lo - 1 >= 0:
-                for i in range(ln):
-                    v = np.float64(x3[n, c - lo - 1, l0 + i])
-                    acc[i] -= v * v
+            for i in range(ln):
+                v = np.float64(x3[n, c, l0 + i])
+                t[c, i] = v * v
+        _block_scans(t, w, P, S)
+        for c in range(C):
+            _window_sum(c, lo, hi, w, P, S, acc)
             for i in range(ln):
                 b = k + coef * acc[i]
                 sv = b ** (-beta)
                 s[c, i] = sv
                 t[c, i] = np.float64(dy3[n, c, l0 + i]) * x3[n, c, l0 + i] * sv / b
-        for i in range(ln):
-            acc[i] = 0.0
-        for c in range(min(lo, C)):
-            for i in range(ln):
-                acc[i] += t[c, i]
+        _block_scans(t, w, P, S)
         for j in range(C):
-            if j + lo < C:
-                for i in range(ln):
-                    acc[i] += t[j + lo, i]
-            if j - hi - 1 >= 0:
-                for i in range(ln):
-                    acc[i] -= t[j - hi - 1, i]
+            _window_sum(j, hi, lo, w, P, S, acc)
             for i in range(ln):
                 dx3[n, j, l0 + i] = dy3[n, j, l0 + i] * s[j, i] - cgrad * x3[n, j, l0 + i] * acc[i]
 
@@ -737,11 +760,11 @@ def _softmax_fwd(log, x3, y3):
             for j in range(ln):
                 acc[j] += math.exp(x3[o, d, j0 + j] - mx[j])
         if log:
-            for j in range(ln):
-                acc[j] = mx[j] + math.log(acc[j])
+            for j in range(ln):  # (x - m) - log(s): m + log(s) would absorb log(s) into a large m
+                acc[j] = math.log(acc[j])
             for d in range(D):
                 for j in range(ln):
-                    y3[o, d, j0 + j] = x3[o, d, j0 + j] - acc[j]
+                    y3[o, d, j0 + j] = (x3[o, d, j0 + j] - mx[j]) - acc[j]
         else:
             # normalize from the float64 exponentials, not from their rounded copies in y
             for d in range(D):
@@ -807,11 +830,11 @@ def _ce(z, t, ignore_index, eps, scale, rows, g):
         zsum = 0.0
         for c in range(C):
             s += math.exp(z[i, c] - m)
-            zsum += z[i, c]
-        lse = m + math.log(s)
-        loss = -(1.0 - eps) * (z[i, ti] - lse)
+            zsum += np.float64(z[i, c]) - m  # sum_c (z_c - m)
+        ls = math.log(s)  # log p_c = (z_c - m) - log(s); m + log(s) is not formed (absorption)
+        loss = -(1.0 - eps) * ((np.float64(z[i, ti]) - m) - ls)
         if eps != 0.0:
-            loss -= eps / C * (zsum - C * lse)
+            loss -= eps / C * (zsum - C * ls)
         rows[i] = loss
         a = scale / s
         b = scale * eps / C

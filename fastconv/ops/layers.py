@@ -163,6 +163,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                 raise ValueError(f"{n} must be writeable when training: it is updated in place")
         rm = running_mean if rm is not None else None
         rv = running_var if rv is not None else None
+    if N * L == 0:  # an empty batch: an empty output, running statistics untouched (torch)
+        return A.empty(x.shape, dtype).astype(x.dtype, copy=False)
     if N * L <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
     y, mean, invstd, var = _bn_train(A, x, dtype, N, C, L, w, b, eps)
@@ -438,6 +440,12 @@ def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_i
     if eps > 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
     ignore_index = _int(ignore_index, "ignore_index")
+    if t.dtype.kind == "u" and t.dtype.itemsize == 8 and t.size:  # past 2^63 a cast to int64 would wrap
+        big = t > np.uint64(np.iinfo(np.int64).max)               # (2^64 - 100 into ignore_index -100)
+        if big.any():
+            i = int(xp.argmax(big))
+            raise ValueError(f"target[{i}] = {int(t[i])} is out of range: class indices must be in [0, {C}) "
+                             f"(C = {C} from input shape {z.shape})")
     t64 = A.c(t, np.int64)
     bad = (t64 != ignore_index) & ((t64 < 0) | (t64 >= C))
     if bad.any():

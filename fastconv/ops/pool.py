@@ -194,10 +194,10 @@ def _check_indices(A, indices, x, expect_shape4, H, W, check_range=True):
     if A.on_device:
         indices = A.any_array(indices, "indices")  # TypeError for a host array
     elif not isinstance(indices, np.ndarray):
-        raise ValueError(f"indices must be an int64 numpy array, got {type(indices).__name__}")
+        raise TypeError(f"indices must be an int64 numpy array, got {type(indices).__name__}")
     expect = tuple(expect_shape4[1:]) if x.ndim == 3 else tuple(expect_shape4)
     if indices.dtype != np.int64:
-        raise ValueError(f"indices must have dtype int64, got {indices.dtype} with shape {indices.shape}")
+        raise TypeError(f"indices must have dtype int64, got {indices.dtype} with shape {indices.shape}")
     if tuple(indices.shape) != expect:
         raise ValueError(f"indices has shape {tuple(indices.shape)}, expected {expect} for input shape "
                          f"{tuple(x.shape)}")
@@ -388,9 +388,9 @@ def lp_pool2d_backward(grad_output, input, norm_type, kernel_size, stride=None, 
 def _adaptive_size(output_size, H, W):
     if output_size is None or _is_int(output_size):
         vals = (output_size, output_size)
-    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
-        vals = tuple(output_size)
-    elif isinstance(output_size, (tuple, list)):
+    elif isinstance(output_size, (tuple, list, np.ndarray)) and np.ndim(output_size) == 1 and len(output_size) == 2:
+        vals = tuple(output_size)  # an array([2, 3]) too, as torch
+    elif isinstance(output_size, (tuple, list, np.ndarray)) and np.ndim(output_size) == 1:
         raise ValueError(f"output_size must be an int or a pair, got {len(output_size)} values: "
                          f"{tuple(output_size)!r}")
     else:

@@ -155,6 +155,9 @@ PYBIND11_MODULE(_cpu, m) {
     return supports(parse_algo(algo), p);
   }, "Empty string if the algorithm can take the problem, else the reason.");
 
+  m.def("direct_vectorized", &fastconv::direct_vectorized, py::arg("op"), py::arg("problem"),
+        "Whether algo 'direct' runs the register-blocked AVX-512 kernel for this fp32 problem.");
+
   m.def("fprop", [](const std::string& algo, const ConvProblem& p, py::array x, py::array w,
                     py::object bias, py::array y, bool relu) {
     const Algo a = parse_algo(algo);

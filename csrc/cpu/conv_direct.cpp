@@ -2,9 +2,11 @@
 // conv_direct_impl.h. The ISA follows the GEMM's choice (fastconv::gemm_isa(),
 // CPUID or set_gemm_isa()), so one switch selects every vectorized path.
 #include <cstring>
+#include <type_traits>
 
 #include "fastconv/conv_cpu.h"
 #include "fastconv/gemm.h"
+#include "conv_kvec.h"
 
 namespace fastconv {
 
@@ -51,14 +53,24 @@ Isa current_isa() {
 
 template <typename T>
 void direct_fprop(const ConvProblem& p, const T* x, const T* w, const T* bias, T* y, bool relu) {
+  // fp32 with 16+ output channels per group on AVX-512: the register-blocked kernel
+  if constexpr (std::is_same_v<T, float>) {
+    if (detail::kvec_fprop_ok(p)) return detail::kvec_fprop(p, x, w, bias, y, relu);
+  }
   FC_DISPATCH(direct_fprop, p, x, w, bias, y, relu)
 }
 template <typename T>
 void direct_dgrad(const ConvProblem& p, const T* dy, const T* w, T* dx) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (detail::kvec_dgrad_ok(p)) return detail::kvec_dgrad(p, dy, w, dx);
+  }
   FC_DISPATCH(direct_dgrad, p, dy, w, dx)
 }
 template <typename T>
 void direct_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (detail::kvec_wgrad_ok(p)) return detail::kvec_wgrad(p, x, dy, dw);
+  }
   FC_DISPATCH(direct_wgrad, p, x, dy, dw)
 }
 #undef FC_DISPATCH

@@ -69,6 +69,14 @@ def supports(algo: str, problem) -> str:
     return _need().supports(algo, _cpu.ConvProblem(**problem.kernel_args()))
 
 
+def direct_vectorized(op: str, problem) -> bool:
+    """Whether algo "direct" runs the register-blocked AVX-512 kernel for this fp32 problem ("fprop",
+    "dgrad" or "wgrad"); False without the compiled module."""
+    if _cpu is None:
+        return False
+    return bool(_cpu.direct_vectorized(op, _cpu.ConvProblem(**problem.kernel_args())))
+
+
 def fprop(algo, problem, x, w, b, y, relu=False):
     _cpu.fprop(algo, _cpu.ConvProblem(**problem.kernel_args()), x, w, b, y, relu)
 

@@ -39,6 +39,11 @@ std::string conv1x1_supports(const ConvProblem& p);
 std::string separable_supports(const ConvProblem& p);
 std::string winograd_supports(const ConvProblem& p);
 
+// Whether direct_<op><float> ("fprop", "dgrad", "wgrad") runs the
+// register-blocked AVX-512 kernel (csrc/cpu/conv_kvec.h) for p on this CPU;
+// otherwise (and always for double) the row-axpy kernels of conv_direct_impl.h.
+bool direct_vectorized(const std::string& op, const ConvProblem& p);
+
 // Upper bound of the per-thread im2col workspace, in bytes (column tile).
 constexpr int64_t kIm2colTileBytes = int64_t(16) << 20;
 

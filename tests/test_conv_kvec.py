@@ -75,11 +75,16 @@ def _problem(xs, ws, kw):
     return make_problem(xs, ws, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
 
 
+def _case(op, case):
+    """Configuration `case` with its data, after checking that the vectorized kernel takes it."""
+    xs, ws, kw, pads = _draw(case)
+    assert cpu.direct_vectorized(op, _problem(xs, ws, kw)), (op, xs, ws, kw)
+    return (xs, ws, kw) + _data(xs, ws, kw, pads, seed_of("kvec", op, case))
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_fprop_bias_relu_matches_reference(case):
-    xs, ws, kw, pads = _draw(case)
-    assert cpu.direct_vectorized("fprop", _problem(xs, ws, kw)), (xs, ws, kw)
-    x, w, b, _, rkw = _data(xs, ws, kw, pads, seed_of("kvec-f", case))
+    xs, ws, kw, x, w, b, _, rkw = _case("fprop", case)
     want = ref.conv2d(x, w, b, **rkw)
     check_close(ops.conv2d(x, w, b, algo="direct", **kw), want, TOL32, np.float32, f"{xs} {ws} {kw}")
     got = ops.conv2d(x, w, b, algo="direct", activation="relu", **kw)
@@ -104,9 +109,7 @@ def test_dgrad_matches_reference(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_wgrad_matches_reference(case):
-    xs, ws, kw, pads = _draw(case)
-    assert cpu.direct_vectorized("wgrad", _problem(xs, ws, kw)), (xs, ws, kw)
-    x, w, _, g, rkw = _data(xs, ws, kw, pads, seed_of("kvec-w", case))
+    xs, ws, kw, x, w, _, g, rkw = _case("wgrad", case)
     want = ref.conv2d_weight(x, ws, g, **rkw)
     check_close(ops.conv2d_weight(x, ws, g, algo="direct", **kw), want, TOL32, np.float32,
                 f"{xs} {ws} {kw}")

@@ -44,10 +44,12 @@ namespace {
 int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }
 
 // Convolution q (explicit P and Q; paddings may be negative) of `in` with the
-// re-laid-out weights wt ([groups][Cg][R][S][Kpad]) into `out`.
-void kvec_run(const ConvProblem& q, const float* in, const float* wt, int64_t Kpad,
-              const float* bias, float* out, bool relu) {
-  const int64_t Cg = q.Cg(), Kg = q.Kg(), HW = q.H * q.W, PQ = q.P * q.Q, RS = q.R * q.S;
+// re-laid-out weights wt ([groups][Cg][R][S][Kpad]) into `out`. Input image n,
+// channel c starts at in + n*image_stride + c*channel_stride (NCHW: C*H*W and
+// H*W; Wgrad reads the input with the two swapped, without a copy).
+void kvec_run(const ConvProblem& q, const float* in, int64_t image_stride, int64_t channel_stride,
+              const float* wt, int64_t Kpad, const float* bias, float* out, bool relu) {
+  const int64_t Cg = q.Cg(), Kg = q.Kg(), PQ = q.P * q.Q, RS = q.R * q.S;
   const int64_t Wp = (q.Q - 1) * q.stride_w + (q.S - 1) * q.dil_w + 1;
   const int64_t span = (q.R - 1) * q.dil_h + 1;  // padded rows one output row reads
   const int threads = max_threads();
@@ -79,7 +81,7 @@ void kvec_run(const ConvProblem& q, const float* in, const float* wt, int64_t Kp
       const int64_t n = ng / q.groups, g = ng % q.groups;
       const int64_t p0 = ch * rows_per, p1 = std::min(q.P, p0 + rows_per);
       const int64_t row0 = p0 * q.stride_h, nrows = (p1 - 1 - p0) * q.stride_h + span;
-      const float* xg = in + (n * q.C + g * Cg) * HW;
+      const float* xg = in + n * image_stride + g * Cg * channel_stride;
       float* xp = buf.data();
       for (int64_t c = 0; c < Cg; ++c)
         for (int64_t rr = 0; rr < nrows; ++rr) {
@@ -90,31 +92,15 @@ void kvec_run(const ConvProblem& q, const float* in, const float* wt, int64_t Kp
             continue;
           }
           std::memset(d, 0, sizeof(float) * x0);
-          std::memcpy(d + x0, xg + (c * q.H + ih) * q.W + (x0 - q.pad_w), sizeof(float) * (x1 - x0));
+          std::memcpy(d + x0, xg + c * channel_stride + ih * q.W + (x0 - q.pad_w),
+                      sizeof(float) * (x1 - x0));
           std::memset(d + x1, 0, sizeof(float) * (Wp - x1));
         }
-      KvecJob jb;
-      jb.xp = xp;
-      jb.plane = plane;
-      jb.Wp = Wp;
-      jb.row0 = row0;
-      jb.wt = wt + g * Cg * RS * Kpad;
-      jb.Cg = Cg;
-      jb.R = q.R;
-      jb.S = q.S;
-      jb.Kg = Kg;
-      jb.Kpad = Kpad;
-      jb.sh = q.stride_h;
-      jb.sw = q.stride_w;
-      jb.dh = q.dil_h;
-      jb.dw = q.dil_w;
-      jb.H = q.H;
-      jb.ph = q.pad_h;
-      jb.Q = q.Q;
-      jb.PQ = PQ;
-      jb.y = out + (n * q.K + g * Kg) * PQ;
-      jb.bias = bias ? bias + g * Kg : nullptr;
-      jb.relu = relu;
+      const KvecJob jb{xp, plane, Wp, row0, wt + g * Cg * RS * Kpad,
+                       Cg, q.R, q.S, Kg, Kpad,
+                       q.stride_h, q.stride_w, q.dil_h, q.dil_w,
+                       q.H, q.pad_h, q.Q, PQ,
+                       out + (n * q.K + g * Kg) * PQ, bias ? bias + g * Kg : nullptr, relu};
 #ifndef FASTCONV_NO_X86_KERNELS
       kvec_rows_avx512(jb, p0, p1);
 #endif
@@ -124,24 +110,41 @@ void kvec_run(const ConvProblem& q, const float* in, const float* wt, int64_t Kp
 
 }  // namespace
 
-void kvec_fprop(const ConvProblem& p, const float* x, const float* w, const float* bias, float* y,
-                bool relu) {
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), RS = p.R * p.S, Kpad = round16(Kg);
-  AlignedBuffer<float> wt(p.groups * Cg * RS * Kpad);
-  std::memset(wt.data(), 0, sizeof(float) * p.groups * Cg * RS * Kpad);
+// The weights (K x Cg x R x S) as the tiles read them, output lanes
+// contiguous and zero-padded to 16: for Fprop [g][c][r][s][k], for Dgrad
+// (whose output lanes are the input channels) [g][k][R-1-r][S-1-s][c].
+static void relayout_weights(const ConvProblem& p, const float* w, bool dgrad, AlignedBuffer<float>& wt,
+                      int64_t& lanes) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), RS = p.R * p.S;
+  lanes = round16(dgrad ? Cg : Kg);
+  const int64_t n = p.groups * (dgrad ? Kg : Cg) * RS * lanes;
+  wt.resize(n);
+  float* d = wt.data();
+  std::memset(d, 0, sizeof(float) * n);
   for (int64_t g = 0; g < p.groups; ++g)
     for (int64_t kk = 0; kk < Kg; ++kk)
       for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t rs = 0; rs < RS; ++rs)
-          wt.data()[((g * Cg + c) * RS + rs) * Kpad + kk] = w[((g * Kg + kk) * Cg + c) * RS + rs];
-  kvec_run(p, x, wt.data(), Kpad, bias, y, relu);
+        for (int64_t rs = 0; rs < RS; ++rs) {
+          const float v = w[((g * Kg + kk) * Cg + c) * RS + rs];
+          if (dgrad)
+            d[((g * Kg + kk) * RS + (RS - 1 - rs)) * lanes + c] = v;
+          else
+            d[((g * Cg + c) * RS + rs) * lanes + kk] = v;
+        }
+}
+
+void kvec_fprop(const ConvProblem& p, const float* x, const float* w, const float* bias, float* y,
+                bool relu) {
+  AlignedBuffer<float> wt;
+  int64_t lanes = 0;
+  relayout_weights(p, w, false, wt, lanes);
+  kvec_run(p, x, p.C * p.H * p.W, p.H * p.W, wt.data(), lanes, bias, y, relu);
 }
 
 // Stride-1 Dgrad is the convolution of grad_output (padded by dil*(R-1) -
 // pad) with the flipped, transposed weights: grad_input[c, h, w] = sum over
 // (k, r', s') of w[k, c, R-1-r', S-1-s'] * dy[k, h - pad' + r'*dil_h, ...].
 void kvec_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx) {
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), RS = p.R * p.S, Cpad = round16(Cg);
   ConvProblem q = p;
   q.C = p.K;
   q.H = p.P;
@@ -151,15 +154,10 @@ void kvec_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
   q.Q = p.W;
   q.pad_h = p.dil_h * (p.R - 1) - p.pad_h;
   q.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
-  AlignedBuffer<float> wt(p.groups * Kg * RS * Cpad);
-  std::memset(wt.data(), 0, sizeof(float) * p.groups * Kg * RS * Cpad);
-  for (int64_t g = 0; g < p.groups; ++g)
-    for (int64_t kk = 0; kk < Kg; ++kk)
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t rs = 0; rs < RS; ++rs)
-          wt.data()[((g * Kg + kk) * RS + (RS - 1 - rs)) * Cpad + c] =
-              w[((g * Kg + kk) * Cg + c) * RS + rs];
-  kvec_run(q, dy, wt.data(), Cpad, nullptr, dx, false);
+  AlignedBuffer<float> wt;
+  int64_t lanes = 0;
+  relayout_weights(p, w, true, wt, lanes);
+  kvec_run(q, dy, q.C * q.H * q.W, q.H * q.W, wt.data(), lanes, nullptr, dx, false);
 }
 
 // Wgrad is a convolution too, with batch and channels swapped: for each input
@@ -184,33 +182,12 @@ void kvec_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
     std::memset(dw, 0, sizeof(float) * p.K * Cg * RS);
     return;
   }
-  ConvProblem q;
-  q.N = Cg;
-  q.H = p.H;
-  q.W = p.W;
-  q.K = Kg;
-  q.R = p.P;
-  q.S = p.Q;
-  q.P = p.R;
-  q.Q = p.S;
-  q.pad_h = p.pad_h;
-  q.pad_w = p.pad_w;
-  q.stride_h = p.dil_h;
-  q.stride_w = p.dil_w;
-  q.dil_h = p.stride_h;
-  q.dil_w = p.stride_w;
-  q.groups = 1;
-  AlignedBuffer<float> xt(Cg * p.N * HW), wt(p.N * PQ * Kpad), out(blocks * welems);
+  // N, C (set per block), H, W, K, R, S, P, Q, pads, strides, dilations, groups
+  ConvProblem q{Cg, 0, p.H, p.W, Kg, p.P, p.Q, p.R, p.S, p.pad_h, p.pad_w,
+                p.dil_h, p.dil_w, p.stride_h, p.stride_w, 1};
+  AlignedBuffer<float> wt(p.N * PQ * Kpad), acc(welems), blk(blocks > 1 ? welems : 0);
   for (int64_t g = 0; g < p.groups; ++g) {
-    // x[:, group channels] as [block][Cg][images of the block][H][W];
-    // dy[:, group] as [N][P][Q][Kpad]
-#pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static)
-    for (int64_t cn = 0; cn < Cg * p.N; ++cn) {
-      const int64_t n = cn / Cg, c = cn % Cg;
-      const int64_t n0 = n / nb * nb, nbb = std::min(nb, p.N - n0);
-      std::memcpy(xt.data() + (Cg * n0 + c * nbb + (n - n0)) * HW, x + (n * p.C + g * Cg + c) * HW,
-                  sizeof(float) * HW);
-    }
+    // dy[:, group] as [N][P][Q][Kpad]: the "weights", output channels contiguous
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static)
     for (int64_t n = 0; n < p.N; ++n) {
       float* d = wt.data() + n * PQ * Kpad;
@@ -220,21 +197,26 @@ void kvec_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
         for (int64_t j = 0; j < PQ; ++j) d[j * Kpad + kk] = src[j];
       }
     }
+    // the blocks' results, added in order into acc: (Cg, Kg, R, S)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t n0 = b * nb;
       q.C = std::min(nb, p.N - n0);
-      kvec_run(q, xt.data() + Cg * n0 * HW, wt.data() + n0 * PQ * Kpad, Kpad, nullptr,
-               out.data() + b * welems, false);
-    }
-    // sum the blocks in order; (Cg, Kg, R, S) -> grad_weight[g*Kg + k, c, r, s]
-    const float* o = out.data();
+      float* dst = b == 0 ? acc.data() : blk.data();
+      // "image" c = input channel g*Cg + c, "channel" n = image n0 + n
+      kvec_run(q, x + (n0 * p.C + g * Cg) * HW, HW, p.C * HW, wt.data() + n0 * PQ * Kpad, Kpad,
+               nullptr, dst, false);
+      if (b > 0) {
+        float* a = acc.data();
+        const float* o = blk.data();
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static)
-    for (int64_t e = 0; e < welems; ++e) {
-      float v = o[e];
-      for (int64_t b = 1; b < blocks; ++b) v += o[b * welems + e];
-      const int64_t c = e / (Kg * RS), kk = (e / RS) % Kg, rs = e % RS;
-      dw[((g * Kg + kk) * Cg + c) * RS + rs] = v;
+        for (int64_t e = 0; e < welems; ++e) a[e] += o[e];
+      }
     }
+    // (Cg, Kg, R, S) -> grad_weight[g*Kg + k, c, r, s]
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t kk = 0; kk < Kg; ++kk)
+        std::memcpy(dw + ((g * Kg + kk) * Cg + c) * RS, acc.data() + (c * Kg + kk) * RS,
+                    sizeof(float) * RS);
   }
 }
 

@@ -5,13 +5,14 @@
 // Output pixel (p, q) of output channels k0..k0+16*KV-1 is a vector sum over
 // the taps (c, r, s) of  weight[c, r, s, k0:k0+16*KV] * input[c, p*sh + r*dh,
 // q*sw + s*dw]: one broadcast input value times a weight vector. A tile holds
-// QT pixels of one output row times KV weight vectors in QT*KV <= 28 zmm
+// RT output rows x QT pixels x KV weight vectors in RT*QT*KV <= 28 zmm
 // accumulators, so each broadcast feeds KV multiply-adds and each weight
-// vector QT of them, with no im2col matrix and no wasted columns. The input
+// vector RT*QT of them, with no im2col matrix and no wasted columns. The input
 // is read from a zero-padded copy of the rows a job needs, so the inner loop
-// has no bounds checks; kernel rows that read only padding rows are skipped.
-// Every output element is one sequential multiply-add chain over (c, r, s),
-// whatever the tiling and thread count: deterministic.
+// has no bounds checks; kernel rows that read only padding rows (for every
+// row of the tile) are skipped. Every output element is one sequential
+// multiply-add chain over (c, r, s); the tiles and row chunks follow from the
+// problem alone, never from the thread count: deterministic.
 #pragma once
 #include <cstdint>
 

@@ -86,6 +86,9 @@ def _auto(p: ConvProblem, op: str) -> str:
     everything else (incl. 1-channel first layers)   im2col
     ==============================================  =========
 
+    On top of the table, `_pick` trades im2col or Winograd for the register-blocked direct kernel
+    for fp32 on the compiled CPU path where that measured faster (_prefers_vectorized_direct).
+
     Winograd F(2x2, 3x3) does 2.25x fewer multiply-adds; its tile transforms
     cost about as much as that saves below 16 channels (measured, 1 thread:
     Fprop/Dgrad 1.2x faster than im2col at 16 channels, 1.4-2.1x at 64-256;
@@ -169,9 +172,10 @@ def _tuned(algo, problem, op, dtype, backend, run):
     return best
 
 
-def _prefers_vectorized_direct(p: ConvProblem, op: str) -> bool:
-    """For fp32 on the compiled CPU path with AVX-512: whether "auto" trades the table's im2col for
-    the register-blocked direct kernel (csrc/cpu/conv_kvec.h), when that kernel takes the problem.
+def _prefers_vectorized_direct(p: ConvProblem, op: str, table: str = "im2col") -> bool:
+    """For fp32 on the compiled CPU path with AVX-512: whether "auto" trades the table's pick
+    (`table`: im2col or winograd) for the register-blocked direct kernel (csrc/cpu/conv_kvec.h),
+    when that kernel takes the problem.
 
     Measured with both algorithms side by side on 2 Zen 4 cores (18 layers of LeNet, the Fashion
     net, AlexNet, ZFNet, GoogLeNet's 5x5 branches, ResNet stems and stride-2 3x3s, CIFAR stems):
@@ -182,17 +186,28 @@ def _prefers_vectorized_direct(p: ConvProblem, op: str) -> bool:
       channels (CIFAR stem 3->64, 27 taps: 0.73x, output-write bound).
     - Dgrad (stride 1, 16+ input channels): 1.07-1.8x; not from 1x1 outputs (LeNet C5: 0.16x).
     - Wgrad: 1.0-1.4x for stride-1 5x5 kernels with 4+ input channels per group, again not from
-      1x1 outputs (0.44x); slower with strides (its tiles are then R x S outputs read at stride)
-      and for 3x3 (too few accumulators per tile).
+      1x1 outputs (0.44x); slower with strides (its tiles are then R x S outputs read at stride).
+      3x3 kernels (9 taps: few accumulators per tile) only with exactly 16 output channels and 16+
+      input channels (0.98-2.07x; with 32-64 output channels 0.57-0.88x).
+
+    Against Winograd (`table` == "winograd": 3x3, stride 1, 16+ channels), measured at 8x8-56x56
+    maps: the direct kernel is faster while the smaller channel count is below 24 (16->16:
+    1.5-1.8x in all three operators; 16->32, 32->16, 16->64, 64->16: 0.97-1.58x, mostly above
+    1.1x), where Winograd's transform-domain GEMMs are too thin to pay for the tile transforms;
+    from 24 channels up Winograd wins (24->24: 0.77-1.0x, 64->64: 0.72-0.79x).
     """
     Cg, Kg = p.C // p.groups, p.K // p.groups
     taps = Cg * p.R * p.S
     stride1 = p.stride_h == 1 and p.stride_w == 1
+    if table == "winograd":
+        return min(Cg, Kg) < 24
     if op == "fprop":
         return Kg >= 16 and p.P * p.Q >= 16 and taps <= 2048 and (taps >= 32 or Kg <= 16)
     if op == "dgrad":
         return stride1 and Cg >= 16 and p.P * p.Q >= 16
-    return stride1 and Kg >= 16 and Cg >= 4 and p.R * p.S >= 25 and p.P * p.Q >= 16
+    if p.R * p.S < 25:
+        return stride1 and Kg == 16 and Cg >= 16 and p.R * p.S >= 9 and p.P * p.Q >= 16
+    return stride1 and Kg >= 16 and Cg >= 4 and p.P * p.Q >= 16
 
 
 def _pick(algo, problem, op, backend_name=None, dtype=None):
@@ -200,8 +215,8 @@ def _pick(algo, problem, op, backend_name=None, dtype=None):
         raise TypeError(f"algo must be a string, got {algo!r}")
     if algo == "auto":
         a = _auto(problem, op)
-        if (a == "im2col" and backend_name == "cpu" and dtype is not None
-                and np.dtype(dtype) == np.float32 and _prefers_vectorized_direct(problem, op)
+        if (a in ("im2col", "winograd") and backend_name == "cpu" and dtype is not None
+                and np.dtype(dtype) == np.float32 and _prefers_vectorized_direct(problem, op, a)
                 and backends.cpu.direct_vectorized(op, problem)):
             return "direct"
         # the table is the compiled CPU path's; a backend without that algorithm

@@ -188,13 +188,16 @@ def _prefers_vectorized_direct(p: ConvProblem, op: str, table: str = "im2col") -
     - Wgrad: 1.0-1.4x for stride-1 5x5 kernels with 4+ input channels per group, again not from
       1x1 outputs (0.44x); slower with strides (its tiles are then R x S outputs read at stride).
       3x3 kernels (9 taps: few accumulators per tile) only with exactly 16 output channels and 16+
-      input channels (0.98-2.07x; with 32-64 output channels 0.57-0.88x).
+      input channels (1.24-2.00x im2col's speed at 16/32/64 -> 16; 16 -> 32: 0.93-1.16x,
+      16 -> 64: 0.76-0.94x, left on im2col).
 
     Against Winograd (`table` == "winograd": 3x3, stride 1, 16+ channels), measured at 8x8-56x56
-    maps: the direct kernel is faster while the smaller channel count is below 24 (16->16:
-    1.5-1.8x in all three operators; 16->32, 32->16, 16->64, 64->16: 0.97-1.58x, mostly above
-    1.1x), where Winograd's transform-domain GEMMs are too thin to pay for the tile transforms;
-    from 24 channels up Winograd wins (24->24: 0.77-1.0x, 64->64: 0.72-0.79x).
+    maps with `python benchmarks/bench_algos.py` (which also gives the 3x3 Wgrad figures above;
+    table in benchmarks/RESULTS.md): the direct kernel is faster while the smaller channel count is
+    below 24 (16->16: 1.18-1.68x; 16->32, 32->16, 64->16: 0.99-1.40x; 16->64 Fprop/Dgrad
+    0.98-1.23x), where Winograd's transform-domain GEMMs are too thin to pay for the tile
+    transforms; from 24 channels up Winograd mostly wins (24->24: 0.74-0.97x, 32->32: 0.91-1.18x,
+    64->64: 0.65-0.86x).
     """
     Cg, Kg = p.C // p.groups, p.K // p.groups
     taps = Cg * p.R * p.S
@@ -205,9 +208,9 @@ def _prefers_vectorized_direct(p: ConvProblem, op: str, table: str = "im2col") -
         return Kg >= 16 and p.P * p.Q >= 16 and taps <= 2048 and (taps >= 32 or Kg <= 16)
     if op == "dgrad":
         return stride1 and Cg >= 16 and p.P * p.Q >= 16
-    if p.R * p.S < 25:
-        return stride1 and Kg == 16 and Cg >= 16 and p.R * p.S >= 9 and p.P * p.Q >= 16
-    return stride1 and Kg >= 16 and Cg >= 4 and p.P * p.Q >= 16
+    if p.R == 3 and p.S == 3:
+        return stride1 and Kg == 16 and Cg >= 16 and p.P * p.Q >= 16
+    return stride1 and Kg >= 16 and Cg >= 4 and p.R * p.S >= 25 and p.P * p.Q >= 16
 
 
 def _pick(algo, problem, op, backend_name=None, dtype=None):

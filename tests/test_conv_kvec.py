@@ -222,3 +222,11 @@ def test_auto_direct_3x3_16_channels_matches_reference():
                 TOL32, np.float32, "dgrad")
     check_close(ops.conv2d_weight(x, w.shape, g, padding=1), ref.conv2d_weight(x64, w.shape, g64, pads=pads),
                 TOL32, np.float32, "wgrad")
+
+
+def test_auto_fprop_many_taps_only_for_large_kernels():
+    # AlexNet conv2 (96 -> 256, 5x5: 2400 taps) measured faster on the direct kernel; ResNet's 3x3
+    # 256 -> 512 stride 2 (2304 taps) slower, so it stays on im2col
+    assert ops.choose_algo((8, 96, 27, 27), (256, 96, 5, 5), padding=2, backend="cpu") == "direct"
+    assert ops.choose_algo((8, 64, 14, 14), (64, 64, 7, 7), padding=3, backend="cpu") == "direct"
+    assert ops.choose_algo((8, 256, 28, 28), (512, 256, 3, 3), stride=2, padding=1, backend="cpu") == "im2col"

@@ -181,9 +181,12 @@ def _prefers_vectorized_direct(p: ConvProblem, op: str, table: str = "im2col") -
     net, AlexNet, ZFNet, GoogLeNet's 5x5 branches, ResNet stems and stride-2 3x3s, CIFAR stems):
 
     - Fprop: 1.1-1.8x faster than im2col with 16+ output channels per group, except at 1x1 outputs
-      (LeNet C5, 0.34x: a GEMV per image), with more than ~2048 taps per output (the weight slice a
-      tile streams outgrows L2: ResNet 3x3 256->512 s2, 0.67x) and with few taps and many output
-      channels (CIFAR stem 3->64, 27 taps: 0.73x, output-write bound).
+      (LeNet C5, 0.34x: a GEMV per image), 3x3 kernels with more than ~2048 taps per output
+      (ResNet 3x3 256->512 s2: 0.67x; 0.75-0.90x in `bench_algos.py --stride 2`) and few taps with
+      many output channels (CIFAR stem 3->64, 27 taps: 0.73x, output-write bound). 5x5 and larger
+      kernels stay faster past 2048 taps (`bench_algos.py --kernel 5/7 --algos im2col,direct`:
+      96->256 and 128->128 5x5 at 13x13-28x28 1.15-1.87x, 256->256 and 512->128 5x5 1.32-1.47x,
+      5x5 96->256 stride 2 1.63x, 7x7 64/128 channels 2.0-2.9x).
     - Dgrad (stride 1, 16+ input channels): 1.07-1.8x; not from 1x1 outputs (LeNet C5: 0.16x).
     - Wgrad: 1.0-1.4x for stride-1 5x5 kernels with 4+ input channels per group, again not from
       1x1 outputs (0.44x); slower with strides (its tiles are then R x S outputs read at stride).
@@ -205,7 +208,8 @@ def _prefers_vectorized_direct(p: ConvProblem, op: str, table: str = "im2col") -
     if table == "winograd":
         return min(Cg, Kg) < 24
     if op == "fprop":
-        return Kg >= 16 and p.P * p.Q >= 16 and taps <= 2048 and (taps >= 32 or Kg <= 16)
+        return (Kg >= 16 and p.P * p.Q >= 16 and (taps <= 2048 or p.R * p.S >= 25)
+                and (taps >= 32 or Kg <= 16))
     if op == "dgrad":
         return stride1 and Cg >= 16 and p.P * p.Q >= 16
     if p.R == 3 and p.S == 3:

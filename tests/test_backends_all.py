@@ -334,6 +334,32 @@ def test_batch_norm(backend, shape, affine, dtype, rng):
     close(db, g64.sum(axis=ax), dtype, _tol(dtype, 1e-5), "eval db")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_variance_of_nan_inf_and_overflowing_data(backend):
+    """A NaN or inf in a channel makes its variance NaN (then its outputs, save_invstd and running
+    variance), never a clamped 0 (which gave invstd 1/sqrt(eps) and a finite running variance
+    hiding the NaN); finite data whose squares overflow float64 has variance +inf: invstd 0 and
+    outputs 0 (+ bias), as torch's Welford sums give. The other channel is untouched."""
+    own_kernels(backend, "bn_stats", "bn_apply")
+    x = np.stack([np.arange(4.0), np.array([1.0, 4.0, 2.0, 8.0])], axis=1)  # (4, 2)
+    ok_col = (x[:, 1] - x[:, 1].mean()) / np.sqrt(x[:, 1].var() + 1e-5)
+    for bad in (np.nan, np.inf, -np.inf):
+        xb = x.copy()
+        xb[1, 0] = bad
+        rm, rv = np.zeros(2), np.ones(2)
+        y = ops.batch_norm(xb, rm, rv, training=True, backend=backend)
+        assert np.isnan(y[:, 0]).all() and np.isnan(rv[0]) and not np.isfinite(rm[0]), (bad, y[:, 0], rv, rm)
+        np.testing.assert_allclose(y[:, 1], ok_col, rtol=1e-12)
+        np.testing.assert_allclose(rv[1], 0.9 + 0.1 * x[:, 1].var(ddof=1), rtol=1e-12)
+        _, _, invstd = ops.batch_norm_forward_train(xb, backend=backend)
+        assert np.isnan(invstd[0]) and np.isfinite(invstd[1])
+    huge = np.array([[1e200], [-1e200], [3e200], [0.0]])
+    rm, rv = np.zeros(1), np.ones(1)
+    y = ops.batch_norm(huge, rm, rv, np.ones(1), np.full(1, 0.5), training=True, backend=backend)
+    np.testing.assert_array_equal(y, 0.5)
+    assert rv[0] == np.inf and rm[0] == 0.1 * 7.5e199
+
+
 # --------------------------------------------------------------------- LRN
 def _lrn_backward_ref(g, x, size, alpha, beta, k):
     """d/dx of sum(g * lrn(x)) written out channel by channel (float64)."""
@@ -488,6 +514,20 @@ def test_cross_entropy(backend, reduction, smoothing, dtype, rng):
     close(grad, gw, dtype, _tol(dtype, 1e-5), "grad")
     with pytest.raises(ValueError, match="out of range"):
         ops.cross_entropy(z, np.full(N, C), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_entropy_without_classes(backend):
+    """C = 0 is valid when every row is ignored (torch: a NaN mean, a zero sum, zero rows, an empty
+    gradient) on every backend alike (the CUDA kernels had raised 'no classes')."""
+    own_kernels(backend, "cross_entropy")
+    z, t = np.zeros((3, 0)), np.full(3, -100)
+    for reduction, want in (("mean", np.nan), ("sum", 0.0), ("none", np.zeros(3))):
+        loss, grad = ops.cross_entropy(z, t, reduction=reduction, backend=backend)
+        np.testing.assert_array_equal(np.asarray(loss), want)
+        assert grad.shape == (3, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        ops.cross_entropy(z, np.array([-100, 0, -100]), backend=backend)
 
 
 # ----------------------------------------------------------------- dropout

@@ -117,6 +117,17 @@ def test_batch_norm_training_on_an_empty_batch():
         np.testing.assert_array_equal(rv, 2.0)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         L.batch_norm(np.zeros((1, 3)), None, None, training=True)
+    # the functions under the autograd layer agree: an empty output and NaN statistics (there are
+    # none), and a backward of an empty grad_input and zero weight/bias gradients (torch autograd's)
+    y, mean, invstd = L.batch_norm_forward_train(np.zeros((0, 3, 4, 4), np.float32), np.ones(3, np.float32))
+    assert y.shape == (0, 3, 4, 4) and y.dtype == np.float32
+    assert mean.shape == invstd.shape == (3,) and np.isnan(mean).all() and np.isnan(invstd).all()
+    dx, dw, db = L.batch_norm_backward(np.zeros((0, 3, 4, 4)), np.zeros((0, 3, 4, 4)), np.ones(3), mean, invstd)
+    assert dx.shape == (0, 3, 4, 4)
+    np.testing.assert_array_equal(dw, 0.0)
+    np.testing.assert_array_equal(db, 0.0)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        L.batch_norm_forward_train(np.zeros((1, 3, 1, 1)))
 
 
 def test_batch_norm_running_stats_must_be_updatable(rng):
@@ -424,6 +435,12 @@ def test_cross_entropy_ignore_index_vs_torch(rng):
     assert not grad[1].any() and not grad[4].any()
     loss, grad = L.cross_entropy(z, np.full(9, 3), ignore_index=3)
     assert np.isnan(loss) and not grad.any()
+    for big in (2**63, -2**63 - 1, 2**70):  # torch: "Overflow when unpacking long long"
+        with pytest.raises(ValueError, match=r"ignore_index=.*does not fit in int64"):
+            L.cross_entropy(z, t, ignore_index=big)
+    t = np.where(t < 0, -2**63, t)  # the smallest int64 is a valid ignore_index
+    np.testing.assert_allclose(L.cross_entropy(z, t, ignore_index=-2**63)[0],
+                               F.cross_entropy(T(z), torch.from_numpy(t), ignore_index=-2**63).item(), rtol=1e-12)
 
 
 def test_cross_entropy_extreme_logits():
@@ -499,6 +516,13 @@ def test_dropout_edge_cases(rng):
     y, m = L.dropout(x, 1.0, seed=1)
     assert not y.any() and not m.any()
     assert not L.dropout_backward(x, m, 1.0).any()
+    # p = 1 is input * 0 as torch's: signed zeros, NaN for NaN and inf (also in the backward)
+    special = np.array([np.nan, np.inf, -np.inf, 1.0, -2.0], np.float32)
+    y, m = L.dropout(special, 1.0, seed=1)
+    np.testing.assert_array_equal(y, [np.nan, np.nan, np.nan, 0.0, -0.0])
+    np.testing.assert_array_equal(np.signbit(y[3:]), [False, True])
+    assert y.dtype == np.float32 and not m.any()
+    np.testing.assert_array_equal(L.dropout_backward(special, m, 1.0), [np.nan, np.nan, np.nan, 0.0, -0.0])
     y, m = L.dropout(x, 0.5)  # seed None: random, but consistent with its mask
     np.testing.assert_allclose(y, np.where(m, 2 * x, 0))
     with pytest.raises(ValueError, match="p"):

@@ -298,6 +298,23 @@ def test_batchnorm2d_running_stats_vs_torch(rng, torch):
 
 
 @needs_ops
+def test_batchnorm2d_trains_on_an_empty_batch():
+    """An empty batch in training (torch: an empty output, running statistics untouched, zero weight
+    and bias gradients) goes through the module and its backward without an error."""
+    m = nn.BatchNorm2d(3)
+    m.running_mean.data[...] = 0.5
+    x = Tensor(np.zeros((0, 3, 4, 4), np.float32), requires_grad=True)
+    y = m(x)
+    assert y.shape == (0, 3, 4, 4)
+    (y * 2).sum().backward()
+    assert x.grad.shape == (0, 3, 4, 4)
+    np.testing.assert_array_equal(m.weight.grad, 0.0)
+    np.testing.assert_array_equal(m.bias.grad, 0.0)
+    np.testing.assert_array_equal(m.running_mean.data, 0.5)
+    np.testing.assert_array_equal(m.running_var.data, 1.0)
+
+
+@needs_ops
 def test_dropout_module(rng):
     x = Tensor(np.ones((200, 50), np.float32), requires_grad=True)
     d = nn.Dropout(0.3, generator=7)

@@ -113,6 +113,17 @@ void channel_sums(int64_t N, int64_t C, int64_t L, double* out1, double* out2, P
 
 using namespace layers_detail;
 
+// E[v^2] - E[v]^2 of the shifted values: rounding below 0 gives 0; NaN stays
+// NaN (NaN or inf in the data: the mean d is then not finite) unless d is
+// finite, when finite data's squares overflowed: +inf, as torch's Welford sums
+// give (invstd 0: the outputs are 0 + bias, not garbage).
+inline double biased_variance(double s2_over_m, double d) {
+  const double v = s2_over_m - d * d;
+  if (v >= 0) return v;
+  if (v < 0) return 0.0;
+  return std::isfinite(d) ? HUGE_VAL : v;
+}
+
 template <typename T>
 void bn_stats(int64_t N, int64_t C, int64_t L, const T* x, double* mean, double* var_biased) {
   const double M = double(N * L);
@@ -139,7 +150,7 @@ void bn_stats(int64_t N, int64_t C, int64_t L, const T* x, double* mean, double*
   for (int64_t c = 0; c < C; ++c) {
     const double d = s1[c] / M;
     mean[c] = shift[c] + d;
-    var_biased[c] = std::max(0.0, s2[c] / M - d * d);
+    var_biased[c] = biased_variance(s2[c] / M, d);
   }
 }
 

@@ -366,7 +366,10 @@ __global__ void bn_stats_kernel(int64_t N, int64_t C, int64_t L, const T* __rest
       const double d = red[0] / M;
       mean[c] = shift + d;
       const double v = red2[0] / M - d * d;
-      var[c] = v > 0.0 ? v : 0.0;
+      // as the CPU's biased_variance: rounding below 0 -> 0; NaN stays NaN
+      // (NaN/inf data) unless the mean is finite (finite data whose squares
+      // overflowed: +inf, as torch's Welford sums give)
+      var[c] = v >= 0.0 ? v : (v < 0.0 ? 0.0 : (d - d == 0.0 ? double(INFINITY) : v));  // d - d == 0: d finite
     }
     __syncthreads();
   }

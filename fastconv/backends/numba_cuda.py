@@ -718,7 +718,13 @@ def _build(dtype):  # noqa: C901 - one closure per dtype holding every kernel
                 d = r1[0] / M
                 mean[c] = shift + d
                 v = r2[0] / M - d * d
-                var[c] = v if v > 0.0 else 0.0
+                # as the CPU's biased_variance: rounding below 0 -> 0, NaN (NaN/inf
+                # data) stays NaN, overflow of finite data -> inf
+                if v < 0.0:
+                    v = 0.0
+                elif v != v and abs(d) < math.inf:
+                    v = math.inf
+                var[c] = v
             cuda.syncthreads()
 
     @cuda.jit

@@ -425,6 +425,18 @@ def adaptive_pool2d_backward(kind, grad_output, input, indices, grad_input):
 
 
 # ----------------------------------------------------------------- batch norm
+@njit(**_SEQ)
+def _biased_variance(s2m, d):
+    """E[v^2] - E[v]^2: as the compiled kernel's biased_variance (rounding below 0 -> 0, NaN from
+    NaN/inf data stays NaN, overflow of finite data -> inf)."""
+    v = s2m - d * d
+    if v >= 0.0:
+        return v
+    if v < 0.0:
+        return 0.0
+    return math.inf if abs(d) < math.inf else v
+
+
 @njit(**_PAR)
 def _bn_moments(x3, mean, var):
     """Per channel: shifted moments (shift = the channel's first element) summed in (n, l) order."""
@@ -441,7 +453,7 @@ def _bn_moments(x3, mean, var):
                 s2 += v * v
         d = s1 / M
         mean[c] = shift + d
-        var[c] = max(0.0, s2 / M - d * d)
+        var[c] = _biased_variance(s2 / M, d)
 
 
 @njit(**_PAR)

@@ -200,7 +200,7 @@ class _BatchNorm(Function):
         xp = array_module(x)
         if use_batch_stats:
             y, mean, invstd = L.batch_norm_forward_train(x, weight, bias, eps)
-            if running_mean is not None and momentum is not None:
+            if running_mean is not None and momentum is not None and x.size:  # empty batch: untouched
                 # running stats use the unbiased batch variance, as torch does
                 n = x.size // x.shape[1]
                 var = (1.0 / (invstd.astype(np.float64) ** 2) - eps) * (n / max(n - 1, 1))

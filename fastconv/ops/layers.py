@@ -199,6 +199,8 @@ def batch_norm_forward_train(input, weight=None, bias=None, eps=1e-5, *, backend
 
     Returns ``(output, save_mean, save_invstd)``; the saved statistics (float64, shape (C,)) are
     what :func:`batch_norm_backward` needs. ``save_invstd = 1 / sqrt(biased_var + eps)``.
+    An empty batch gives an empty output and NaN statistics (there are none; torch's batch_norm
+    also returns an empty output there, and its backward zero weight and bias gradients).
     """
     A = _arrays_for(backend, ("input", input), ("weight", weight), ("bias", bias))
     x = A.array(input, "input")
@@ -207,7 +209,10 @@ def batch_norm_forward_train(input, weight=None, bias=None, eps=1e-5, *, backend
     b = _channel_vec(A, bias, "bias", C, x.shape)
     eps = _train_eps(_real(eps, "eps", 0.0))
     dtype = _compute_dtype((x, "input"), (w, "weight"), (b, "bias"))
-    if N * L <= 1:
+    if N * L == 0:
+        nan = A.xp.full(C, np.nan, np.float64)
+        return A.empty(x.shape, dtype).astype(x.dtype, copy=False), nan, nan.copy()
+    if N * L == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
     y, mean, invstd, _ = _bn_train(A, x, dtype, N, C, L, w, b, eps)
     return y, mean, invstd
@@ -238,8 +243,6 @@ def batch_norm_backward(grad_output, input, weight, save_mean=None, save_invstd=
             raise ValueError("training=True needs save_mean and save_invstd (from batch_norm_forward_train)")
         mean = _channel_vec(A, save_mean, "save_mean", C, x.shape)
         invstd = _channel_vec(A, save_invstd, "save_invstd", C, x.shape)
-        if N * L == 0:
-            raise ValueError(f"batch_norm_backward: input shape {x.shape} has no elements per channel")
     else:
         if save_mean is not None and save_invstd is not None:
             mean = _channel_vec(A, save_mean, "save_mean", C, x.shape)
@@ -440,6 +443,8 @@ def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_i
     if eps > 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
     ignore_index = _int(ignore_index, "ignore_index")
+    if not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index={ignore_index} does not fit in int64 (targets are int64, as torch's)")
     if t.dtype.kind == "u" and t.dtype.itemsize == 8 and t.size:  # past 2^63 a cast to int64 would wrap
         big = t > np.uint64(np.iinfo(np.int64).max)               # (2^64 - 100 into ignore_index -100)
         if big.any():
@@ -455,9 +460,12 @@ def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_i
     dtype = _compute_dtype((z, "input"))
     count = int(xp.count_nonzero(t64 != ignore_index))
     scale = 1.0 / count if (reduction == "mean" and count > 0) else 1.0
-    rows = xp.empty(N, np.float64)
     grad = A.empty(z.shape, dtype)
-    A.kernel("cross_entropy")(A.c(z, dtype), t64, N, C, ignore_index, eps, scale, rows, grad)
+    if C == 0:  # no classes: every row is ignored (checked above), each a zero loss
+        rows = xp.zeros(N, np.float64)
+    else:
+        rows = xp.empty(N, np.float64)
+        A.kernel("cross_entropy")(A.c(z, dtype), t64, N, C, ignore_index, eps, scale, rows, grad)
     od = z.dtype
     if reduction == "none":
         loss = rows.astype(od)
@@ -517,7 +525,8 @@ def dropout(input, p=0.5, training=True, seed=None, *, backend=None):
     ``seed``: None (a fresh random seed), an int (the same int always gives the same mask for the
     same shape), or a :class:`Generator` (advanced by each call). Kept elements are scaled by
     ``1/(1-p)``. ``mask`` is a bool array of the input's shape (True = kept). ``p == 0`` or
-    ``training=False``: the output is a copy of the input and the mask all True; ``p == 1``: zeros.
+    ``training=False``: the output is a copy of the input and the mask all True; ``p == 1``:
+    ``input * 0`` as torch (zeros of the input's signs; NaN and inf give NaN), the mask all False.
     """
     A = _arrays_for(backend, ("input", input))
     xp = A.xp
@@ -533,7 +542,8 @@ def dropout(input, p=0.5, training=True, seed=None, *, backend=None):
         return x.copy(), xp.ones(x.shape, dtype=bool)
     if p == 1.0:
         gen._take(x.size)
-        return xp.zeros_like(x), xp.zeros(x.shape, dtype=bool)
+        with np.errstate(invalid="ignore"):  # inf * 0 is NaN, as torch's
+            return x * x.dtype.type(0), xp.zeros(x.shape, dtype=bool)
     dtype = _compute_dtype((x, "input"))
     s, off = gen._take(x.size)
     threshold = min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1)
@@ -544,7 +554,7 @@ def dropout(input, p=0.5, training=True, seed=None, *, backend=None):
 
 
 def dropout_backward(grad_output, mask, p, *, backend=None):
-    """``grad_output * mask / (1 - p)`` (zeros when p == 1)."""
+    """``grad_output * mask / (1 - p)`` (``grad_output * 0`` when p == 1, as torch: NaN and inf give NaN)."""
     A = _arrays_for(backend, ("grad_output", grad_output), ("mask", mask))
     dy = A.array(grad_output, "grad_output")
     m = A.any_array(mask, "mask")
@@ -553,7 +563,8 @@ def dropout_backward(grad_output, mask, p, *, backend=None):
     _same_shape(dy, "grad_output", m, "mask")
     p = _dropout_p(p)
     if p == 1.0:
-        return A.xp.zeros_like(dy)
+        with np.errstate(invalid="ignore"):
+            return dy * dy.dtype.type(0)
     dtype = _compute_dtype((dy, "grad_output"))
     dx = A.empty(dy.shape, dtype)
     A.kernel("dropout_backward")(A.c(dy, dtype), A.c(m, bool).view(np.uint8), 1.0 / (1.0 - p), dx)

@@ -745,3 +745,24 @@ def test_softmax_every_isa(rng, isa):
                   "softmax backward", 4e-5)
     finally:
         cpu.set_isa(before)
+
+
+def test_big_endian_float64_computes_in_float64(rng):
+    """Arrays in non-native byte order (big-endian data read from a file) give the native array's
+    results bit for bit, in native order: every op compares dtypes with the native float64, so a
+    '>f8' array computed in float32 before. Long double is refused with a TypeError."""
+    x = randn(rng, (4, 3, 5, 5))
+    w = randn(rng, (6, 3, 3, 3))
+    lw = randn(rng, (7, 75))
+    for fn in (lambda a, b: L.softmax(a, 1), lambda a, b: L.log_softmax(a, -1),
+               lambda a, b: L.batch_norm(a, None, None, training=True),
+               lambda a, b: L.local_response_norm(a, 3), lambda a, b: L.sigmoid(a),
+               lambda a, b: L.linear(a.reshape(4, 75), b),
+               lambda a, b: ops.conv2d(a, w.astype(a.dtype), padding=1)):
+        got, want = fn(x.astype(">f8"), lw.astype(">f8")), fn(x, lw)
+        assert got.dtype == want.dtype == np.float64
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="input must be a floating-point array"):
+        L.relu(x.astype(np.longdouble))
+    with pytest.raises(TypeError, match="weight must be a floating-point array"):
+        ops.conv2d(x, w.astype(np.longdouble))

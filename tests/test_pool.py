@@ -434,6 +434,19 @@ def test_dtypes_and_unbatched(rng):
         assert P.adaptive_avg_pool2d(xd, 2).dtype == dt
         g = np.ones((3, 5, 5), dt)
         assert P.max_pool2d_backward(g, xd, 3, 2, 1).dtype == dt
+    # big-endian float64 (data read from a file) computes in float64 like the native array (it was
+    # compared with the native float64 dtype, so it computed in float32: errors of 1e-7, an argmax
+    # between values 1e-12 apart lost); results come back in native byte order
+    xb = x.astype(">f8")
+    for fn in (lambda a: P.avg_pool2d(a, 2), lambda a: P.lp_pool2d(a, 2, 3, 2),
+               lambda a: P.max_pool2d(a, 3, 2, 1, return_indices=True)[1]):
+        yb, yn = fn(xb), fn(x)
+        assert yb.dtype == yn.dtype and yb.dtype.isnative
+        np.testing.assert_array_equal(yb, yn)
+    close_pair = np.array([[[[1.0, 1.0 + 1e-12]]]], ">f8")
+    np.testing.assert_array_equal(P.max_pool2d(close_pair, (1, 2), return_indices=True)[1], [[[[1]]]])
+    np.testing.assert_array_equal(P.max_pool2d_backward(np.ones((3, 5, 5), ">f8"), xb, 3, 2, 1),
+                                  P.max_pool2d_backward(np.ones((3, 5, 5)), x, 3, 2, 1))
     # non-contiguous input
     xt = distinct(rng, (2, 3, 8, 6)).transpose(0, 1, 3, 2)
     close(P.max_pool2d(xt, 2), ref.maxmin_pool(np.ascontiguousarray(xt), "max", 2)[0], 0)
@@ -500,6 +513,11 @@ BAD = [
     ("bool_input", TypeError, lambda: P.adaptive_avg_pool2d(np.zeros((1, 1, 4, 4), bool), 2), "input", ()),
     ("divisor_zero", ValueError, lambda: P.avg_pool2d(X, 2, divisor_override=0), "divisor_override", ()),
     ("divisor_float", TypeError, lambda: P.avg_pool2d(X, 2, divisor_override=2.5), "divisor_override", ()),
+    ("divisor_past_int64", ValueError, lambda: P.avg_pool2d(X, 2, divisor_override=2**63), "divisor_override",
+     (2**63,)),
+    ("divisor_past_int64_numba", ValueError, lambda: P.avg_pool2d(X, 2, divisor_override=-2**63 - 1,
+                                                                  backend="numba"), "divisor_override", ()),
+    ("long_double_input", TypeError, lambda: P.max_pool2d(X.astype(np.longdouble), 2), ("input", "dtype"), ()),
     ("adaptive_zero", ValueError, lambda: P.adaptive_avg_pool2d(X, 0), "output_size", ()),
     ("adaptive_negative", ValueError, lambda: P.adaptive_max_pool2d(X, (2, -1)), "output_size", ()),
     ("adaptive_float", TypeError, lambda: P.adaptive_avg_pool2d(X, 2.5), "output_size", ()),

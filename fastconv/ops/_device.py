@@ -114,7 +114,7 @@ def _as_cupy(cp, obj, name):
         arr = cp.asarray(obj)  # zero-copy view of the producer's memory
     else:
         arr = cp.from_dlpack(obj)
-    if arr.dtype.kind != "f":
+    if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
         raise TypeError(f"{name} must be a floating-point array (float16/32/64), got dtype {arr.dtype} "
                         f"with shape {arr.shape}")
     return arr

@@ -154,6 +154,8 @@ def _divisor(divisor_override):
         raise TypeError(f"divisor_override must be None or an int, got {divisor_override!r}")
     if int(divisor_override) == 0:
         raise ValueError("divisor_override must be non-zero, got 0")
+    if not -2**63 <= int(divisor_override) < 2**63:  # torch: "Overflow when unpacking long long"
+        raise ValueError(f"divisor_override={int(divisor_override)} does not fit in int64")
     return int(divisor_override)
 
 
@@ -227,7 +229,14 @@ def _maxmin_forward(kind, input, kernel_size, stride, padding, dilation, ceil_mo
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
                *, backend=None):
-    """Max pooling, as ``torch.nn.functional.max_pool2d`` (ties: first maximum in row-major window order)."""
+    """Max pooling, as ``torch.nn.functional.max_pool2d`` (ties: first maximum in row-major window order).
+
+    A window with a NaN gives NaN (with indices: the last NaN's). Without ``return_indices`` the
+    compiled CPU kernels reduce windows column by column, so where the tie rule could only show in
+    the sign bit (a maximum of -0 and +0, several NaNs of different signs) either value may come
+    back; they compare equal (or are both NaN). With indices, and on the other backends, the
+    row-major rule holds bit for bit.
+    """
     return _maxmin_forward(_MAX, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
 
 

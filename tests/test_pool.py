@@ -654,14 +654,20 @@ def test_window_with_no_element_of_the_input(rng):
                                                                        np.where(outside, 0, i_ref)))
 
 
-def test_window_of_2_to_the_30_and_parameters_past_int32(rng):
+@pytest.mark.parametrize("backend", ["cpu", "numba"])
+def test_window_of_2_to_the_30_and_parameters_past_int32(rng, backend):
+    """Windows of 2^30 x 2^30 taps: each output visits only its taps inside the image (the numba
+    kernels visited every tap: 2^60 per output)."""
     x = distinct(rng, (1, 2, 6, 6))
-    y, i = P.max_pool2d(x, 2**30, 1, 2**29, return_indices=True)   # every window covers the image
+    y, i = P.max_pool2d(x, 2**30, 1, 2**29, return_indices=True, backend=backend)  # windows cover the image
     assert y.shape == (1, 2, 7, 7)
     close(y, np.broadcast_to(x.max(axis=(2, 3), keepdims=True), y.shape), 0)
     np.testing.assert_array_equal(i, np.broadcast_to(x.reshape(1, 2, 36).argmax(-1)[..., None, None], i.shape))
-    close(P.avg_pool2d(x, 2**30, 1, 2**29, count_include_pad=False),
+    close(P.avg_pool2d(x, 2**30, 1, 2**29, count_include_pad=False, backend=backend),
           np.broadcast_to(x.mean(axis=(2, 3), keepdims=True), y.shape))
+    g = rng.standard_normal(y.shape)
+    close(P.max_pool2d_backward(g, x, 2**30, 1, 2**29, backend=backend),
+          ref.maxmin_pool_backward(g, x.shape, i))
     for arg in ("kernel_size", "stride", "padding", "dilation"):
         cfg = dict(kernel_size=2**31 if arg == "kernel_size" else 2, stride=2**31 if arg == "stride" else None,
                    padding=2**31 if arg == "padding" else 0, dilation=2**31 if arg == "dilation" else 1)

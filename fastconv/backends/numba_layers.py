@@ -147,6 +147,16 @@ def _first_inside(start, dil):
 
 
 @njit(**_SEQ)
+def _taps_inside(start, dil, k, n):
+    """Taps i in [i0, i1) of a window starting at `start` with 0 <= start + i*dil < n: loops visit
+    only those (a kernel of 2^31 - 1 over a few pixels is valid, and visiting every tap took
+    seconds per output)."""
+    i0 = (_first_inside(start, dil) - start) // dil
+    i1 = 0 if start > n - 1 else min(k, (n - 1 - start) // dil + 1)
+    return i0, max(i0, i1)
+
+
+@njit(**_SEQ)
 def _avg_count(o, stride, pad, k, n, include_pad):
     """torch's avg divisor along one axis (the window clipped at the padded, then the real border)."""
     s = o * stride - pad
@@ -166,19 +176,17 @@ def _pool_fwd(kind, x, y, idx, want_idx, kh, kw, sh, sw, ph, pw, dh, dw, cip, di
         pl = t // P
         oh = t - pl * P
         h0 = oh * sh - ph
+        r0, r1 = _taps_inside(h0, dh, kh, H)
         if kind == 2:
             rc = _avg_count(oh, sh, ph, kh, H, cip)
             for ow in range(Q):
                 w0 = ow * sw - pw
+                s0, s1 = _taps_inside(w0, 1, kw, W)
                 acc = 0.0
-                for r in range(kh):
+                for r in range(r0, r1):
                     ih = h0 + r
-                    if ih < 0 or ih >= H:
-                        continue
-                    for s in range(kw):
-                        iw = w0 + s
-                        if iw >= 0 and iw < W:
-                            acc += x[pl, ih, iw]
+                    for s in range(s0, s1):
+                        acc += x[pl, ih, w0 + s]
                 d = div if div != 0 else rc * _avg_count(ow, sw, pw, kw, W, cip)
                 y[pl, oh, ow] = acc / d
         else:
@@ -187,14 +195,11 @@ def _pool_fwd(kind, x, y, idx, want_idx, kh, kw, sh, sw, ph, pw, dh, dw, cip, di
                 w0 = ow * sw - pw
                 best = -np.inf if kind == 0 else np.inf
                 bi = fr * W + _first_inside(w0, dw)
-                for r in range(kh):
+                s0, s1 = _taps_inside(w0, dw, kw, W)
+                for r in range(r0, r1):
                     ih = h0 + r * dh
-                    if ih < 0 or ih >= H:
-                        continue
-                    for s in range(kw):
+                    for s in range(s0, s1):
                         iw = w0 + s * dw
-                        if iw < 0 or iw >= W:
-                            continue
                         v = x[pl, ih, iw]
                         # strictly better keeps the first extreme; a NaN always replaces
                         if (v > best if kind == 0 else v < best) or v != v:

@@ -479,6 +479,21 @@ def test_batch_norm(shape, dtype, rng):
     _close(db, lref.f64(dy).sum(axis=ax), dtype, "bn eval backward db", tol)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator computes with NumPy scalars
+def test_batch_norm_variance_of_nan_inf_and_overflow():
+    """bn_stats' variance rule, as the CPU kernel's: NaN/inf in a channel gives a NaN variance
+    (not a clamped 0), finite data whose squares overflow gives +inf, the other channels are exact."""
+    nc = _nc()
+    x = np.array([[0.0, 1.0, 1e200], [np.nan, 4.0, -1e200], [2.0, 2.0, 3e200], [3.0, 8.0, 0.0]])
+    mean, var = np.empty(3), np.empty(3)
+    nc.layer_kernel("bn_stats")(x, 4, 3, 1, mean, var)
+    assert np.isnan(var[0]) and var[2] == np.inf
+    np.testing.assert_allclose(var[1], np.var(x[:, 1]), rtol=1e-12)
+    x[1, 0] = np.inf
+    nc.layer_kernel("bn_stats")(x, 4, 3, 1, mean, var)
+    assert np.isnan(var[0])
+
+
 # ---------------------------------------------------------------------- LRN
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("size,beta", [(3, 0.75), (4, 0.5), (1, 1.3)])

@@ -110,6 +110,29 @@ def test_maxmin_pool_forward_backward(case, kind):
     np.testing.assert_array_equal(dx, bwd(g, x, k, s, p, d, ceil, indices=idx, backend="cpu"))
 
 
+@pytest.mark.parametrize("k,s,p", [(2**20 + 1, 1, 2**19), (2**29, 1, 2**28), (2**20 + 1, 7, 2**19),
+                                   ((3, 2**20 + 1), (2**20, 1), (1, 2**19))])
+def test_pool_windows_far_larger_than_the_image(k, s, p):
+    """Kernels of 2^20 to 2^29 taps over a 5x6 image (valid, and torch runs them): the kernels visit
+    only the taps inside the image (forward) or that reach a window (backward gather) — visiting
+    every tap took 27 s for one call at 2^20 — with the CPU module's values, indices and gradients."""
+    rng = np.random.default_rng(11)
+    x = rnd(rng, 1, 2, 5, 6)
+    y, idx = ops.max_pool2d(x, k, s, p, return_indices=True, backend=EMU)
+    cy, cidx = ops.max_pool2d(x, k, s, p, return_indices=True, backend="cpu")
+    np.testing.assert_array_equal(y, cy)
+    np.testing.assert_array_equal(idx, cidx)
+    g = rnd(rng, *y.shape)
+    want = ops.max_pool2d_backward(g, x, k, s, p, indices=cidx, backend="cpu")
+    np.testing.assert_array_equal(ops.max_pool2d_backward(g, x, k, s, p, indices=idx, backend=EMU), want)
+    np.testing.assert_array_equal(ops.max_pool2d_backward(g, x, k, s, p, backend=EMU), want)
+    for cip in (True, False):
+        close(ops.avg_pool2d(x, k, s, p, count_include_pad=cip, backend=EMU),
+              ops.avg_pool2d(x, k, s, p, count_include_pad=cip, backend="cpu"), "avg forward")
+        close(ops.avg_pool2d_backward(g, x, k, s, p, count_include_pad=cip, backend=EMU),
+              ops.avg_pool2d_backward(g, x, k, s, p, count_include_pad=cip, backend="cpu"), "avg backward")
+
+
 AVG_CASES = [c for c in POOL_CASES if c[7] == 1]  # avg pooling has no dilation
 
 

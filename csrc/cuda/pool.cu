@@ -108,6 +108,26 @@ __device__ __forceinline__ int first_inside(int start, int dil) {
   return start >= 0 ? start : start + ((-start + dil - 1) / dil) * dil;
 }
 
+// Taps i in [i0, i1) of a window starting at `start` with 0 <= start + i*dil < n.
+// The loops visit only those: a kernel of 2^29 taps over a few pixels is valid.
+__device__ __forceinline__ void taps_inside(int start, int dil, int k, int n, int& i0, int& i1) {
+  i0 = (first_inside(start, dil) - start) / dil;
+  const int64_t last = start > n - 1 ? 0 : (int64_t(n) - 1 - start) / dil + 1;
+  i1 = int(last < k ? last : k);
+  if (i1 < i0) i1 = i0;
+}
+
+// Taps r in [lo, hi] that put input coordinate c (plus padding: t = c + pad)
+// into some window o in [0, nout): t - r*dil = o*stride with 0 <= o*stride <=
+// (nout-1)*stride (the divisibility is checked per tap by the caller).
+__device__ __forceinline__ void taps_reaching(int t, int dil, int stride, int nout, int k, int& lo, int& hi) {
+  const int64_t h = int64_t(t) / dil;  // t >= 0
+  hi = int(h < k - 1 ? h : k - 1);
+  const int64_t rest = int64_t(t) - int64_t(nout - 1) * stride;  // r*dil >= rest
+  const int64_t l = rest <= 0 ? 0 : (rest + dil - 1) / dil;
+  lo = int(l < k ? l : k);
+}
+
 // torch's avg divisor along one axis
 __device__ __forceinline__ int avg_count(int o, int stride, int pad, int k, int in, bool include_pad) {
   int s = o * stride - pad;
@@ -128,13 +148,14 @@ __device__ __forceinline__ void window_extreme(const Geo& p, const T* __restrict
   const int wlim = kBroken ? p.W - 1 : p.W;
   best = ident<kKind, T>();
   bi = int64_t(first_inside(h0, p.dh)) * p.W + first_inside(w0, p.dw);
-  for (int r = 0; r < p.kh; ++r) {
+  int r0, r1, s0, s1;
+  taps_inside(h0, p.dh, p.kh, p.H, r0, r1);
+  taps_inside(w0, p.dw, p.kw, wlim, s0, s1);
+  for (int r = r0; r < r1; ++r) {
     const int h = h0 + r * p.dh;
-    if (h < 0 || h >= p.H) continue;
     const T* row = xp + int64_t(h) * p.W;
-    for (int s = 0; s < p.kw; ++s) {
+    for (int s = s0; s < s1; ++s) {
       const int w = w0 + s * p.dw;
-      if (w < 0 || w >= wlim) continue;
       const T v = row[w];
       if (better<kKind>(v, best)) {
         best = v;
@@ -151,14 +172,13 @@ __device__ __forceinline__ T window_avg(const Geo& p, const T* __restrict__ xp, 
   const int h0 = oh * p.sh - p.ph, w0 = q * p.sw - p.pw;
   const int wlim = kBroken ? p.W - 1 : p.W;
   T acc = T(0);
-  for (int s = 0; s < p.kw; ++s) {
+  int r0, r1, s0, s1;
+  taps_inside(h0, 1, p.kh, p.H, r0, r1);
+  taps_inside(w0, 1, p.kw, wlim, s0, s1);
+  for (int s = s0; s < s1; ++s) {
     const int w = w0 + s;
-    if (w < 0 || w >= wlim) continue;
     T v = T(0);
-    for (int r = 0; r < p.kh; ++r) {
-      const int h = h0 + r;
-      if (h >= 0 && h < p.H) v += xp[int64_t(h) * p.W + w];
-    }
+    for (int r = r0; r < r1; ++r) v += xp[int64_t(h0 + r) * p.W + w];
     acc += v;
   }
   const T rc = p.divisor_override ? T(1) : T(avg_count(oh, p.sh, p.ph, p.kh, p.H, p.count_include_pad));
@@ -266,12 +286,15 @@ __global__ void
     const int64_t* ip = idx ? idx + plane * PQ : nullptr;
     const T* xp = x ? x + plane * HW : nullptr;
     T acc = T(0);
-    for (int r = p.kh - 1; r >= 0; --r) {
+    int rlo, rhi, slo, shi;  // only the taps that can reach a window (huge kernels on tiny images)
+    taps_reaching(ih + p.ph, p.dh, p.sh, p.P, p.kh, rlo, rhi);
+    taps_reaching(iw + p.pw, p.dw, p.sw, p.Q, p.kw, slo, shi);
+    for (int r = rhi; r >= rlo; --r) {
       const int th = ih + p.ph - r * p.dh;
       if (th < 0) continue;
       const int oh = th / p.sh;
       if (oh * p.sh != th || oh >= p.P) continue;
-      for (int s = p.kw - 1; s >= 0; --s) {
+      for (int s = shi; s >= slo; --s) {
         const int tw = iw + p.pw - s * p.dw;
         if (tw < 0) continue;
         const int q = tw / p.sw;

@@ -45,6 +45,8 @@ def pair(value, name: str, minimum: int = 1) -> Tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(vals) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(vals) >= 2**63:  # the kernels' int64 (a raw pybind TypeError dump before)
+        raise ValueError(f"{name} must be < 2^63, got {value!r}")
     return vals
 
 
@@ -144,6 +146,8 @@ def make_problem(input_shape, weight_shape, stride=1, padding=0, dilation=1, gro
     groups = int(groups)
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
+    if groups >= 2**63:
+        raise ValueError(f"groups must be < 2^63, got {groups}")
     if min(C, H, W) < 1:
         raise ValueError(f"{input_name} must have non-empty C, H, W dimensions, got shape {input_shape}")
     if min(K, Cg, R, S) < 1:

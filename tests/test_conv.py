@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import ops
+from fastconv import backends, ops
 from fastconv.problem import make_problem
 
 import reference as ref
@@ -555,3 +555,37 @@ def test_choose_algo_reports_what_the_backend_runs():
     a = ops.choose_algo(*shape, padding=1, backend="cuda-emu")
     assert np.array_equal(ops.conv2d(x, w, padding=1, backend="cuda-emu"),
                           ops.conv2d(x, w, padding=1, backend="cuda-emu", algo=a))
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "numba", "cuda-emu") if b in backends.available()])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_values_reach_only_their_own_taps(backend, dtype):
+    """An inf and a NaN in the input reach exactly the outputs and weight-gradient taps that read
+    them, as torch and the float64 reference: the compiled im2col Wgrad's padded-width columns
+    multiplied the zero gap columns of grad_output with the pixels straddling two rows (0 * inf =
+    NaN in a tap that never reads that pixel). ReLU keeps a NaN (numba's im2col, 1x1 and separable
+    epilogue turned it into 0)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 5, 6)).astype(dtype)
+    x[0, 1, 0, 5] = np.inf   # the last column: read by the last tap column only
+    x[1, 2, 3, 0] = np.nan   # the first column
+    g = rng.standard_normal((2, 4, 4, 4)).astype(dtype)
+    want = ref.conv2d_weight(x, (4, 3, 2, 3), g)
+    for algo in ("im2col", "direct", "auto"):
+        got = ops.conv2d_weight(x, (4, 3, 2, 3), g, algo=algo, backend=backend)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{algo}: NaN taps")
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=f"{algo}: inf taps")
+        fin = np.isfinite(want)
+        np.testing.assert_allclose(got[fin], want[fin], rtol=1e-4 if dtype == np.float32 else 1e-10,
+                                   atol=1e-4 if dtype == np.float32 else 1e-10)
+    # ReLU epilogue with a NaN input pixel, every algorithm that takes the kernel
+    xn = rng.standard_normal((1, 4, 4, 5)).astype(dtype)
+    xn[0, 0, 1, 2] = np.nan
+    for kshape, algo in (((3, 4, 1, 1), "1x1"), ((3, 4, 1, 3), "separable"), ((3, 4, 2, 2), "im2col"),
+                         ((3, 4, 2, 2), "direct")):
+        w = rng.standard_normal(kshape).astype(dtype)
+        b = rng.standard_normal(3).astype(dtype)
+        y = ops.conv2d(xn, w, b, algo=algo, backend=backend, activation="relu")
+        lin = ref.conv2d(xn, w, b)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(lin), err_msg=f"{algo}: NaN outputs")
+        np.testing.assert_allclose(y[~np.isnan(y)], np.maximum(lin, 0)[~np.isnan(lin)], rtol=1e-4, atol=1e-5)

@@ -223,3 +223,41 @@ def test_errors_do_not_corrupt_state():
         for s in range(3):
             manual += np.einsum("nchw,kc->nkhw", xd[:, :, r:r + 7, s:s + 6], wd[:, :, r, s])
     np.testing.assert_allclose(y, manual, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("arg", ["stride", "padding", "dilation"])
+def test_parameters_past_int64_name_the_argument(arg):
+    """2^63 and up: a ValueError naming the argument (the compiled backends' int64 problem raised a
+    pybind TypeError dump listing the whole constructor signature)."""
+    kw = dict(stride=1, padding=0, dilation=1)
+    kw[arg] = 2**63 if arg != "padding" else (0, 2**63)
+    for backend in ("cpu", "numba"):
+        with pytest.raises(ValueError, match=f"{arg} must be < 2\\^63"):
+            ops.conv2d(_x(1, 1, 3, 3), _x(1, 1, 2, 2), None, backend=backend, **kw)
+
+
+def test_gradient_shape_arguments_must_agree_with_grad_output():
+    """conv2d_input with a 4-entry input_size and a 3-D (unbatched) grad_output raised nothing and
+    dropped the batch dimension; torch refuses. weight_size is always 4 entries."""
+    with pytest.raises(ValueError, match=r"input_size \(1, 3, 5, 4\) is batched .* grad_output is unbatched"):
+        ops.conv2d_input((1, 3, 5, 4), _x(2, 3, 2, 2), _x(2, 4, 3))
+    assert ops.conv2d_input((3, 5, 4), _x(2, 3, 2, 2), _x(2, 4, 3)).shape == (3, 5, 4)
+    with pytest.raises(ValueError, match=r"weight_size must have 4 entries, got 3"):
+        ops.conv2d_weight(_x(1, 3, 5, 5), (3, 3, 3), _x(1, 3, 3, 3))
+
+
+@pytest.mark.parametrize("op", ["fprop", "dgrad", "wgrad"])
+def test_algorithm_a_backend_lacks_is_refused_on_an_empty_batch(op):
+    """With N = 0 no kernel runs, so the backend's own refusal never came: winograd on cuda-emu
+    returned an empty result for N = 0 and raised for N = 1. Both raise now."""
+    from fastconv import backends
+    if "cuda-emu" not in backends.available():
+        pytest.skip("the cuda-emu backend is not built")
+    for n in (0, 1):
+        x, w = np.zeros((n, 3, 5, 6)), np.zeros((3, 3, 3, 3))
+        g = np.zeros((n, 3, 3, 4))
+        call = {"fprop": lambda: ops.conv2d(x, w, algo="winograd", backend="cuda-emu"),
+                "dgrad": lambda: ops.conv2d_input(x.shape, w, g, algo="winograd", backend="cuda-emu"),
+                "wgrad": lambda: ops.conv2d_weight(x, w.shape, g, algo="winograd", backend="cuda-emu")}[op]
+        with pytest.raises(ValueError, match="winograd"):
+            call()

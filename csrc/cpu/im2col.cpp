@@ -216,10 +216,14 @@ const T* padded_input(const ConvProblem& p, const Padded& g, const T* xg, T* buf
   return buf;
 }
 
-// col rows for image i of a block: row (c, r, s) = contiguous slice, gap zeroed
+// col rows for image i of a block: row (c, r, s) = contiguous slice, the tail
+// past ncols zeroed. zero_gaps (Wgrad): the Wp - Q straddling columns inside
+// each row are zeroed too. Fprop drops those outputs, but Wgrad multiplies
+// them with grad_output's zero gap columns and sums: 0 * inf (a pixel that tap
+// never reads) would put NaN into that tap's gradient.
 template <typename T>
 void padded_columns(const ConvProblem& p, const Padded& g, const T* xp, int64_t i, int64_t width,
-                    T* col, bool par) {
+                    T* col, bool par, bool zero_gaps = false) {
   const int64_t CRS = p.Cg() * p.R * p.S, RS = p.R * p.S;
 #pragma omp parallel for num_threads(::fastconv::max_threads()) schedule(static) if (par)
   for (int64_t row = 0; row < CRS; ++row) {
@@ -228,6 +232,9 @@ void padded_columns(const ConvProblem& p, const Padded& g, const T* xp, int64_t 
     T* dst = col + row * width + i * g.span;
     std::memcpy(dst, src, sizeof(T) * g.ncols);
     for (int64_t j = g.ncols; j < g.span; ++j) dst[j] = T(0);
+    if (zero_gaps)
+      for (int64_t pp = 0; pp + 1 < p.P; ++pp)
+        for (int64_t j = p.Q; j < g.Wp; ++j) dst[pp * g.Wp + j] = T(0);
   }
 }
 
@@ -349,7 +356,7 @@ void padded_wgrad(const ConvProblem& p, const T* x, const T* dy, T* dw) {
     T* xpbuf = dyb + Kg * width_max;
     for (int64_t i = 0; i < nimg; ++i) {
       const T* xp = padded_input(p, g, x + ((n0 + i) * p.C + grp * Cg) * HW, xpbuf, par);
-      padded_columns(p, g, xp, i, width, col, par);
+      padded_columns(p, g, xp, i, width, col, par, /*zero_gaps=*/true);
     }
     padded_grad_output(p, g, dy, grp, n0, nimg, width, dyb, par);
     gemm<T>(Kg, CRS, width, dyb, width, 1, col, 1, width, T(1), acc + grp * Kg * CRS, CRS, par);

@@ -139,7 +139,7 @@ if AVAILABLE:
         if relu:
             for i in range(n):
                 v = src[i] + bias
-                dst[i] = v if v > zero else zero
+                dst[i] = zero if v < zero else v  # NaN stays NaN (as torch's relu and the other kernels)
         else:
             for i in range(n):
                 dst[i] = src[i] + bias

@@ -6,6 +6,13 @@ float64). float16 is computed in float32 and the result rounded back to
 float16. Integer, bool and complex arrays raise TypeError (as torch does on the
 CPU); input and weight must share a dtype.
 
+inf and NaN: the direct, im2col, 1x1 and separable algorithms give torch's results where an inf
+or NaN meets finite values. Winograd's tile transforms subtract neighbouring values, so an inf
+in the input or weight gives NaN in the outputs of its tiles where torch gives inf (and its Wgrad
+spreads a NaN to more taps); pick another ``algo`` when infinities must survive. "auto" drops
+kernel taps that only ever meet padding, so a non-finite weight on such a tap does not give the
+NaN that torch's 0 * inf gives.
+
 GPU arrays (CuPy arrays, objects with ``__cuda_array_interface__``, CUDA
 DLPack tensors) take the device path (:mod:`fastconv.ops._device`): backend
 "cuda" (else "numba-cuda"), CuPy arrays out, launched on CuPy's current stream.
@@ -177,19 +184,24 @@ def _prefers_vectorized_direct(p: ConvProblem, op: str, table: str = "im2col") -
     (`table`: im2col or winograd) for the register-blocked direct kernel (csrc/cpu/conv_kvec.h),
     when that kernel takes the problem.
 
-    Measured with both algorithms side by side on 2 Zen 4 cores (18 layers of LeNet, the Fashion
-    net, AlexNet, ZFNet, GoogLeNet's 5x5 branches, ResNet stems and stride-2 3x3s, CIFAR stems):
+    Measured with both algorithms side by side on 2 Zen 4 cores, `python benchmarks/bench_algos.py
+    --layers all --algos im2col,direct` (20 layers of LeNet, the Fashion net, AlexNet, ZFNet,
+    GoogLeNet's 5x5 branches, ResNet stems and stride-2 3x3s, CIFAR stems; table in
+    benchmarks/RESULTS.md; figures are im2col time / direct time):
 
-    - Fprop: 1.1-1.8x faster than im2col with 16+ output channels per group, except at 1x1 outputs
-      (LeNet C5, 0.34x: a GEMV per image), 3x3 kernels with more than ~2048 taps per output
-      (ResNet 3x3 256->512 s2: 0.67x; 0.75-0.90x in `bench_algos.py --stride 2`) and few taps with
-      many output channels (CIFAR stem 3->64, 27 taps: 0.73x, output-write bound). 5x5 and larger
+    - Fprop: 1.12-1.82x faster than im2col with 16+ output channels per group, except at 1x1
+      outputs (LeNet C5, 0.34x: a GEMV per image), 3x3 kernels with more than ~2048 taps per output
+      (ResNet 3x3 256->512 s2: 0.58x; 0.75-0.90x in `bench_algos.py --stride 2`) and few taps with
+      many output channels (CIFAR stem 3->64, 27 taps: 0.69x, output-write bound). 5x5 and larger
       kernels stay faster past 2048 taps (`bench_algos.py --kernel 5/7 --algos im2col,direct`:
       96->256 and 128->128 5x5 at 13x13-28x28 1.15-1.87x, 256->256 and 512->128 5x5 1.32-1.47x,
       5x5 96->256 stride 2 1.63x, 7x7 64/128 channels 2.0-2.9x).
-    - Dgrad (stride 1, 16+ input channels): 1.07-1.8x; not from 1x1 outputs (LeNet C5: 0.16x).
-    - Wgrad: 1.0-1.4x for stride-1 5x5 kernels with 4+ input channels per group, again not from
-      1x1 outputs (0.44x); slower with strides (its tiles are then R x S outputs read at stride).
+    - Dgrad (stride 1, 16+ input channels): 1.20-1.77x; not from 1x1 outputs (LeNet C5: 0.17x).
+    - Wgrad: 1.12-1.76x for stride-1 5x5 kernels with 4+ input channels per group, not from 1x1
+      outputs (LeNet C5: 0.90x); mostly slower with strides (its tiles are then R x S outputs read
+      at stride: ZFNet's 7x7/s2 stem 0.45x, ResNet 3x3/s2 0.69-0.93x), which the rule leaves on
+      im2col although three strided layers measured faster direct (ResNet-20 16->32 3x3/s2 1.30x,
+      ZFNet conv2 5x5/s2 1.16x, AlexNet conv1 11x11/s4 1.04x).
       3x3 kernels (9 taps: few accumulators per tile) only with exactly 16 output channels and 16+
       input channels (1.24-2.00x im2col's speed at 16/32/64 -> 16; 16 -> 32: 0.93-1.16x,
       16 -> 64: 0.76-0.94x, left on im2col).
@@ -333,6 +345,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     name = _host_backend(backend)
     p, w, _ = _auto_problem(algo, p, w)
     a = _pick(algo, p, "fprop", name, dtype)
+    _backend_takes(name, a, p)
     result_shape = p.output_shape[1:] if unbatched else p.output_shape
     result_dtype = x.dtype
     y = _output_buffer(out, result_shape, result_dtype, dtype)
@@ -365,6 +378,15 @@ def _output_buffer(out, shape, result_dtype, compute_dtype):
     return out
 
 
+def _backend_takes(name, algo, p):
+    """An empty batch runs no kernel, so the backend's own refusal of an algorithm it lacks would
+    not come: check it here (ValueError), as a batch of one would."""
+    if p.N == 0:
+        why = _backend_module(name).supports(algo, p)
+        if why:
+            raise ValueError(f"algo={algo!r} cannot run on the {name!r} backend: {why}")
+
+
 def _size_arg(size, name, like_ndim):
     if isinstance(size, np.ndarray):
         size = size.tolist()
@@ -375,7 +397,8 @@ def _size_arg(size, name, like_ndim):
     if not all(_is_int(d) for d in dims):
         raise TypeError(f"{name} must contain ints, got {size!r}")
     if len(dims) not in (like_ndim, 4):
-        raise ValueError(f"{name} must have 4 entries (or 3 for unbatched), got {len(dims)}: {tuple(dims)}")
+        allowed = "4 entries" if like_ndim == 4 else "3 entries (grad_output is unbatched)"
+        raise ValueError(f"{name} must have {allowed}, got {len(dims)}: {tuple(dims)}")
     return tuple(int(d) for d in dims)
 
 
@@ -390,6 +413,9 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     dtype = _compute_dtype((w, "weight"), (dy, "grad_output"))
     dy4, unbatched = _batched(dy, "grad_output")
     size = _size_arg(input_size, "input_size", dy.ndim)
+    if unbatched and len(size) == 4:  # torch refuses too; the batch dimension would be dropped
+        raise ValueError(f"input_size {tuple(size)} is batched (4 entries) but grad_output is unbatched "
+                         f"(3-D, shape {dy.shape}): both must be batched or both unbatched")
     if len(size) == 3:
         size = (1,) + size
         unbatched = True
@@ -400,6 +426,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     name = _host_backend(backend)
     p, w, _ = _auto_problem(algo, p, w)
     a = _pick(algo, p, "dgrad", name, dtype)
+    _backend_takes(name, a, p)
     dx = _empty(p.input_shape, dtype)
     if p.N > 0:
         args = (_prepare(dy4, dtype), _prepare(w, dtype), dx)
@@ -436,6 +463,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     full_shape = p.weight_shape
     p, _, taps = _auto_problem(algo, p)
     a = _pick(algo, p, "wgrad", name, dtype)
+    _backend_takes(name, a, p)
     dw = _empty(p.weight_shape, dtype)
     if p.N == 0:
         dw[...] = 0

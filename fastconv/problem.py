@@ -35,6 +35,14 @@ def _is_int(v) -> bool:
     return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
+def check_int64(v: int, name: str, shown=None) -> int:
+    """`v` if it fits the kernels' int64, else ValueError naming `name` (the bindings would raise a
+    pybind TypeError dump, numba would wrap; torch says "Overflow when unpacking long long")."""
+    if not -2**63 <= v < 2**63:
+        raise ValueError(f"{name}={shown if shown is not None else v!r} does not fit in int64")
+    return v
+
+
 def pair(value, name: str, minimum: int = 1) -> Tuple[int, int]:
     """An int or a pair of ints, each >= minimum (TypeError / ValueError otherwise)."""
     if _is_int(value):
@@ -45,8 +53,8 @@ def pair(value, name: str, minimum: int = 1) -> Tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(vals) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if max(vals) >= 2**63:  # the kernels' int64 (a raw pybind TypeError dump before)
-        raise ValueError(f"{name} must be < 2^63, got {value!r}")
+    for v in vals:
+        check_int64(v, name, value)
     return vals
 
 
@@ -146,8 +154,7 @@ def make_problem(input_shape, weight_shape, stride=1, padding=0, dilation=1, gro
     groups = int(groups)
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
-    if groups >= 2**63:
-        raise ValueError(f"groups must be < 2^63, got {groups}")
+    check_int64(groups, "groups")
     if min(C, H, W) < 1:
         raise ValueError(f"{input_name} must have non-empty C, H, W dimensions, got shape {input_shape}")
     if min(K, Cg, R, S) < 1:

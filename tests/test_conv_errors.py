@@ -232,7 +232,7 @@ def test_parameters_past_int64_name_the_argument(arg):
     kw = dict(stride=1, padding=0, dilation=1)
     kw[arg] = 2**63 if arg != "padding" else (0, 2**63)
     for backend in ("cpu", "numba"):
-        with pytest.raises(ValueError, match=f"{arg} must be < 2\\^63"):
+        with pytest.raises(ValueError, match=f"{arg}=.*does not fit in int64"):
             ops.conv2d(_x(1, 1, 3, 3), _x(1, 1, 2, 2), None, backend=backend, **kw)
 
 

@@ -7,11 +7,13 @@ float16. Integer, bool and complex arrays raise TypeError (as torch does on the
 CPU); input and weight must share a dtype.
 
 inf and NaN: the direct, im2col, 1x1 and separable algorithms give torch's results where an inf
-or NaN meets finite values. Winograd's tile transforms subtract neighbouring values, so an inf
-in the input or weight gives NaN in the outputs of its tiles where torch gives inf (and its Wgrad
-spreads a NaN to more taps); pick another ``algo`` when infinities must survive. "auto" drops
-kernel taps that only ever meet padding, so a non-finite weight on such a tap does not give the
-NaN that torch's 0 * inf gives.
+or NaN meets finite values. Where it meets only zero padding they can differ: torch multiplies
+the padding (0 * inf = NaN), while the direct and separable kernels (and "auto", which drops
+kernel taps that only ever meet padding) skip it, so a non-finite weight on such a tap, or a NaN
+in grad_output at a position whose taps reach padding, gives fewer NaNs in the Fprop / Wgrad
+than torch's. Winograd's tile transforms subtract neighbouring values, so an inf in the input or
+weight gives NaN in the outputs of its tiles where torch gives inf (and its Wgrad spreads a NaN
+to more taps); pick another ``algo`` when infinities must survive.
 
 GPU arrays (CuPy arrays, objects with ``__cuda_array_interface__``, CUDA
 DLPack tensors) take the device path (:mod:`fastconv.ops._device`): backend

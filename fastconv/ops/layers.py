@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from ..problem import _is_int
+from ..problem import _is_int, check_int64
 from ._device import arrays_for as _arrays_for
 
 __all__ = [
@@ -442,9 +442,7 @@ def cross_entropy(input, target, label_smoothing=0.0, reduction="mean", ignore_i
     eps = _real(label_smoothing, "label_smoothing", 0.0)
     if eps > 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
-    ignore_index = _int(ignore_index, "ignore_index")
-    if not -2**63 <= ignore_index < 2**63:
-        raise ValueError(f"ignore_index={ignore_index} does not fit in int64 (targets are int64, as torch's)")
+    ignore_index = check_int64(_int(ignore_index, "ignore_index"), "ignore_index")
     if t.dtype.kind == "u" and t.dtype.itemsize == 8 and t.size:  # past 2^63 a cast to int64 would wrap
         big = t > np.uint64(np.iinfo(np.int64).max)               # (2^64 - 100 into ignore_index -100)
         if big.any():

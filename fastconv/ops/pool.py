@@ -37,7 +37,7 @@ import numbers
 
 import numpy as np
 
-from ..problem import _is_int, out_size
+from ..problem import _is_int, check_int64, out_size
 from ._device import arrays_for as _arrays_for
 
 __all__ = [
@@ -154,9 +154,7 @@ def _divisor(divisor_override):
         raise TypeError(f"divisor_override must be None or an int, got {divisor_override!r}")
     if int(divisor_override) == 0:
         raise ValueError("divisor_override must be non-zero, got 0")
-    if not -2**63 <= int(divisor_override) < 2**63:  # torch: "Overflow when unpacking long long"
-        raise ValueError(f"divisor_override={int(divisor_override)} does not fit in int64")
-    return int(divisor_override)
+    return check_int64(int(divisor_override), "divisor_override")
 
 
 def _planes(A, arr4, dtype):

@@ -319,3 +319,235 @@ def test_gradcheck_requires_float64(rng):
 def test_gradcheck_multiple_outputs(rng):
     x = t64(rng, 3, 4)
     gradcheck(lambda x: (x.exp(), x.sum(0), x.max(1)[0]), [x])
+
+
+# ------------------------------------------ fixes from a fuzz against torch autograd
+def test_inplace_through_a_view_is_refused_or_detected():
+    # torch rewrites the base's graph; this autograd cannot, so it refuses instead of dropping
+    # the base's gradient (x.grad came out [1, 1, 1] for torch's [2, 2, 1])
+    x = Tensor(np.ones(3), requires_grad=True)
+    z = x * 1.0
+    for view in (lambda t: t[0:2], lambda t: t.reshape(3), lambda t: t.reshape(1, 3).permute(1, 0)):
+        with pytest.raises(RuntimeError, match="view"):
+            view(z).mul_(2.0)
+    # a view of a leaf that requires grad (torch's error); allowed under no_grad, changing the leaf
+    with pytest.raises(RuntimeError, match="view .* leaf"):
+        x[0:2].mul_(5.0)
+    v = x[1:]
+    with pytest.raises(RuntimeError, match="view .* leaf"):
+        v[0] = 5.0
+    with no_grad():
+        x[0:2].mul_(5.0)
+    np.testing.assert_array_equal(x.data, [5.0, 5.0, 1.0])
+    # views share the base's version counter: a change made through a view under no_grad is
+    # caught by the saved-tensor check (torch raises the same), instead of a gradient of [4, 4, 2]
+    x = Tensor(np.ones(3), requires_grad=True)
+    z = x * 1.0
+    y = z * z
+    with no_grad():
+        z[0:2].mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    # advanced indexing copies: no view, in-place on the copy is fine and recorded
+    x = Tensor(np.arange(4.0), requires_grad=True)
+    c = (x * 1.0)[[0, 2]]
+    c.mul_(3.0)
+    c.backward(np.array([1.0, 10.0]))
+    np.testing.assert_array_equal(x.grad, [3.0, 0.0, 30.0, 0.0])
+
+
+def test_fill_and_copy_are_recorded():
+    x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    z = x * 2.0
+    z[1:].detach()  # unrelated view, no effect
+    z.fill_(7.0)  # the old values are gone: no gradient to x (it reached x before)
+    z.backward(np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(z.data, [7.0, 7.0, 7.0])
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0, 0.0])
+    s = Tensor(np.array([0.5, -1.0]), requires_grad=True)
+    w = Tensor(np.zeros((3, 2)))
+    w.copy_(s)  # broadcast copy: s gets the column sums of the upstream gradient
+    g = np.arange(6.0).reshape(3, 2)
+    w.backward(g)
+    np.testing.assert_array_equal(w.data, [[0.5, -1.0]] * 3)
+    np.testing.assert_array_equal(s.grad, g.sum(0))
+    with pytest.raises(RuntimeError, match="leaf"):
+        s.zero_()
+
+
+def test_clamp_tensor_bounds_get_gradients(rng):
+    a = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    lo = np.array([0.5, 0.5, 2.5, 0.5, 5.0])
+    hi = np.array([3.5, 0.7, 3.5, 2.5, 4.5])  # the last: lo > hi gives hi
+    x, tl, th = (Tensor(v.copy(), requires_grad=True) for v in (a, lo, hi))
+    y = x.clamp(tl, th)
+    np.testing.assert_array_equal(y.data, np.minimum(np.maximum(a, lo), hi))
+    g = rng.standard_normal(5)
+    y.backward(g)
+    np.testing.assert_array_equal(x.grad, np.where((a >= lo) & (a <= hi), g, 0))
+    np.testing.assert_array_equal(tl.grad, np.where((a < lo) & (lo < hi), g, 0))
+    np.testing.assert_array_equal(th.grad, np.where((a > hi) | (hi < lo), g, 0))
+    # broadcast bounds are reduced to their shapes; finite differences away from the kinks
+    xb = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    lb = Tensor(rng.standard_normal((1, 4)) - 0.5, requires_grad=True)
+    hb = Tensor(rng.standard_normal(()) + 1.0, requires_grad=True)
+    gradcheck(lambda a, b, c: a.clamp(b, c), [xb, lb, hb])
+    with pytest.raises(ValueError, match="at least one"):
+        xb.clamp()
+
+
+def test_pow_gradients_at_zero_follow_torch():
+    x = Tensor(np.array([0.0, 2.0]), requires_grad=True)
+    (x ** 0).backward(np.ones(2))
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0])  # was NaN at 0 (0 * 0**-1)
+    a = Tensor(np.array([0.0, 0.0, 2.0]), requires_grad=True)
+    b = Tensor(np.array([0.0, 2.0, 3.0]), requires_grad=True)
+    (a ** b).backward(np.ones(3))
+    np.testing.assert_allclose(a.grad, [0.0, 0.0, 12.0])
+    np.testing.assert_allclose(b.grad, [0.0, 0.0, 8.0 * np.log(2.0)])
+    e = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    (0.0 ** e).backward(np.ones(2))
+    np.testing.assert_array_equal(e.grad, [0.0, 0.0])
+
+
+def test_float32_div_gradient_does_not_overflow():
+    for v, want in ((1e20, -1e-20), (1e-25, -1e25)):
+        a = Tensor(np.array([v], np.float32), requires_grad=True)
+        b = Tensor(np.array([v], np.float32), requires_grad=True)
+        (a / b).backward(np.ones(1, np.float32))
+        np.testing.assert_allclose(b.grad, [want], rtol=1e-6)
+
+
+def test_reduction_dims_follow_torch(rng):
+    t = Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    s = t.sum(dim=())  # () is every dimension, as torch
+    assert s.shape == () and s.data == pytest.approx(t.data.sum())
+    assert t.mean(dim=[]).data == pytest.approx(t.data.mean())
+    assert "tensor(" in repr(t.sum())  # a full reduction is a 0-d array, not a NumPy scalar
+    with pytest.raises(ValueError, match="more than once"):
+        t.sum(dim=(0, 0))
+    bad = [lambda: t.sum(2), lambda: t.sum(-3), lambda: t.mean(5), lambda: t.max(dim=2), lambda: t.unsqueeze(4),
+           lambda: t.squeeze(2), lambda: t.permute(0, 3), lambda: t.flatten(0, 4), lambda: t.transpose(0, 2),
+           lambda: cat([t, t], dim=2), lambda: stack([t, t], dim=3), lambda: t.argmax(2)]
+    for f in bad:
+        with pytest.raises(IndexError, match="out of range"):
+            f()
+        with pytest.raises(ValueError):  # the same error is a ValueError too
+            f()
+    assert t.unsqueeze(-3).shape == (1, 2, 3) and stack([t, t], dim=-3).shape == (2, 2, 3)
+    # 0-d tensors take dim 0 / -1, as torch
+    z = Tensor(np.array(1.5), requires_grad=True)
+    assert z.sum(0).data == 1.5 and z.mean(-1).data == 1.5 and z.squeeze(0).shape == ()
+    assert z.transpose(0, -1).shape == () and z.flatten().shape == (1,) and z.unsqueeze(0).shape == (1,)
+    v, i = z.max(0)
+    assert v.data == 1.5 and int(i.data) == 0
+    v.backward()
+    assert z.grad == 1.0
+    with pytest.raises(ValueError, match="zero-dimensional"):
+        cat([z, z])
+
+
+def test_max_results_and_errors(rng):
+    x = Tensor(np.array([1.0, np.nan, 2.0, np.nan]), requires_grad=True)
+    x.max().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 0.5, 0.0, 0.5])  # the NaNs share it (torch: NaN wins)
+    t = Tensor(rng.standard_normal((3, 4)))
+    r = t.max(1)
+    np.testing.assert_array_equal(r.values.data, t.data.max(1))
+    np.testing.assert_array_equal(r.indices.data, t.data.argmax(1))
+    vals, idx = t.min(0)
+    np.testing.assert_array_equal(vals.data, t.data.min(0))
+    with pytest.raises(ValueError, match="empty"):
+        Tensor(np.zeros((0, 3))).max()
+    with pytest.raises(ValueError, match="empty"):
+        Tensor(np.zeros((0, 3))).max(0)
+
+
+def test_expand_and_matmul_errors_name_the_shapes():
+    t = Tensor(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="leading"):
+        t.expand(-1, 4, 3)  # gave shape (3, 4, 3)
+    with pytest.raises(ValueError, match=r"size 5 .* existing size 4"):
+        t.expand(5, 3)
+    with pytest.raises(ValueError, match="fewer dimensions"):
+        t.expand(3)
+    assert t.expand(2, -1, 3).shape == (2, 4, 3)
+    with pytest.raises(ValueError, match=r"\(4, 3\) and \(4, 3\) cannot be multiplied"):
+        t @ t
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        t @ Tensor(np.array(2.0))
+    with pytest.raises(ValueError, match="batch dimensions"):
+        Tensor(np.ones((2, 4, 3))) @ Tensor(np.ones((5, 3, 2)))
+
+
+def test_grad_mode_objects_follow_torch():
+    ng = no_grad()  # creating it changes nothing: entering does
+    assert fastconv.autograd.is_grad_enabled()
+    assert (Tensor(np.ones(2), requires_grad=True) * 2).requires_grad
+    with ng:
+        assert not fastconv.autograd.is_grad_enabled()
+        with ng:  # re-entrant
+            assert not fastconv.autograd.is_grad_enabled()
+        assert not fastconv.autograd.is_grad_enabled()
+    assert fastconv.autograd.is_grad_enabled()
+    sg = fastconv.autograd.set_grad_enabled(False)  # a plain call sets the mode, as torch
+    try:
+        assert not fastconv.autograd.is_grad_enabled()
+    finally:
+        fastconv.autograd.set_grad_enabled(True)
+    del sg
+    with fastconv.autograd.set_grad_enabled(False):
+        assert not fastconv.autograd.is_grad_enabled()
+    assert fastconv.autograd.is_grad_enabled()
+
+    @no_grad()
+    def f(t):
+        return t * 2
+
+    assert not f(Tensor(np.ones(1), requires_grad=True)).requires_grad
+    assert fastconv.autograd.is_grad_enabled()
+
+
+def test_type_promotion_follows_torch():
+    f32 = Tensor(np.ones(2, np.float32), requires_grad=True)
+    i64 = Tensor(np.array([3, 4]))
+    assert (f32 + np.float64(1.5)).dtype == np.float32  # NumPy scalars do not widen (NumPy's NEP 50 would)
+    assert (np.float64(2.0) * f32).dtype == np.float32
+    assert (f32 + Tensor(np.array(2.0))).dtype == np.float32  # a 0-d tensor does not either
+    assert (f32 + Tensor(np.ones(2))).dtype == np.float64  # a dimensioned float64 tensor does
+    assert (f32 + i64).dtype == np.float32 and (i64 * 1.5).dtype == np.float32
+    assert (i64 / i64).dtype == np.float32 and (i64 + 1).dtype == np.int64
+    assert (f32 ** np.float64(2.0)).dtype == np.float32 and f32.clamp(np.float64(0.5)).dtype == np.float32
+    np.testing.assert_allclose((i64 / Tensor(np.array([2, 8]))).data, [1.5, 0.5])
+    with pytest.raises(TypeError, match="can't be cast"):
+        i64 += 1.5
+    # gradients of float32 graphs stay float32 in intermediate nodes (2 ** x took float64 log(2))
+    h = 2.0 ** f32
+    h.retain_grad()
+    m = h.max()
+    m.retain_grad()
+    (h * 3.0).sum().backward()
+    assert h.grad.dtype == np.float32 and f32.grad.dtype == np.float32
+    np.testing.assert_allclose(f32.grad, 3.0 * 2.0 * np.log(2.0), rtol=1e-6)
+
+
+def test_setitem_value_with_leading_unit_dims():
+    x = Tensor(np.ones((3, 2))) * 1.0
+    v = Tensor(np.array([[[2.0, 3.0]]]), requires_grad=True)  # (1, 1, 2) into a (2, 2) slice
+    x[0:2] = v
+    g = np.arange(6.0).reshape(3, 2)
+    x.backward(g)
+    assert v.grad.shape == (1, 1, 2)
+    np.testing.assert_array_equal(v.grad, [[[0.0 + 2.0, 1.0 + 3.0]]])
+
+
+def test_retained_grads_are_writable_and_gradcheck_keeps_grads(rng):
+    x = Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    h = x * 1.0
+    h.retain_grad()
+    h.sum().backward()
+    h.grad[0, 0] = 7.0  # was a read-only broadcast view
+    assert h.grad[0, 0] == 7.0 and h.grad[1, 2] == 1.0
+    x.grad = np.full((2, 3), 5.0)
+    gradcheck(lambda a: a * a, [x])
+    np.testing.assert_array_equal(x.grad, np.full((2, 3), 5.0))

@@ -38,27 +38,27 @@ def is_grad_enabled() -> bool:
     return _mode.enabled
 
 
-class set_grad_enabled:
-    """Context manager / decorator that sets grad mode (per thread, as torch)."""
+class _GradModeContext:
+    """A context manager / decorator that sets grad mode on entry and restores it on exit."""
 
     def __init__(self, mode: bool):
-        self.prev = _mode.enabled
-        _mode.enabled = bool(mode)
         self.mode = bool(mode)
+        self._prev = []
 
     def __enter__(self):
+        self._prev.append(_mode.enabled)
+        _mode.enabled = self.mode
         return self
 
     def __exit__(self, *exc):
-        _mode.enabled = self.prev
+        _mode.enabled = self._prev.pop()
         return False
 
     def __call__(self, fn):
         mode = self.mode
-        _mode.enabled = self.prev  # built as a decorator: do not change the mode now
 
         def wrapper(*a, **k):
-            with set_grad_enabled(mode):
+            with _GradModeContext(mode):
                 return fn(*a, **k)
 
         wrapper.__name__ = getattr(fn, "__name__", "wrapper")
@@ -66,14 +66,34 @@ class set_grad_enabled:
         return wrapper
 
 
-class no_grad(set_grad_enabled):
-    """``with fastconv.no_grad():`` records nothing (also usable as a decorator)."""
+class set_grad_enabled(_GradModeContext):
+    """Sets grad mode (per thread, as torch): at once when called (``set_grad_enabled(False)`` as a
+    plain statement turns recording off), and as a context manager restores the previous mode on
+    exit; also usable as a decorator."""
+
+    def __init__(self, mode: bool):
+        super().__init__(mode)
+        self._before = _mode.enabled
+        _mode.enabled = self.mode
+
+    def __enter__(self):
+        self._prev.append(self._before)  # the mode was set by __init__
+        return self
+
+    def __call__(self, fn):
+        _mode.enabled = self._before  # built as a decorator: do not change the mode now
+        return super().__call__(fn)
+
+
+class no_grad(_GradModeContext):
+    """``with fastconv.no_grad():`` records nothing (also usable as a decorator). Creating the
+    object changes nothing; entering it does (as torch)."""
 
     def __init__(self):
         super().__init__(False)
 
 
-class enable_grad(set_grad_enabled):
+class enable_grad(_GradModeContext):
     def __init__(self):
         super().__init__(True)
 
@@ -111,6 +131,10 @@ class Function:
 
     # set on each node
     needs_input_grad: tuple = ()
+    # True for operations whose output may be a view of their first input's array (reshape,
+    # permute, basic indexing, expand): the output then shares the input's version counter and
+    # remembers its base, so in-place changes through it are seen (see Tensor._inplace)
+    _makes_view = False
 
     def __init__(self):
         self._saved = None
@@ -187,12 +211,16 @@ class Function:
             if o is None:
                 tensors.append(None)
                 continue
+            if isinstance(o, np.generic):  # a full NumPy reduction gives a scalar: keep arrays everywhere
+                o = np.asarray(o)
             t = Tensor._wrap(o)
             if record and id(o) not in non_diff and _is_float(o):
                 t.requires_grad = True
                 t._node = ctx
                 t._out_idx = len(tensors)
             tensors.append(t)
+        if cls._makes_view and tensors[0] is not None and isinstance(args[0], Tensor):
+            _mark_view(tensors[0], args[0])
         if record:
             ctx._edges = tuple(_edge_of(a) if n else None for a, n in zip(args, needs))
             ctx._out_meta = tuple((o.shape, o.dtype, array_module(o)) if o is not None else None for o in outs)
@@ -203,6 +231,15 @@ class Function:
         ctx._to_save = ()
         ctx._non_diff = ()
         return tuple(tensors) if multi else tensors[0]
+
+
+def _mark_view(out, src):
+    """``out`` (a Tensor) views ``src``'s array: share the version counter and keep the base."""
+    xp = array_module(src.data)
+    if out.data.size == 0 or not xp.may_share_memory(out.data, src.data):
+        return
+    out._version = src._version
+    out._base = src._base if src._base is not None else src
 
 
 def _is_float(a):
@@ -283,7 +320,9 @@ def run_backward(tensors, grads, retain_graph=False):
             for i, ref in node._retained.items():
                 t = ref()
                 if t is not None and grads_out[i] is not None:
-                    t.grad = _accumulate(t.grad, grads_out[i])
+                    # an owned, writable array (a sum's gradient is a read-only broadcast view)
+                    g = grads_out[i]
+                    t.grad = array_module(g).array(g, copy=True) if t.grad is None else t.grad + g
         with set_grad_enabled(False):
             grads_in = node.backward(node, *grads_out)
         if not isinstance(grads_in, tuple):

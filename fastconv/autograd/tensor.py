@@ -20,6 +20,8 @@ def _unbroadcast(g, shape):
     shape = tuple(shape)
     if tuple(g.shape) == shape:
         return g
+    if g.ndim < len(shape):  # leading 1-dims that broadcasting dropped (x[0:2] = v of shape (1, 2))
+        g = g.reshape((1,) * (len(shape) - g.ndim) + tuple(g.shape))
     lead = g.ndim - len(shape)
     if lead > 0:
         g = g.sum(axis=tuple(range(lead)))
@@ -33,14 +35,105 @@ def _shape_of(a):
     return tuple(getattr(a, "shape", ()))
 
 
+def _is_int_value(v):
+    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _as_operand(x, like):
-    """A Tensor stays a Tensor; a Python/NumPy scalar or array becomes a constant array."""
+    """A Tensor stays a Tensor; a Python/NumPy scalar becomes a Python scalar (so that it does not
+    widen the tensor's dtype: float32 * np.float64(2) stays float32, as torch); an array or a list
+    becomes a constant array."""
     if isinstance(x, Tensor):
         return x
+    if isinstance(x, np.generic) and x.dtype.kind in "biuf":
+        return x.item()
     if isinstance(x, (numbers.Number, np.generic)):
         return x
     xp = array_module(like.data)
     return xp.asarray(x)
+
+
+def _kind_rank(dtype):
+    return {"b": 0, "i": 1, "u": 1, "f": 2}.get(np.dtype(dtype).kind, 3)
+
+
+def _result_dtype(operands, true_divide=False):
+    """torch's result dtype for an elementwise op over Tensors, arrays and Python scalars.
+
+    The highest category (bool < int < float) wins; within it, operands with dimensions decide
+    over 0-d ones, and those over Python scalars; a category that only Python scalars bring gives
+    the default dtype (float32 for floats, int64 for ints). True division of ints gives float32.
+    None where an operand is not a real number (complex: left to NumPy).
+    """
+    best = None  # (category, priority, dtypes)
+    for o in operands:
+        if o is None:
+            continue
+        if isinstance(o, (bool, np.bool_)):
+            cat, pri, dt = 0, 0, np.dtype(bool)
+        elif isinstance(o, numbers.Integral):
+            cat, pri, dt = 1, 0, np.dtype(np.int64)
+        elif isinstance(o, numbers.Real):
+            cat, pri, dt = 2, 0, np.dtype(np.float32)
+        elif hasattr(o, "dtype"):
+            cat = _kind_rank(o.dtype)
+            if cat > 2:
+                return None
+            pri, dt = (2 if o.ndim else 1), np.dtype(o.dtype)
+        else:
+            return None
+        if best is None or (cat, pri) > best[:2]:
+            best = (cat, pri, [dt])
+        elif (cat, pri) == best[:2]:
+            best[2].append(dt)
+    if best is None:
+        return None
+    dt = np.result_type(*best[2])
+    if true_divide and best[0] < 2:
+        dt = np.dtype(np.float32)
+    return dt
+
+
+def _cast_to(x, dtype):
+    """A Tensor or an array in ``dtype`` (a Tensor through Cast, so gradients flow back)."""
+    if dtype is None or isinstance(x, (numbers.Number, np.generic)) or x is None or x.dtype == dtype:
+        return x
+    if isinstance(x, Tensor):
+        return Cast.apply(x, dtype) if np.dtype(x.dtype).kind == "f" or dtype.kind != "f" else \
+            Tensor._wrap(x.data.astype(dtype))
+    return x.astype(dtype)
+
+
+def _check_matmul(sa, sb):
+    """torch.matmul's shape rules, checked up front for a message that names both shapes."""
+    if len(sa) == 0 or len(sb) == 0:
+        raise ValueError(f"matmul: both arguments need at least 1 dimension, got shapes {sa} and {sb}")
+    ka = sa[-1]
+    kb = sb[0] if len(sb) == 1 else sb[-2]
+    if ka != kb:
+        raise ValueError(f"matmul: shapes {sa} and {sb} cannot be multiplied ({ka} != {kb})")
+    try:
+        np.broadcast_shapes(sa[:-2], sb[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: the batch dimensions of shapes {sa} and {sb} do not broadcast "
+                         f"({sa[:-2]} and {sb[:-2]})") from None
+
+
+class _MaxResult(tuple):
+    """``(values, indices)`` of max(dim)/min(dim), with torch's names."""
+
+    __slots__ = ()
+
+    def __new__(cls, values, indices):
+        return super().__new__(cls, (values, indices))
+
+    @property
+    def values(self):
+        return self[0]
+
+    @property
+    def indices(self):
+        return self[1]
 
 
 # ----------------------------------------------------------- elementwise
@@ -99,7 +192,7 @@ class Div(Function):
         sa, sb = ctx.shapes
         n = ctx.needs_input_grad
         ga = _unbroadcast(g / b, sa) if n[0] else None
-        gb = _unbroadcast(-g * a / (b * b), sb) if n[1] else None
+        gb = _unbroadcast(-g * ((a / b) / b), sb) if n[1] else None  # not a / (b*b): b*b overflows
         return ga, gb
 
 
@@ -126,11 +219,18 @@ class Pow(Function):
         a, b, y = ctx.saved_tensors
         sa, sb = ctx.shapes
         n = ctx.needs_input_grad
-        ga = _unbroadcast(g * b * a ** (b - 1), sa) if n[0] else None
-        gb = None
+        xp = array_module(g)
+        ga = gb = None
+        # torch's rules: d/da is 0 where the exponent is 0 (not 0 * 0**-1 = NaN at a = 0), d/db is 0
+        # where a == 0 and b >= 0 (not 0 * log(0)); scalars are computed in the gradient's dtype
+        if n[0]:
+            bb = xp.asarray(b, dtype=g.dtype) if not hasattr(b, "dtype") else b
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ga = _unbroadcast(xp.where(bb == 0, xp.zeros((), g.dtype), g * bb * a ** (bb - 1)), sa)
         if n[1]:
-            xp = array_module(g)
-            gb = _unbroadcast(g * y * xp.log(a), sb)
+            aa = xp.asarray(a, dtype=g.dtype) if not hasattr(a, "dtype") else a
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gb = _unbroadcast(g * xp.where((aa == 0) & (b >= 0), xp.zeros((), g.dtype), y * xp.log(aa)), sb)
         return ga, gb
 
 
@@ -185,22 +285,40 @@ class Abs(Function):
 
 
 class Clamp(Function):
+    """clamp(a, lo, hi): torch's gradients, bounds included when they are Tensors: ``a`` gets the
+    gradient where lo <= a <= hi, ``lo`` where a < lo (and lo < hi), ``hi`` where a > hi (or hi < lo,
+    where the result is hi)."""
+
     @staticmethod
     def forward(ctx, a, lo, hi):
         ctx.save_for_backward(a)
         ctx.bounds = (lo, hi)
-        return array_module(a).clip(a, lo, hi)
+        xp = array_module(a)
+        if lo is None:
+            return xp.minimum(a, hi)
+        if hi is None:
+            return xp.maximum(a, lo)
+        return xp.minimum(xp.maximum(a, lo), hi)
 
     @staticmethod
     def backward(ctx, g):
         (a,) = ctx.saved_tensors
         lo, hi = ctx.bounds
+        n = ctx.needs_input_grad
+        xp = array_module(g)
+        zero = xp.zeros((), g.dtype)
         mask = True
         if lo is not None:
             mask = mask & (a >= lo)
         if hi is not None:
             mask = mask & (a <= hi)
-        return g * mask, None, None
+        ga = xp.where(mask, g, zero) if n[0] else None
+        glo = ghi = None
+        if n[1]:
+            glo = _unbroadcast(xp.where((a < lo) & (lo < hi) if hi is not None else a < lo, g, zero), _shape_of(lo))
+        if n[2]:
+            ghi = _unbroadcast(xp.where((a > hi) | (hi < lo) if lo is not None else a > hi, g, zero), _shape_of(hi))
+        return ga, glo, ghi
 
 
 class Cast(Function):
@@ -251,12 +369,29 @@ class MatMul(Function):
 
 
 # ------------------------------------------------------------- reductions
+class DimError(IndexError, ValueError):
+    """A dimension out of range (torch raises IndexError; a ValueError too, as every bad argument)."""
+
+
+def _dim(d, ndim, what="dim"):
+    """``d`` wrapped into [0, ndim) (a 0-d tensor takes 0 and -1, as torch); out of range raises."""
+    if isinstance(d, bool) or not isinstance(d, (numbers.Integral, np.integer)):
+        raise TypeError(f"{what} must be an int, got {d!r}")
+    n = max(ndim, 1)
+    if not -n <= d < n:
+        raise DimError(f"{what} out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
+    return int(d) % n
+
+
 def _axes(dim, ndim):
-    if dim is None:
+    """Reduction axes: None or () for all; 0-d tensors reduce over nothing."""
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
         return tuple(range(ndim))
-    if isinstance(dim, (tuple, list)):
-        return tuple(d % ndim if ndim else 0 for d in dim)
-    return (dim % ndim if ndim else 0,)
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    axes = tuple(_dim(d, ndim) for d in dims)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"dim {dims} names a dimension more than once (tensor of {ndim} dims)")
+    return axes if ndim else ()
 
 
 class Sum(Function):
@@ -298,6 +433,8 @@ class MaxAll(Function):
     @staticmethod
     def forward(ctx, a, is_min):
         xp = array_module(a)
+        if a.size == 0:
+            raise ValueError(f"{'min' if is_min else 'max'}(): the tensor is empty (shape {a.shape}); give a dim")
         y = a.min() if is_min else a.max()
         ctx.save_for_backward(a, y)
         return xp.asarray(y)
@@ -305,8 +442,9 @@ class MaxAll(Function):
     @staticmethod
     def backward(ctx, g):
         a, y = ctx.saved_tensors
-        mask = a == y
-        return g * mask / mask.sum(), None
+        xp = array_module(g)
+        mask = xp.isnan(a) if xp.isnan(y) else a == y  # a NaN maximum: the NaNs share it (as torch)
+        return xp.where(mask, g / xp.asarray(mask.sum(), dtype=g.dtype), xp.zeros((), g.dtype)), None
 
 
 class MaxDim(Function):
@@ -315,7 +453,14 @@ class MaxDim(Function):
     @staticmethod
     def forward(ctx, a, dim, keepdim, is_min):
         xp = array_module(a)
-        dim = dim % a.ndim
+        dim = _dim(dim, a.ndim)
+        if a.ndim == 0:  # the value itself, index 0 (as torch)
+            ctx.shape, ctx.dim, ctx.keepdim = a.shape, None, keepdim
+            idx = xp.zeros((), np.int64)
+            ctx.mark_non_differentiable(idx)
+            return a.copy(), idx
+        if a.shape[dim] == 0:
+            raise ValueError(f"{'min' if is_min else 'max'}(): dim {dim} of shape {a.shape} is empty")
         idx = xp.argmin(a, axis=dim) if is_min else xp.argmax(a, axis=dim)
         idx_k = xp.expand_dims(idx, dim)
         vals = xp.take_along_axis(a, idx_k, axis=dim)
@@ -329,6 +474,8 @@ class MaxDim(Function):
 
     @staticmethod
     def backward(ctx, g, _gi):
+        if ctx.dim is None:
+            return g, None, None, None
         (idx_k,) = ctx.saved_tensors
         xp = array_module(g)
         if not ctx.keepdim:
@@ -340,6 +487,8 @@ class MaxDim(Function):
 
 # ----------------------------------------------------------- shape ops
 class Reshape(Function):
+    _makes_view = True
+
     @staticmethod
     def forward(ctx, a, shape):
         ctx.shape = a.shape
@@ -351,6 +500,8 @@ class Reshape(Function):
 
 
 class Permute(Function):
+    _makes_view = True
+
     @staticmethod
     def forward(ctx, a, dims):
         ctx.dims = dims
@@ -365,6 +516,8 @@ class Permute(Function):
 
 
 class Expand(Function):
+    _makes_view = True
+
     @staticmethod
     def forward(ctx, a, shape):
         ctx.shape = a.shape
@@ -400,6 +553,8 @@ def _scatter_add(out, idx, g):
 
 
 class GetItem(Function):
+    _makes_view = True
+
     @staticmethod
     def forward(ctx, a, idx):
         ctx.shape, ctx.dtype, ctx.idx = a.shape, a.dtype, idx
@@ -502,6 +657,7 @@ class Tensor:
         self._node = None
         self._out_idx = 0
         self._version = _Version()
+        self._base = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -514,6 +670,7 @@ class Tensor:
         t._node = None
         t._out_idx = 0
         t._version = _Version()
+        t._base = None
         t.requires_grad = False
         return t
 
@@ -633,7 +790,13 @@ class Tensor:
     # -- arithmetic
     def _bin(self, cls, other, reverse=False):
         other = _as_operand(other, self)
-        return cls.apply(other, self) if reverse else cls.apply(self, other)
+        if cls is MatMul:
+            a, b = (other, self) if reverse else (self, other)
+            _check_matmul(_shape_of(a), _shape_of(b))
+            return cls.apply(a, b)
+        dt = _result_dtype((self, other), true_divide=cls is Div)
+        a, b = _cast_to(self, dt), _cast_to(other, dt)
+        return cls.apply(b, a) if reverse else cls.apply(a, b)
 
     def __add__(self, o):
         return self._bin(Add, o)
@@ -719,7 +882,11 @@ class Tensor:
         return Abs.apply(self)
 
     def clamp(self, min=None, max=None):  # noqa: A002 - torch's names
-        return Clamp.apply(self, min, max)
+        if min is None and max is None:
+            raise ValueError("clamp: at least one of min and max must be given")
+        lo, hi = _as_operand(min, self) if min is not None else None, _as_operand(max, self) if max is not None else None
+        dt = _result_dtype((self, lo, hi))
+        return Clamp.apply(_cast_to(self, dt), _cast_to(lo, dt), _cast_to(hi, dt))
 
     clip = clamp
 
@@ -750,25 +917,31 @@ class Tensor:
 
     # -- reductions
     def sum(self, dim=None, keepdim=False, axis=None):
+        """Sum over ``dim`` (None or () for all dimensions, as torch)."""
         return Sum.apply(self, dim if axis is None else axis, keepdim)
 
     def mean(self, dim=None, keepdim=False, axis=None):
         return Mean.apply(self, dim if axis is None else axis, keepdim)
 
     def max(self, dim=None, keepdim=False):
+        """The maximum; with ``dim``, ``(values, indices)`` (a named tuple, as torch)."""
         if dim is None:
             return MaxAll.apply(self, False)
-        return MaxDim.apply(self, dim, keepdim, False)
+        return _MaxResult(*MaxDim.apply(self, dim, keepdim, False))
 
     def min(self, dim=None, keepdim=False):
         if dim is None:
             return MaxAll.apply(self, True)
-        return MaxDim.apply(self, dim, keepdim, True)
+        return _MaxResult(*MaxDim.apply(self, dim, keepdim, True))
 
     def argmax(self, dim=None, keepdim=False):
         xp = array_module(self.data)
         if dim is None:
             return Tensor._wrap(xp.asarray(xp.argmax(self.data)))
+        if self.ndim == 0:
+            _dim(dim, 0)
+            return Tensor._wrap(xp.zeros((), np.int64))
+        dim = _dim(dim, self.ndim)
         r = xp.argmax(self.data, axis=dim)
         return Tensor._wrap(xp.expand_dims(r, dim) if keepdim else r)
 
@@ -781,9 +954,9 @@ class Tensor:
 
     def flatten(self, start_dim=0, end_dim=-1):
         nd = self.ndim
+        s, e = _dim(start_dim, nd, "start_dim"), _dim(end_dim, nd, "end_dim")
         if nd == 0:
             return self.reshape(1)
-        s, e = start_dim % nd, end_dim % nd
         if s > e:
             raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {self.shape}")
         shape = self.shape[:s] + (int(np.prod(self.shape[s:e + 1])),) + self.shape[e + 1:]
@@ -791,32 +964,53 @@ class Tensor:
 
     def permute(self, *dims):
         dims = _shape_args(dims)
-        if sorted(d % self.ndim for d in dims) != list(range(self.ndim)):
+        if len(dims) != self.ndim:
             raise ValueError(f"permute: dims {dims} are not a permutation of the {self.ndim} dims of {self.shape}")
-        return Permute.apply(self, tuple(d % self.ndim for d in dims))
+        wrapped = tuple(_dim(d, self.ndim) for d in dims) if self.ndim else ()
+        if sorted(wrapped) != list(range(self.ndim)):
+            raise ValueError(f"permute: dims {dims} are not a permutation of the {self.ndim} dims of {self.shape}")
+        return Permute.apply(self, wrapped)
 
     def transpose(self, dim0, dim1):
+        d0, d1 = _dim(dim0, self.ndim, "dim0"), _dim(dim1, self.ndim, "dim1")
+        if self.ndim == 0:
+            return Permute.apply(self, ())
         dims = list(range(self.ndim))
-        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        dims[d0], dims[d1] = dims[d1], dims[d0]
         return Permute.apply(self, tuple(dims))
 
     def unsqueeze(self, dim):
-        dim = dim % (self.ndim + 1)
+        dim = _dim(dim, self.ndim + 1)
         return self.reshape(self.shape[:dim] + (1,) + self.shape[dim:])
 
     def squeeze(self, dim=None):
         if dim is None:
             return self.reshape(tuple(s for s in self.shape if s != 1))
-        dim = dim % self.ndim
-        if self.shape[dim] != 1:
-            return self
+        dim = _dim(dim, self.ndim)
+        if self.ndim == 0 or self.shape[dim] != 1:
+            return self.reshape(self.shape)
         return self.reshape(self.shape[:dim] + self.shape[dim + 1:])
 
     def expand(self, *shape):
+        """A broadcast view (torch's expand): -1 keeps a dimension; new dimensions go in front."""
         shape = _shape_args(shape)
         lead = len(shape) - self.ndim
-        full = tuple(self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
-        return Expand.apply(self, full)
+        if lead < 0:
+            raise ValueError(f"expand: the target shape {shape} has fewer dimensions than the tensor's {self.shape}")
+        full = []
+        for i, size in enumerate(shape):
+            if size == -1 and i < lead:
+                raise ValueError(f"expand: -1 is not allowed in a new leading dimension ({i}): target shape {shape}, "
+                                 f"tensor shape {self.shape}")
+            own = self.shape[i - lead] if i >= lead else None
+            size = own if size == -1 else size
+            if not _is_int_value(size) or size < 0:
+                raise ValueError(f"expand: sizes must be non-negative ints or -1, got {shape}")
+            if own is not None and own != 1 and own != size:
+                raise ValueError(f"expand: the expanded size {size} must match the existing size {own} at "
+                                 f"non-singleton dimension {i}: target shape {shape}, tensor shape {self.shape}")
+            full.append(int(size))
+        return Expand.apply(self, tuple(full))
 
     def contiguous(self):
         return self
@@ -838,12 +1032,30 @@ class Tensor:
 
     # -- in-place (bump the version so saved copies are checked)
     def _inplace(self, cls, other, raw, *extra):
+        other = _as_operand(other, self)
         other_t = isinstance(other, Tensor)
+        dt = _result_dtype((self, other), true_divide=cls is Div) if cls in (Add, Sub, Mul, Div) else None
+        if dt is not None and _kind_rank(dt) > _kind_rank(self.dtype):
+            raise TypeError(f"in-place operation: the result type {dt} can't be cast to the tensor's dtype "
+                            f"{self.dtype} (shape {self.shape})")
         recording = is_grad_enabled() and (self.requires_grad or (other_t and other.requires_grad))
         if recording:
             if self._node is None and self.requires_grad:
                 raise RuntimeError(f"a leaf Tensor that requires grad (shape {self.shape}) is being used in an "
                                    "in-place operation; wrap it in fastconv.no_grad() or use an out-of-place op")
+            if self._base is not None:
+                base = self._base
+                if base._node is None and base.requires_grad:
+                    raise RuntimeError(
+                        f"a view (shape {self.shape}) of a leaf Tensor that requires grad (shape {base.shape}) is "
+                        "being used in an in-place operation; wrap it in fastconv.no_grad() or use an "
+                        "out-of-place op")
+                # torch rewrites the base's graph here; this autograd does not, and the base's
+                # gradient would silently miss the change: refuse instead
+                raise RuntimeError(
+                    f"an in-place operation on a view (shape {self.shape}) of a Tensor (shape {base.shape}) "
+                    "while recording gradients is not supported: the base's gradient would not see it. Use an "
+                    "out-of-place op (or index assignment on the base itself, base[idx] = value)")
             old = Tensor._wrap(self.data.copy())
             old._node, old._out_idx, old.requires_grad = self._node, self._out_idx, self.requires_grad
             r = cls.apply(old, _as_operand(other, self), *extra)
@@ -897,17 +1109,15 @@ class Tensor:
         return self.fill_(0)
 
     def fill_(self, value):
+        """Every element set to ``value``; recorded (the old values get no gradient, a Tensor value
+        gets the sum of the gradient) where gradients are being recorded."""
         def raw(a, v):
             a[...] = v
-        if self._node is None and self.requires_grad and is_grad_enabled():
-            raise RuntimeError("a leaf Tensor that requires grad is being used in an in-place operation")
-        raw(self.data, value)
-        self._version.value += 1
-        return self
+        return self._inplace(SetItem, value, raw, Ellipsis)
 
     def copy_(self, src):
-        s = src.data if isinstance(src, Tensor) else src
-        return self.fill_(s)
+        """``self`` overwritten by ``src`` (broadcast), as torch: ``src`` gets the gradient."""
+        return self.fill_(src)
 
 
 def tensor(data, requires_grad=False, dtype=None):
@@ -928,7 +1138,9 @@ def _tensors(seq, name):
 def cat(tensors, dim=0):
     """Concatenate tensors along ``dim`` (torch.cat)."""
     ts = _tensors(tensors, "cat")
-    d = dim % ts[0].ndim
+    if ts[0].ndim == 0:
+        raise ValueError("cat: zero-dimensional tensors cannot be concatenated (use stack)")
+    d = _dim(dim, ts[0].ndim)
     for i, t in enumerate(ts):
         if t.shape[:d] + t.shape[d + 1:] != ts[0].shape[:d] + ts[0].shape[d + 1:]:
             raise ValueError(f"cat: sizes must match except in dim {dim}: tensor 0 has shape {ts[0].shape}, "
@@ -941,4 +1153,4 @@ def stack(tensors, dim=0):
     for i, t in enumerate(ts):
         if t.shape != ts[0].shape:
             raise ValueError(f"stack: tensor 0 has shape {ts[0].shape}, tensor {i} has shape {t.shape}")
-    return Stack.apply(dim, *ts)
+    return Stack.apply(_dim(dim, ts[0].ndim + 1), *ts)

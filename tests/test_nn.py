@@ -480,3 +480,109 @@ def test_maxpool_without_grad_takes_values_only_path(fn, monkeypatch):
     from fastconv.ops import pool as P
     want = (P.max_pool2d_backward if fn == "max_pool2d" else P.min_pool2d_backward)(g, x, 3, 2, 1)
     np.testing.assert_array_equal(t.grad.data if isinstance(t.grad, Tensor) else t.grad, want)
+
+
+# ------------------------------------------------------ fixes from a fuzz against torch.nn
+@needs_ops
+@pytest.mark.parametrize("is_min", [False, True])
+def test_max_pool_backward_with_windows_only_in_padding(rng, is_min):
+    # dilation 2 and padding 1 on a one-row input: every window's taps miss the image. The output
+    # is -inf (+inf for min) with torch's initial, out-of-plane index; backward raised on those
+    # indices. Now they send no gradient. A second case: dilated windows with taps in the image.
+    pool = nn.MinPool2d if is_min else nn.MaxPool2d
+    x = Tensor(np.arange(3.0).reshape(1, 1, 1, 3), requires_grad=True)
+    y = pool((2, 1), stride=1, padding=(1, 0), dilation=(2, 1))(x)
+    assert np.all(np.isinf(y.data))
+    y.backward(np.ones(y.shape))
+    np.testing.assert_array_equal(x.grad, np.zeros((1, 1, 1, 3)))
+    xv = rng.standard_normal((2, 3, 3, 6))
+    x = Tensor(xv.copy(), requires_grad=True)
+    y = pool(3, stride=1, padding=1, dilation=2)(x)
+    g = rng.standard_normal(y.shape)
+    y.backward(g)
+    # reference: each finite output sends its gradient to the first extreme tap in its window
+    want = np.zeros_like(xv)
+    sgn = -1.0 if is_min else 1.0
+    for n, c, i, j in np.ndindex(*y.shape):
+        best, arg = -np.inf, None
+        for di in range(3):
+            for dj in range(3):
+                r, s = i - 1 + 2 * di, j - 1 + 2 * dj
+                if 0 <= r < 3 and 0 <= s < 6 and sgn * xv[n, c, r, s] > best:
+                    best, arg = sgn * xv[n, c, r, s], (r, s)
+        if arg is not None:
+            want[n, c, arg[0], arg[1]] += g[n, c, i, j]
+    np.testing.assert_allclose(x.grad, want, rtol=1e-12, atol=1e-12)
+
+
+def test_flatten_dims_out_of_range_raise():
+    x = Tensor(np.zeros((2, 3, 4)))
+    for f in (lambda: nn.Flatten(start_dim=3)(x), lambda: nn.Flatten(1, -4)(x), lambda: F.flatten(x, 0, 5),
+              lambda: nn.Flatten()(Tensor(np.zeros(5)))):
+        with pytest.raises(IndexError, match="out of range"):
+            f()
+    assert nn.Flatten()(x).shape == (2, 12) and F.flatten(x, -2).shape == (2, 12)
+
+
+@needs_ops
+def test_softmax_implicit_dim_follows_torch(rng):
+    for shape, dim in (((5,), 0), ((2, 3), 1), ((2, 3, 4), 0), ((2, 3, 4, 5), 1)):
+        x = Tensor(rng.standard_normal(shape))
+        with pytest.warns(UserWarning, match="Implicit dimension"):
+            y = F.softmax(x)
+        np.testing.assert_array_equal(y.data, F.softmax(x, dim).data)
+        with pytest.warns(UserWarning, match="Implicit dimension"):
+            z = nn.LogSoftmax()(x)
+        np.testing.assert_array_equal(z.data, F.log_softmax(x, dim).data)
+
+
+@needs_ops
+def test_local_response_norm_module_takes_any_rank_from_3(rng):
+    x = rng.standard_normal((2, 6, 3, 4, 2))
+    got = nn.LocalResponseNorm(3)(Tensor(x)).data
+    np.testing.assert_array_equal(got, F.local_response_norm(Tensor(x), 3).data)
+    with pytest.raises(ValueError, match="3 or more"):
+        nn.LocalResponseNorm(3)(Tensor(rng.standard_normal((2, 6))))
+
+
+@needs_ops
+def test_cross_entropy_takes_torch_positional_order(rng):
+    z = Tensor(rng.standard_normal((4, 3)))
+    t = np.array([0, 2, -1, 1])
+    masked = F.cross_entropy(z, t, ignore_index=-1).data
+    # torch's order: (weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+    assert nn.CrossEntropyLoss(None, None, -1)(z, t).data == masked
+    assert F.cross_entropy(z, t, None, None, -1).data == masked
+    with pytest.warns(UserWarning, match="deprecated"):
+        summed = F.cross_entropy(z, t, None, False, -1)  # size_average=False: the sum
+    assert summed.data == pytest.approx(F.cross_entropy(z, t, ignore_index=-1, reduction="sum").data, rel=1e-12)
+    with pytest.warns(UserWarning, match="deprecated"):
+        assert nn.CrossEntropyLoss(reduce=False, ignore_index=-1)(z, t).shape == (4,)
+    with pytest.raises(ValueError, match="weight"):
+        nn.CrossEntropyLoss(np.ones(3))
+
+
+def test_argument_errors_of_losses_and_pad():
+    x = Tensor(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="target must be a Tensor or an array"):
+        F.mse_loss(x, [[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(ValueError, match="does not take a value"):
+        F.pad(x, (1, 1), mode="reflect", value=1.5)
+    assert F.pad(x, (1, 1), mode="reflect").shape == (2, 5)
+
+
+def test_batch_norm_state_dict_without_num_batches_tracked(rng):
+    bn = nn.BatchNorm2d(3)
+    sd = {k: v for k, v in bn.state_dict().items() if not k.endswith("num_batches_tracked")}
+    sd["running_mean"] = rng.standard_normal(3).astype(np.float32)
+    bn.load_state_dict(sd)  # strict: torch accepts checkpoints older than the buffer, so does this
+    np.testing.assert_array_equal(bn.running_mean.data, sd["running_mean"])
+    assert int(bn.num_batches_tracked.data) == 0
+    with pytest.raises(ValueError, match="missing keys"):
+        bn.load_state_dict({"weight": np.ones(3, np.float32)})
+
+
+def test_reprs_name_torch_fields():
+    assert "padding=valid" in repr(nn.Conv2d(1, 2, 3, padding="valid"))
+    assert "ceil_mode=False" in repr(nn.LPPool2d(2, 3))
+    assert "inplace=False" in repr(nn.Dropout(0.2))

@@ -7,6 +7,8 @@ imported when first used, so this module imports even where they are missing.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .. import ops as _ops
@@ -85,15 +87,24 @@ class _MaxPool(Function):
         ctx.args = (kernel_size, stride, padding, dilation, ceil_mode)
         ctx.is_min = is_min
         ctx.xstub = _shape_only(x)  # with the indices, backward needs only x's shape
-        ctx.save_for_backward(idx)
+        # With dilation, a window can miss the image entirely (only padding): its output is -inf and
+        # its index torch's initial one, outside the plane; the indices API refuses such indices, so
+        # backward recomputes them from x instead (the window then sends no gradient, as it should).
+        outside = False
+        if dilation not in (1, (1, 1), [1, 1]) and idx.size:
+            plane = int(x.shape[-1]) * int(x.shape[-2])
+            outside = bool(idx.min() < 0) or bool(idx.max() >= plane)
+        ctx.save_for_backward(None if outside else idx, x if outside else None)
         ctx.mark_non_differentiable(idx)
         return y, idx
 
     @staticmethod
     def backward(ctx, g, _gidx):
-        (idx,) = ctx.saved_tensors
+        idx, x = ctx.saved_tensors
         p = _pool()
         bwd = p.min_pool2d_backward if ctx.is_min else p.max_pool2d_backward
+        if idx is None:
+            return (bwd(g, x, *ctx.args, indices=None),) + (None,) * 6
         return (bwd(g, ctx.xstub, *ctx.args, indices=idx),) + (None,) * 6
 
 
@@ -311,8 +322,12 @@ class _Softmax(Function):
 
 
 def _dim_arg(dim, x, fn):
+    """torch's implicit dim for dim=None (deprecated there, with the same warning): 0 for 0-, 1- and
+    3-D inputs, else 1."""
     if dim is None:
-        raise TypeError(f"{fn}: dim is required (as in torch), got None for input of shape {tuple(x.shape)}")
+        warnings.warn(f"Implicit dimension choice for {fn} has been deprecated (as in torch). Change the call "
+                      "to include dim=X as an argument.", UserWarning, stacklevel=3)
+        return 0 if len(x.shape) in (0, 1, 3) else 1
     return dim
 
 
@@ -402,14 +417,29 @@ class _CrossEntropy(Function):
         return grad * g, None, None, None, None
 
 
-def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+def _legacy_reduction(size_average, reduce, reduction):
+    """torch's mapping of the deprecated size_average / reduce flags onto ``reduction``."""
+    if size_average is None and reduce is None:
+        return reduction
+    warnings.warn("size_average and reduce are deprecated (as in torch); use reduction", UserWarning, stacklevel=3)
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    if not reduce:
+        return "none"
+    return "mean" if size_average else "sum"
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                  label_smoothing=0.0):
     """Softmax cross-entropy with integer class targets (and label smoothing), fused.
 
-    torch's argument order; per-class ``weight`` is not supported (must be None).
+    torch's arguments in torch's order (the legacy ``size_average`` / ``reduce`` map to
+    ``reduction`` as in torch); per-class ``weight`` is not supported (must be None).
     """
     _check_tensor(input, "input", "cross_entropy")
     if weight is not None:
         raise ValueError("cross_entropy: per-class weight is not supported; pass weight=None")
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     t = _data(target)
     if not hasattr(t, "dtype") or np.dtype(t.dtype).kind not in "iu":
         raise TypeError(f"cross_entropy: target must be an integer array of class indices, got "
@@ -449,6 +479,8 @@ def mse_loss(input, target, reduction="mean"):
     _check_tensor(input, "input", "mse_loss")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"mse_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not hasattr(_data(target), "shape"):
+        raise TypeError(f"mse_loss: target must be a Tensor or an array, got {type(target).__name__}")
     if tuple(input.shape) != tuple(_data(target).shape):
         raise ValueError(f"mse_loss: input shape {tuple(input.shape)} and target shape "
                          f"{tuple(_data(target).shape)} differ")
@@ -525,6 +557,8 @@ def pad(input, pad, mode="constant", value=0.0):
     _check_tensor(input, "input", "pad")
     if mode not in _PAD_MODES:
         raise ValueError(f"pad: mode must be one of {_PAD_MODES}, got {mode!r}")
+    if mode != "constant" and value not in (None, 0, 0.0):
+        raise ValueError(f"pad: {mode} padding does not take a value argument (got value={value!r})")
     pads = tuple(pad)
     if len(pads) % 2 or not all(isinstance(p, (int, np.integer)) for p in pads):
         raise ValueError(f"pad: pad must be an even-length sequence of ints, got {pad!r}")

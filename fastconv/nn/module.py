@@ -270,7 +270,9 @@ class Module:
         if not hasattr(state_dict, "items"):
             raise TypeError(f"load_state_dict: expected a mapping, got {type(state_dict).__name__}")
         own = self._state_tensors()
-        missing = [k for k in own if k not in state_dict]
+        # batch norm's num_batches_tracked may be absent (checkpoints older than the buffer): torch
+        # keeps the module's own value then, and so does this
+        missing = [k for k in own if k not in state_dict and k.rsplit(".", 1)[-1] != "num_batches_tracked"]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
             raise StateDictError(f"Error(s) in loading state_dict for {type(self).__name__}: "

@@ -96,7 +96,7 @@ class Conv2d(Module):
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding not in ((0, 0), "valid"):
+        if self.padding != (0, 0):  # torch prints padding=valid too
             s += f", padding={self.padding}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
@@ -294,7 +294,8 @@ class LPPool2d(_Pool4D):
         return F.lp_pool2d(self._check(x), self.norm_type, self.kernel_size, self.stride, self.ceil_mode)
 
     def extra_repr(self):
-        return f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}"
+        return (f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"ceil_mode={self.ceil_mode}")
 
 
 class AdaptiveAvgPool2d(_Pool4D):
@@ -327,7 +328,11 @@ class LocalResponseNorm(_Pool4D):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x):
-        return F.local_response_norm(self._check(x), self.size, self.alpha, self.beta, self.k)
+        # any input of 3 or more dims, (N, C, ...) as torch (a 3-D input is (N, C, L), not (C, H, W))
+        x = _as_tensor(x)
+        if x.ndim < 3:
+            raise _shape_error(repr(self), "(N, C, ...) with 3 or more dims", x)
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self):
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
@@ -345,7 +350,7 @@ class Dropout(Module):
         return F.dropout(_as_tensor(x), self.p, self.training, generator=self._generator)
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}, inplace=False"
 
 
 class Flatten(Module):
@@ -369,8 +374,15 @@ class Identity(Module):
 
 
 class CrossEntropyLoss(Module):
-    def __init__(self, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """torch's arguments in torch's order; per-class ``weight`` must be None (not supported), and
+    the legacy ``size_average`` / ``reduce`` map to ``reduction`` as in torch."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                 label_smoothing=0.0):
         super().__init__()
+        if weight is not None:
+            raise ValueError("CrossEntropyLoss: per-class weight is not supported; pass weight=None")
+        reduction = F._legacy_reduction(size_average, reduce, reduction)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
 
     def forward(self, input, target):

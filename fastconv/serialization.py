@@ -18,6 +18,7 @@ naming the file on anything corrupt or foreign.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -58,7 +59,7 @@ def _encode(obj, path, tensors):
     """JSON-able description of ``obj``; arrays go to ``tensors`` under their dotted path."""
     if _is_array(obj):
         key = path or "tensor"
-        while key in tensors:
+        while key in tensors or key == "__metadata__":  # the header's own key
             key += "_"
         tensors[key] = _to_numpy(obj)
         return {"__tensor__": key}
@@ -96,7 +97,9 @@ def _decode(desc, tensors):
 
 
 def _is_flat(obj):
-    return isinstance(obj, dict) and obj and all(isinstance(k, str) and _is_array(v) for k, v in obj.items())
+    # "__metadata__" is the header's own key: such a dict goes through the structure description
+    return (isinstance(obj, dict) and obj and "__metadata__" not in obj
+            and all(isinstance(k, str) and _is_array(v) for k, v in obj.items()))
 
 
 def save(obj, path, metadata=None):
@@ -161,7 +164,7 @@ def load(path):
         raise _bad(path, f"header length {n} does not fit a file of {len(raw)} bytes")
     try:
         header = json.loads(raw[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _bad(path, f"the header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise _bad(path, "the header is not a JSON object")
@@ -181,16 +184,22 @@ def load(path):
             dt = np.dtype(_DTYPES[code])
         else:
             raise _bad(path, f"entry {name!r} has unsupported dtype {code!r}")
-        if (not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape)
-                or not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)):
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if (not isinstance(shape, list) or not all(is_int(s) and 0 <= s < 2**63 for s in shape)
+                or not isinstance(offs, list) or len(offs) != 2 or not all(is_int(o) for o in offs)):
             raise _bad(path, f"entry {name!r} has a malformed shape {shape!r} or data_offsets {offs!r}")
         b, e = offs
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # Python ints: no wrap-around
         if not 0 <= b <= e <= len(data) or e - b != count * dt.itemsize:
             raise _bad(path, f"entry {name!r}: data_offsets {offs} do not hold {count} values of {code} "
                              f"in a data section of {len(data)} bytes")
         spans.append((b, e, name))
-        a = np.frombuffer(data, dtype=dt, count=count, offset=b).reshape(shape)
+        try:
+            a = np.frombuffer(data, dtype=dt, count=count, offset=b).reshape(shape)
+        except ValueError as exc:  # e.g. a dimension of 2^62 in an empty tensor
+            raise _bad(path, f"entry {name!r} has shape {shape!r}, which NumPy cannot hold: {exc}") from None
         if code == "BF16":  # bfloat16 is the top half of a float32
             a = (a.astype(np.uint32) << 16).view(np.float32)
         tensors[name] = a.astype(dt.newbyteorder("=") if code != "BF16" else np.float32, copy=True)
@@ -203,6 +212,6 @@ def load(path):
     if _TREE in meta:
         try:
             return _decode(json.loads(meta[_TREE]), tensors)
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError, RecursionError) as exc:
             raise _bad(path, f"the fastconv structure description is damaged: {exc}") from None
     return tensors

@@ -98,6 +98,9 @@ def test_parameter_count_variants(no_init):
 def test_get_model_errors():
     with pytest.raises(ValueError, match="unknown model 'lenet6'"):
         models.get_model("lenet6")
+    # names as papers and torchvision write them, - and _ ignored
+    assert models.count_parameters(models.get_model("ResNet-20")) == models.count_parameters(models.resnet20())
+    assert type(models.get_model("LeNet-5")) is type(models.lenet5())
     with pytest.raises(ValueError, match="num_classes"):
         models.simple_cnn(num_classes=0)
     with pytest.raises(ValueError, match="6n \\+ 2"):

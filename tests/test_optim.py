@@ -174,3 +174,83 @@ def test_schedulers_closed_forms(rng):
     lrs = _lrs(oc, opt, 10)
     assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0, rel=0.05)
     assert lrs[-1] == pytest.approx(1 / 25 / 1e4)
+
+
+# ------------------------------------------------- fixes from a fuzz against torch.optim
+def test_schedulers_chain_and_keep_manual_lr_changes(rng):
+    # torch's recursive rules work from the group's current lr: two schedulers compose (the
+    # closed forms lost StepLR's decay: 0.1, 0.1, 0.01, ...) and a hand-set lr carries on
+    p = _param(rng)
+    opt = optim.SGD([p], lr=0.1)
+    a, b = optim.StepLR(opt, 2, 0.5), optim.MultiStepLR(opt, [3], 0.1)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        a.step()
+        b.step()
+    assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.005, 0.0025, 0.0025], rel=1e-12)
+    opt = optim.SGD([p], lr=0.1)
+    s = optim.StepLR(opt, 3, 0.5)
+    opt.param_groups[0]["lr"] = 1.0
+    s.step()
+    assert opt.param_groups[0]["lr"] == 1.0
+    s.step()
+    s.step()
+    assert opt.param_groups[0]["lr"] == 0.5
+    # alone, the recursive cosine rule stays on the closed form (also past T_max)
+    opt = optim.SGD([p], lr=1.0)
+    c = optim.CosineAnnealingLR(opt, T_max=5, eta_min=0.1)
+    for e in range(1, 23):
+        c.step()
+        want = 0.1 + 0.9 * (1 + math.cos(math.pi * e / 5)) / 2
+        assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-9, abs=1e-12), e
+    # step(epoch) (deprecated, as torch) jumps by the closed form
+    with pytest.warns(DeprecationWarning):
+        c.step(5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_chained_schedulers_match_torch(rng, torch):
+    p = _param(rng)
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    tp = torch.zeros(1, requires_grad=True)
+    topt = torch.optim.SGD([tp], lr=0.1, momentum=0.9)
+    ours = [optim.CosineAnnealingLR(opt, 7, 0.001), optim.MultiStepLR(opt, [3, 3, 8], 0.5)]
+    theirs = [torch.optim.lr_scheduler.CosineAnnealingLR(topt, 7, 0.001),
+              torch.optim.lr_scheduler.MultiStepLR(topt, [3, 3, 8], 0.5)]
+    for _ in range(20):
+        opt.step()
+        topt.step()
+        for s in ours + theirs:
+            s.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12)
+
+
+def test_onecycle_per_group_momentum_and_lengths(rng):
+    p, q = _param(rng), _param(rng)
+    opt = optim.SGD([{"params": [p]}, {"params": [q]}], lr=0.1, momentum=0.9)
+    sched = optim.OneCycleLR(opt, [1.0, 2.0], total_steps=10, base_momentum=[0.8, 0.85], max_momentum=[0.9, 0.95])
+    assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.95]
+    for _ in range(3):
+        sched.step()
+    m0, m1 = (g["momentum"] for g in opt.param_groups)
+    assert 0.8 <= m0 < 0.9 and 0.85 <= m1 < 0.95
+    with pytest.raises(ValueError, match="expected 2 values for max_lr"):
+        optim.OneCycleLR(optim.SGD([{"params": [p]}, {"params": [q]}], lr=0.1), [1.0], total_steps=10)
+
+
+def test_loaded_step_count_stays_an_int():
+    # torch keeps Adam's step as a 0-d float tensor; for a 0-d parameter that has the parameter's
+    # shape and was cast to the parameter's dtype (float16: the count stuck at 2048)
+    p = Tensor(np.array(1.0, np.float16), requires_grad=True)
+    opt = optim.Adam([p])
+    p.grad = np.array(0.5, np.float16)
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = np.array(3000.0, np.float32)  # as torch stores it
+    opt2 = optim.Adam([p])
+    opt2.load_state_dict(sd)
+    st = opt2.state[id(p)]
+    assert st["step"] == 3000 and isinstance(st["step"], int)
+    assert st["exp_avg"].dtype == np.float16

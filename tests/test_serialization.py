@@ -148,3 +148,35 @@ def test_save_rejects_unstorable(tmp_path):
         fastconv.save({"a": object()}, tmp_path / "x.safetensors")
     with pytest.raises(TypeError, match="complex128"):
         fastconv.save({"a": np.zeros(2, np.complex128)}, tmp_path / "x.safetensors")
+
+
+# ---------------------------------------------- fixes from a fuzz of save/load
+def test_metadata_named_entries_round_trip(tmp_path):
+    # "__metadata__" is the header's own key: a dict entry of that name overwrote the header's
+    # slot (the whole nested object came back as {})
+    for obj in ({"__metadata__": np.ones(3), "epoch": 1}, {"__metadata__": np.ones(3), "w": np.zeros(2)}):
+        p = tmp_path / "m.safetensors"
+        fastconv.save(obj, p)
+        back = fastconv.load(p)
+        assert sorted(back) == sorted(obj)
+        for k, v in obj.items():
+            np.testing.assert_array_equal(back[k], v)
+
+
+@pytest.mark.parametrize("shape", [[True], [2 ** 32, 2 ** 32], [2 ** 63, 2], [0, 2 ** 62, 2 ** 62]])
+def test_malformed_shapes_raise_value_error_naming_the_file(tmp_path, shape):
+    p = tmp_path / "bad.safetensors"
+    header = {"x": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}
+    hb = json.dumps(header).encode()
+    p.write_bytes(struct.pack("<Q", len(hb)) + hb)
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        fastconv.load(p)
+
+
+def test_deeply_nested_structure_raises_value_error(tmp_path):
+    p = tmp_path / "deep.safetensors"
+    tree = '{"__list__": [' * 100000 + ']}' * 100000
+    hb = json.dumps({"__metadata__": {"fastconv.tree": tree}}).encode()
+    p.write_bytes(struct.pack("<Q", len(hb)) + hb)
+    with pytest.raises(ValueError, match="deep.safetensors"):
+        fastconv.load(p)

@@ -28,6 +28,9 @@ def list_models():
 def get_model(name, **kwargs):
     """Build the model ``name`` (see :data:`MODELS`) with ``num_classes``, ``in_channels``, ..."""
     key = name.lower().replace("-", "_")
+    if key not in MODELS:  # "ResNet-18", "wide-resnet-50-2", "VGG16_BN": match ignoring - and _
+        loose = {k.replace("_", ""): k for k in MODELS}
+        key = loose.get(key.replace("_", ""), key)
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[key](**kwargs)

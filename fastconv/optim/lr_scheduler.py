@@ -1,8 +1,15 @@
-"""Learning-rate schedulers with torch's formulas (closed forms, stepped once per epoch/iteration)."""
+"""Learning-rate schedulers with torch's formulas, stepped once per epoch/iteration.
+
+StepLR, MultiStepLR and CosineAnnealingLR update each group's current lr by torch's recursive
+("chainable") rules, so two schedulers on one optimizer compose and an lr changed by hand carries
+on from its new value, as in torch; ``step(epoch)`` (deprecated in torch) uses the closed forms.
+OneCycleLR is a closed form in torch too.
+"""
 from __future__ import annotations
 
 import bisect
 import math
+import warnings
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "CosineAnnealingLR", "OneCycleLR"]
 
@@ -26,9 +33,17 @@ class LRScheduler:
     def get_lr(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def step(self):
-        self.last_epoch += 1
-        for g, lr in zip(self.optimizer.param_groups, self.get_lr()):
+    def step(self, epoch=None):
+        self._step_count = getattr(self, "_step_count", 0) + 1
+        if epoch is None:
+            self.last_epoch += 1
+            lrs = self.get_lr()
+        else:
+            warnings.warn("scheduler.step(epoch) is deprecated (as in torch): call step() once per epoch",
+                          DeprecationWarning, stacklevel=2)
+            self.last_epoch = int(epoch)
+            lrs = self._closed_form() if hasattr(self, "_closed_form") else self.get_lr()
+        for g, lr in zip(self.optimizer.param_groups, lrs):
             g["lr"] = lr
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
@@ -50,6 +65,12 @@ class StepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
+            return lrs
+        return [lr * self.gamma for lr in lrs]
+
+    def _closed_form(self):
         return [b * self.gamma ** (self.last_epoch // self.step_size) for b in self.base_lrs]
 
 
@@ -59,6 +80,10 @@ class MultiStepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
+        hits = self.milestones.count(self.last_epoch)  # a repeated milestone multiplies by gamma^repeats
+        return [g["lr"] * self.gamma ** hits if hits else g["lr"] for g in self.optimizer.param_groups]
+
+    def _closed_form(self):
         return [b * self.gamma ** bisect.bisect_right(self.milestones, self.last_epoch) for b in self.base_lrs]
 
 
@@ -70,6 +95,17 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
+        groups, e, T, lo = self.optimizer.param_groups, self.last_epoch, self.T_max, self.eta_min
+        if e == 0:
+            return [g["lr"] for g in groups]
+        if self._step_count == 1 and e > 0:  # built with last_epoch = resume point
+            return self._closed_form()
+        if (e - 1 - T) % (2 * T) == 0:
+            return [g["lr"] + (b - lo) * (1 - math.cos(math.pi / T)) / 2 for g, b in zip(groups, self.base_lrs)]
+        return [(1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T)) * (g["lr"] - lo) + lo
+                for g in groups]
+
+    def _closed_form(self):
         c = (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
         return [self.eta_min + (b - self.eta_min) * c for b in self.base_lrs]
 
@@ -93,7 +129,17 @@ class OneCycleLR(LRScheduler):
         self.total_steps = int(total_steps)
         self.anneal_strategy = anneal_strategy
         groups = optimizer.param_groups
-        max_lrs = list(max_lr) if isinstance(max_lr, (list, tuple)) else [max_lr] * len(groups)
+
+        def per_group(name, value):
+            if isinstance(value, (list, tuple)):
+                if len(value) != len(groups):
+                    raise ValueError(f"OneCycleLR: expected {len(groups)} values for {name} (one per parameter "
+                                     f"group), got {len(value)}")
+                return list(value)
+            return [value] * len(groups)
+
+        max_lrs = per_group("max_lr", max_lr)
+        base_moms, max_moms = per_group("base_momentum", base_momentum), per_group("max_momentum", max_momentum)
         if three_phase:
             self.phases = [(float(pct_start * total_steps) - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
                            (float(2 * pct_start * total_steps) - 2, "max_lr", "initial_lr", "base_momentum",
@@ -112,10 +158,10 @@ class OneCycleLR(LRScheduler):
             self._beta = "betas" in groups[0]
             if not self._beta and "momentum" not in groups[0]:
                 raise ValueError("OneCycleLR: cycle_momentum needs an optimizer with momentum or betas")
-            for g in groups:
+            for g, mo0, mo1 in zip(groups, base_moms, max_moms):
                 if last_epoch == -1:
-                    g["max_momentum"], g["base_momentum"] = max_momentum, base_momentum
-                    self._set_momentum(g, max_momentum)
+                    g["max_momentum"], g["base_momentum"] = mo1, mo0
+                    self._set_momentum(g, mo1)
         # base class would overwrite initial_lr: set last_epoch ourselves
         self.optimizer = optimizer
         self.base_lrs = [g["initial_lr"] for g in groups]

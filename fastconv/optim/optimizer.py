@@ -117,7 +117,9 @@ class Optimizer:
             ent = {}
             for k, v in st.items():
                 v = _as_array(v)
-                if hasattr(v, "shape") and tuple(v.shape) == tuple(p.shape):
+                if k == "step":  # a count (torch keeps a 0-d float tensor): never in the parameter's dtype
+                    v = int(v.item() if hasattr(v, "item") else v)
+                elif hasattr(v, "shape") and tuple(v.shape) == tuple(p.shape):
                     v = xp.array(np.asarray(v) if xp is not np else v, dtype=p.data.dtype)
                 elif hasattr(v, "shape") and v.ndim == 0:
                     v = v.item()

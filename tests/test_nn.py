@@ -558,8 +558,8 @@ def test_cross_entropy_takes_torch_positional_order(rng):
     assert summed.data == pytest.approx(F.cross_entropy(z, t, ignore_index=-1, reduction="sum").data, rel=1e-12)
     with pytest.warns(UserWarning, match="deprecated"):
         assert nn.CrossEntropyLoss(reduce=False, ignore_index=-1)(z, t).shape == (4,)
-    with pytest.raises(ValueError, match="weight"):
-        nn.CrossEntropyLoss(np.ones(3))
+    w = np.array([0.5, 1.0, 2.0])  # a torch-style CrossEntropyLoss(w) read w as ignore_index
+    assert nn.CrossEntropyLoss(w, None, -1)(z, t).data == F.cross_entropy(z, t, w, ignore_index=-1).data
 
 
 def test_argument_errors_of_losses_and_pad():
@@ -586,3 +586,91 @@ def test_reprs_name_torch_fields():
     assert "padding=valid" in repr(nn.Conv2d(1, 2, 3, padding="valid"))
     assert "ceil_mode=False" in repr(nn.LPPool2d(2, 3))
     assert "inplace=False" in repr(nn.Dropout(0.2))
+
+
+def _ce_reference(z, t, w, eps, ignore, reduction):
+    """float64 cross-entropy by loops: z (M, C) logits, t (M,) indices or (M, C) probabilities."""
+    M, C = z.shape
+    w = np.ones(C) if w is None else w
+    logp = z - z.max(1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+    loss, den = np.zeros(M), 0.0
+    for i in range(M):
+        if t.ndim == 2:
+            q = t[i] * (1 - eps) + eps / C
+            loss[i] = -sum(w[c] * q[c] * logp[i, c] for c in range(C))
+            den += 1
+        elif t[i] != ignore:
+            loss[i] = -(1 - eps) * w[t[i]] * logp[i, t[i]] - eps / C * sum(w[c] * logp[i, c] for c in range(C))
+            den += w[t[i]]
+    return {"none": loss, "sum": loss.sum(), "mean": loss.sum() / den}[reduction]
+
+
+def _ce_case(rng, kind, spatial):
+    N, C = 4, 5
+    eps = [0.0, 0.2][int(rng.integers(2))]
+    z = rng.standard_normal((N, C) + spatial)
+    w = rng.uniform(0.2, 2.0, C) if kind.startswith("weighted") else None
+    if kind.endswith("probs"):
+        t = np.moveaxis(rng.dirichlet(np.ones(C), (N,) + spatial), -1, 1)
+    else:
+        t = rng.integers(0, C, (N,) + spatial)
+        t.reshape(-1)[::3] = -1  # ignored positions
+    return z, t, w, eps
+
+
+_CE_KINDS = ["index", "weighted", "probs", "weighted_probs"]
+
+
+@needs_ops
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kind", _CE_KINDS)
+@pytest.mark.parametrize("spatial", [(), (3,), (2, 3)])
+def test_cross_entropy_weights_probabilities_and_kdim(rng, reduction, kind, spatial):
+    z, t, w, eps = _ce_case(rng, kind, spatial)
+    C = z.shape[1]
+    x = Tensor(z.copy(), requires_grad=True)
+    loss = F.cross_entropy(x, t, w, ignore_index=-1, reduction=reduction, label_smoothing=eps)
+    z2 = np.moveaxis(z, 1, -1).reshape(-1, C)  # the reference works on rows, classes last
+    t2 = np.moveaxis(t, 1, -1).reshape(-1, C) if t.dtype.kind == "f" else t.reshape(-1)
+    want = _ce_reference(z2, t2, w, eps, -1, reduction)
+    if reduction == "none":
+        want = want.reshape((z.shape[0],) + spatial)
+    np.testing.assert_allclose(loss.data, want, rtol=1e-12, atol=1e-14)
+    gradcheck(lambda a: F.cross_entropy(a, t, w, ignore_index=-1, reduction=reduction, label_smoothing=eps), [x])
+
+
+@needs_ops
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("kind", _CE_KINDS)
+def test_cross_entropy_forms_match_torch(rng, torch, reduction, kind):
+    z, t, w, eps = _ce_case(rng, kind, (2, 3))
+    x = Tensor(z.copy(), requires_grad=True)
+    loss = F.cross_entropy(x, t, w, ignore_index=-1, reduction=reduction, label_smoothing=eps)
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.from_numpy(t), None if w is None else torch.from_numpy(w),
+                                           ignore_index=-1, reduction=reduction, label_smoothing=eps)
+    np.testing.assert_allclose(loss.data, tl.detach().numpy(), rtol=1e-12, atol=1e-14)
+    g = rng.standard_normal(loss.shape)
+    loss.backward(g)
+    tl.backward(torch.from_numpy(np.asarray(g)))
+    np.testing.assert_allclose(x.grad, tz.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+@needs_ops
+def test_cross_entropy_unbatched_and_module_weight(rng):
+    z, t = rng.standard_normal(4), np.array(2)
+    got = F.cross_entropy(Tensor(z), t, reduction="none")
+    assert got.shape == () and float(got.data) == pytest.approx(_ce_reference(z[None], t[None], None, 0, -100,
+                                                                               "sum"), rel=1e-12)
+    w = rng.uniform(0.5, 1.5, 4)
+    m = nn.CrossEntropyLoss(w, label_smoothing=0.1)
+    assert "weight" in m.state_dict()
+    zz, tt = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
+    assert float(m(Tensor(zz), tt).data) == pytest.approx(_ce_reference(zz, tt, w, 0.1, -100, "mean"), rel=1e-12)
+    with pytest.raises(ValueError, match=r"weight must be a real array of shape \(4,\)"):
+        F.cross_entropy(Tensor(zz), tt, np.ones(3))
+    with pytest.raises(ValueError, match=r"target has shape \(6, 2\), expected \(6,\)"):
+        F.cross_entropy(Tensor(zz), np.zeros((6, 2), np.int64))
+    with pytest.raises(ValueError, match="out of range"):
+        F.cross_entropy(Tensor(zz), np.full(6, 4), w)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import ops as _ops
 from ..autograd import Function, Tensor, array_module, is_grad_enabled
+from ..problem import check_int64
 from ..problem import pair as _pair
 from ..problem import resolve_padding as _resolve_padding
 
@@ -431,22 +432,100 @@ def _legacy_reduction(size_average, reduce, reduction):
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                   label_smoothing=0.0):
-    """Softmax cross-entropy with integer class targets (and label smoothing), fused.
+    """Softmax cross-entropy, ``torch.nn.functional.cross_entropy``: arguments in torch's order (the
+    legacy ``size_average`` / ``reduce`` map to ``reduction`` as in torch).
 
-    torch's arguments in torch's order (the legacy ``size_average`` / ``reduce`` map to
-    ``reduction`` as in torch); per-class ``weight`` is not supported (must be None).
+    ``input`` is (N, C), (C,) unbatched, or (N, C, d1, ..., dk) with the classes in dim 1;
+    ``target`` holds class indices of shape (N,), (), (N, d1, ..., dk), or class probabilities of
+    the input's shape (a float array). ``weight`` (C,) rescales each class: with class indices the
+    mean divides by the summed weights of the targets that are not ``ignore_index``, with
+    probabilities by the number of samples, as torch. Integer targets without class weights run
+    the fused kernel (loss and gradient in one pass); weights and probability targets are composed
+    from ``log_softmax`` and autograd ops.
     """
     _check_tensor(input, "input", "cross_entropy")
-    if weight is not None:
-        raise ValueError("cross_entropy: per-class weight is not supported; pass weight=None")
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    t = _data(target)
-    if not hasattr(t, "dtype") or np.dtype(t.dtype).kind not in "iu":
-        raise TypeError(f"cross_entropy: target must be an integer array of class indices, got "
-                        f"{getattr(t, 'dtype', type(t).__name__)}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    return _CrossEntropy.apply(input, t, float(label_smoothing), reduction, ignore_index)
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    x = input if isinstance(input, Tensor) else Tensor(input)
+    t = _data(target)
+    if not hasattr(t, "dtype") or np.dtype(t.dtype).kind not in "iuf":
+        raise TypeError(f"cross_entropy: target must be an integer array of class indices or a float array of "
+                        f"class probabilities, got {getattr(t, 'dtype', type(t).__name__)}")
+    probs = np.dtype(t.dtype).kind == "f"
+    if x.ndim == 0:
+        raise ValueError("cross_entropy: input must have a class dimension, got a 0-d input")
+    unbatched = x.ndim == 1
+    if unbatched:
+        x, t = x.unsqueeze(0), t[None]
+    C, spatial = x.shape[1], tuple(x.shape[2:])
+    want = tuple(x.shape) if probs else (x.shape[0],) + spatial
+    if tuple(t.shape) != want:
+        shown = tuple(want[1:]) if unbatched else want
+        raise ValueError(f"cross_entropy: target has shape {tuple(t.shape[1:]) if unbatched else tuple(t.shape)}, "
+                         f"expected {shown} ({'class probabilities' if probs else 'class indices'} for input "
+                         f"shape {tuple(input.shape)})")
+    w = None
+    if weight is not None:
+        w = _data(weight)
+        if not hasattr(w, "shape") or tuple(w.shape) != (C,) or np.dtype(w.dtype).kind not in "iuf":
+            raise ValueError(f"cross_entropy: weight must be a real array of shape ({C},) (one per class of input "
+                             f"shape {tuple(input.shape)}), got {getattr(w, 'shape', type(w).__name__)}")
+        w = array_module(x.data).asarray(w, dtype=x.dtype)
+    if x.ndim > 2:  # classes last, then one row per position
+        perm = (0,) + tuple(range(2, x.ndim)) + (1,)
+        x = x.permute(perm).reshape(-1, C)
+        t = t.transpose(perm).reshape(-1, C) if probs else t.reshape(-1)
+    if probs:
+        loss = _soft_cross_entropy(x, t, w, eps)
+        if reduction == "mean":
+            return loss.sum() / float(loss.shape[0]) if loss.shape[0] else loss.sum() * float("nan")
+    elif w is None:
+        loss = _CrossEntropy.apply(x, t, eps, reduction, ignore_index)
+    else:
+        loss, wsum = _weighted_cross_entropy(x, t, w, eps, ignore_index)
+        if reduction == "mean":
+            return loss.sum() / wsum if wsum else loss.sum() * float("nan")
+    if reduction == "sum":
+        return loss.sum() if loss.ndim else loss
+    if reduction == "none":
+        loss = loss.reshape((-1,) + spatial)
+        return loss[0] if unbatched else loss
+    return loss
+
+
+def _soft_cross_entropy(x, probs, w, eps):
+    """Per-row loss -sum_c w_c * q_c * log_softmax(x)_c, q = probs smoothed toward 1/C (torch)."""
+    C = x.shape[1]
+    q = probs.astype(x.dtype, copy=False)
+    if eps:
+        q = q * (1.0 - eps) + eps / C
+    if w is not None:
+        q = q * w[None, :]
+    return -(log_softmax(x, 1) * q).sum(1)
+
+
+def _weighted_cross_entropy(x, t, w, eps, ignore_index):
+    """Per-row loss with class weights (ignored rows 0) and the sum of the targets' weights."""
+    xp = array_module(x.data)
+    M, C = x.shape
+    check_int64(int(ignore_index), "ignore_index")
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= C))
+    if bool(bad.any()):
+        i = int(xp.argmax(bad))
+        raise ValueError(f"cross_entropy: target[{i}] = {int(t[i])} is out of range: class indices must be in "
+                         f"[0, {C}) or equal ignore_index={ignore_index}")
+    ts = xp.where(valid, t, 0).astype(np.int64)
+    wt = w[ts] * valid
+    logp = log_softmax(x, 1)
+    loss = -(logp[xp.arange(M), ts] * wt) * (1.0 - eps)
+    if eps:
+        loss = loss - (logp * w[None, :]).sum(1) * (valid * (eps / C)).astype(x.dtype)
+    return loss, float(wt.sum())
 
 
 class _MSE(Function):

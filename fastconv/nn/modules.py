@@ -374,19 +374,22 @@ class Identity(Module):
 
 
 class CrossEntropyLoss(Module):
-    """torch's arguments in torch's order; per-class ``weight`` must be None (not supported), and
-    the legacy ``size_average`` / ``reduce`` map to ``reduction`` as in torch."""
+    """torch's arguments in torch's order (see :func:`fastconv.nn.functional.cross_entropy`: class
+    weights, class-index or probability targets, (N, C, d1, ...) inputs); the legacy
+    ``size_average`` / ``reduce`` map to ``reduction`` as in torch."""
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0):
         super().__init__()
-        if weight is not None:
-            raise ValueError("CrossEntropyLoss: per-class weight is not supported; pass weight=None")
         reduction = F._legacy_reduction(size_average, reduce, reduction)
+        if weight is None:
+            self.weight = None
+        else:  # a buffer, as torch (it is in the state_dict)
+            self.register_buffer("weight", Tensor(np.array(weight.data if isinstance(weight, Tensor) else weight)))
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
 
     def forward(self, input, target):
-        return F.cross_entropy(input, target, ignore_index=self.ignore_index, reduction=self.reduction,
+        return F.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
                                label_smoothing=self.label_smoothing)
 
 

@@ -254,3 +254,14 @@ def test_loaded_step_count_stays_an_int():
     st = opt2.state[id(p)]
     assert st["step"] == 3000 and isinstance(st["step"], int)
     assert st["exp_avg"].dtype == np.float16
+
+
+def test_onecycle_argument_errors(rng):
+    p = _param(rng)
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    for kw in (dict(total_steps=10.0), dict(total_steps=0), dict(epochs=2.5, steps_per_epoch=4),
+               dict(epochs=2, steps_per_epoch=True), dict(total_steps=10, pct_start="0.3")):
+        with pytest.raises(ValueError, match="OneCycleLR"):
+            optim.OneCycleLR(opt, 1.0, **kw)
+    with pytest.raises(ValueError, match="max_lr.*load the optimizer"):
+        optim.OneCycleLR(optim.SGD([p], lr=0.1, momentum=0.9), 1.0, total_steps=10, last_epoch=3)

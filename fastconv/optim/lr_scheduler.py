@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 import warnings
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "CosineAnnealingLR", "OneCycleLR"]
@@ -116,14 +117,18 @@ class OneCycleLR(LRScheduler):
     def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
                  anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
                  div_factor=25.0, final_div_factor=1e4, three_phase=False, last_epoch=-1):
+        def positive_int(name, v):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+                raise ValueError(f"OneCycleLR: expected a positive integer {name}, got {v!r}")
+            return int(v)
+
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch")
-            total_steps = epochs * steps_per_epoch
-        if total_steps <= 0:
-            raise ValueError(f"OneCycleLR: total_steps must be > 0, got {total_steps}")
-        if not 0 <= pct_start <= 1:
-            raise ValueError(f"OneCycleLR: pct_start must be in [0, 1], got {pct_start}")
+            total_steps = positive_int("epochs", epochs) * positive_int("steps_per_epoch", steps_per_epoch)
+        total_steps = positive_int("total_steps", total_steps)
+        if isinstance(pct_start, bool) or not isinstance(pct_start, numbers.Real) or not 0 <= pct_start <= 1:
+            raise ValueError(f"OneCycleLR: pct_start must be a float in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"OneCycleLR: anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         self.total_steps = int(total_steps)
@@ -162,6 +167,10 @@ class OneCycleLR(LRScheduler):
                 if last_epoch == -1:
                     g["max_momentum"], g["base_momentum"] = mo1, mo0
                     self._set_momentum(g, mo1)
+        for i, g in enumerate(groups):
+            if "max_lr" not in g:  # resuming (last_epoch given) needs the optimizer state that holds it
+                raise ValueError(f"OneCycleLR: param 'max_lr' is not in param_groups[{i}] when resuming with "
+                                 f"last_epoch={last_epoch}; load the optimizer's state_dict first")
         # base class would overwrite initial_lr: set last_epoch ourselves
         self.optimizer = optimizer
         self.base_lrs = [g["initial_lr"] for g in groups]

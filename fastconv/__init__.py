@@ -104,6 +104,6 @@ def info(cuda: bool = False) -> dict:
             f"built here)")
     return d
 
-from .autograd import Tensor, no_grad, cat  # noqa: E402
+from .autograd import Tensor, cat, enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: E402
 from .serialization import save, load  # noqa: E402
 from . import nn, optim  # noqa: E402

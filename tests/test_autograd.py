@@ -551,3 +551,89 @@ def test_retained_grads_are_writable_and_gradcheck_keeps_grads(rng):
     x.grad = np.full((2, 3), 5.0)
     gradcheck(lambda a: a * a, [x])
     np.testing.assert_array_equal(x.grad, np.full((2, 3), 5.0))
+
+
+# ------------------------------------------ second fuzz round
+def test_views_taken_before_a_recorded_inplace_op_are_refused():
+    # torch regenerates such a view's graph; this one cannot: it raises instead of x.grad [1, 1, 0]
+    x = Tensor(np.ones(3), requires_grad=True)
+    b = x * 1.0
+    v = b[0:2]
+    b.mul_(2.0)
+    np.testing.assert_array_equal(v.data, [2.0, 2.0])  # the data is shared
+    with pytest.raises(RuntimeError, match="Take the view again"):
+        v.sum()
+    with pytest.raises(RuntimeError, match="Take the view again"):
+        v.backward(np.ones(2))
+    b[0:2].sum().backward()  # a view taken after the change is fine
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0, 0.0])
+    # a change made under no_grad is not recorded: the old graph stays valid for such views
+    y = Tensor(np.ones(3), requires_grad=True)
+    c = y * 3.0
+    w = c[1:]
+    with no_grad():
+        c.add_(1.0)
+    w.sum().backward()
+    np.testing.assert_array_equal(y.grad, [0.0, 3.0, 3.0])
+
+
+def test_integer_index_to_one_element_is_a_view():
+    a = Tensor(np.zeros((2, 3)))
+    a[0, 1].fill_(7.0)  # NumPy's a[0, 1] is a scalar copy; torch's a 0-d view
+    a[-1, -1].add_(5.0)
+    np.testing.assert_array_equal(a.data, [[0, 7, 0], [0, 0, 5]])
+    w = Tensor(np.ones(3), requires_grad=True)
+    with no_grad():
+        w[0].mul_(3.0)
+    np.testing.assert_array_equal(w.data, [3.0, 1.0, 1.0])
+    x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    e = x[1, 2]
+    assert e.shape == () and float(e.data) == 5.0
+    e.backward()
+    np.testing.assert_array_equal(x.grad, [[0, 0, 0], [0, 0, 1]])
+
+
+def test_grad_mode_decorators_generators_and_arguments():
+    @no_grad
+    def plain(t):
+        """doc"""
+        return t * 2
+
+    assert not plain(Tensor(np.ones(1), requires_grad=True)).requires_grad
+    assert plain.__name__ == "plain" and plain.__doc__ == "doc" and hasattr(plain, "__wrapped__")
+
+    @no_grad()
+    def gen(n):
+        for _ in range(n):
+            got = yield fastconv.is_grad_enabled()
+            assert got is None or got == "x"
+        return "done"
+
+    g = gen(3)
+    assert [next(g), g.send("x")] == [False, False]  # the body runs without grad at every resumption
+    assert fastconv.is_grad_enabled()
+    with pytest.raises(StopIteration) as stop:
+        next(g), next(g)
+    assert stop.value.value == "done"
+    assert list(gen(2)) == [False, False]
+
+    @fastconv.enable_grad
+    def inner():
+        return fastconv.is_grad_enabled()
+
+    with no_grad():
+        assert inner()
+    with pytest.raises(TypeError, match="bool"):
+        fastconv.set_grad_enabled(0)
+
+
+def test_contiguous_and_to_alias_as_torch():
+    x = Tensor(np.arange(6.0).reshape(2, 3))
+    y = x.T.contiguous()  # a copy: x keeps its values
+    y += 1.0
+    np.testing.assert_array_equal(x.data, np.arange(6.0).reshape(2, 3))
+    c = x.contiguous()
+    assert c is x and x.to(np.float64) is x and x.double() is x
+    z = Tensor(np.ones((3, 2)), requires_grad=True)
+    z.T.contiguous().sum().backward()
+    np.testing.assert_array_equal(z.grad, np.ones((3, 2)))

@@ -8,6 +8,8 @@ save time, so that an in-place change made afterwards is caught in backward.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 import weakref
 
@@ -56,14 +58,47 @@ class _GradModeContext:
 
     def __call__(self, fn):
         mode = self.mode
+        if inspect.isgeneratorfunction(fn):
+            # the body of a generator runs at each next(), not when it is called: set the mode
+            # around every resumption (as torch)
+            @functools.wraps(fn)
+            def gen_wrapper(*a, **k):
+                gen = fn(*a, **k)
+                step, arg = gen.send, None
+                while True:
+                    try:
+                        with _GradModeContext(mode):
+                            item = step(arg)
+                    except StopIteration as stop:
+                        return stop.value
+                    try:
+                        arg, step = (yield item), gen.send
+                    except GeneratorExit:
+                        with _GradModeContext(mode):
+                            gen.close()
+                        raise
+                    except BaseException as exc:  # noqa: BLE001 - handed to the generator
+                        arg, step = exc, gen.throw
 
+            return gen_wrapper
+
+        @functools.wraps(fn)
         def wrapper(*a, **k):
             with _GradModeContext(mode):
                 return fn(*a, **k)
 
-        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
-        wrapper.__doc__ = getattr(fn, "__doc__", None)
         return wrapper
+
+
+class _NoArgDecorator(_GradModeContext):
+    """no_grad / enable_grad: ``@no_grad`` works without parentheses too (as torch)."""
+
+    def __new__(cls, fn=None):
+        if fn is None:
+            return super().__new__(cls)
+        if not callable(fn):
+            raise TypeError(f"{cls.__name__}() takes no arguments (got {fn!r})")
+        return cls()(fn)
 
 
 class set_grad_enabled(_GradModeContext):
@@ -72,6 +107,8 @@ class set_grad_enabled(_GradModeContext):
     exit; also usable as a decorator."""
 
     def __init__(self, mode: bool):
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"set_grad_enabled: mode must be a bool, got {mode!r}")
         super().__init__(mode)
         self._before = _mode.enabled
         _mode.enabled = self.mode
@@ -85,7 +122,7 @@ class set_grad_enabled(_GradModeContext):
         return super().__call__(fn)
 
 
-class no_grad(_GradModeContext):
+class no_grad(_NoArgDecorator):
     """``with fastconv.no_grad():`` records nothing (also usable as a decorator). Creating the
     object changes nothing; entering it does (as torch)."""
 
@@ -93,19 +130,31 @@ class no_grad(_GradModeContext):
         super().__init__(False)
 
 
-class enable_grad(_GradModeContext):
+class enable_grad(_NoArgDecorator):
     def __init__(self):
         super().__init__(True)
 
 
 # --------------------------------------------------------------- versions
 class _Version:
-    """Shared by every Tensor that wraps the same array; bumped by in-place ops."""
+    """Shared by every Tensor that wraps the same array (views included); ``value`` is bumped by
+    every in-place op, ``recorded`` by those recorded in the graph (a view taken before one of those
+    has a graph that misses the change: see check_view_current)."""
 
-    __slots__ = ("value", "__weakref__")
+    __slots__ = ("value", "recorded", "__weakref__")
 
     def __init__(self):
         self.value = 0
+        self.recorded = 0
+
+
+def check_view_current(t):
+    """Raise if ``t`` is a view whose base got a recorded in-place op after the view was taken."""
+    if t._base is not None and t._version.recorded != t._view_rec:
+        raise RuntimeError(
+            f"a view (shape {t.shape}) of a Tensor (shape {t._base.shape}) is used after an in-place "
+            "operation on that Tensor was recorded: the view's graph does not include the change (torch "
+            "regenerates it; this autograd does not). Take the view again after the in-place operation")
 
 
 class _Saved:
@@ -197,6 +246,9 @@ class Function:
         from .tensor import Tensor  # noqa: PLC0415 - tensor imports engine
 
         ctx = cls()
+        for a in args:
+            if isinstance(a, Tensor) and a._base is not None:
+                check_view_current(a)
         raw = [a.data if isinstance(a, Tensor) else a for a in args]
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         record = _mode.enabled and any(needs)
@@ -239,6 +291,7 @@ def _mark_view(out, src):
     if out.data.size == 0 or not xp.may_share_memory(out.data, src.data):
         return
     out._version = src._version
+    out._view_rec = src._version.recorded
     out._base = src._base if src._base is not None else src
 
 

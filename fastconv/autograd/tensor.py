@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from .engine import Function, _Version, array_module, is_grad_enabled, retain, run_backward
+from .engine import Function, _Version, array_module, check_view_current, is_grad_enabled, retain, run_backward
 
 __all__ = ["Tensor", "cat", "stack", "tensor"]
 
@@ -332,6 +332,16 @@ class Cast(Function):
         return g.astype(ctx.src), None
 
 
+class Contiguous(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return array_module(a).ascontiguousarray(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
 class MatMul(Function):
     @staticmethod
     def forward(ctx, a, b):
@@ -534,6 +544,12 @@ def _is_basic_index(idx):
                for i in items)
 
 
+def _unit_slices(idx):
+    """A basic index with each int i replaced by the slice i:i+1 (same elements, dims kept)."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return tuple(slice(i, i + 1 if i != -1 else None) if isinstance(i, (int, np.integer)) else i for i in items)
+
+
 def _unwrap_index(idx):
     if isinstance(idx, Tensor):
         return idx.data
@@ -559,8 +575,11 @@ class GetItem(Function):
     def forward(ctx, a, idx):
         ctx.shape, ctx.dtype, ctx.idx = a.shape, a.dtype, idx
         y = a[idx]
-        xp = array_module(a)
-        return xp.asarray(y)  # a[int, int] is a scalar: keep arrays everywhere
+        if isinstance(y, np.generic) and _is_basic_index(idx):
+            # NumPy gives a scalar copy for a[int, int]; torch a 0-d view (so a[0, 1].fill_(7)
+            # writes into a): the same element through unit slices, reshaped to 0-d, is a view
+            y = a[_unit_slices(idx)].reshape(())
+        return array_module(a).asarray(y)
 
     @staticmethod
     def backward(ctx, g):
@@ -658,6 +677,7 @@ class Tensor:
         self._out_idx = 0
         self._version = _Version()
         self._base = None
+        self._view_rec = 0
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -671,6 +691,7 @@ class Tensor:
         t._out_idx = 0
         t._version = _Version()
         t._base = None
+        t._view_rec = 0
         t.requires_grad = False
         return t
 
@@ -733,6 +754,7 @@ class Tensor:
 
     def backward(self, gradient=None, retain_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (``gradient``: the upstream grad)."""
+        check_view_current(self)
         xp = array_module(self.data)
         if gradient is None:
             if self.data.size != 1:
@@ -1013,10 +1035,15 @@ class Tensor:
         return Expand.apply(self, tuple(full))
 
     def contiguous(self):
-        return self
+        """``self`` when its array is C-contiguous, else a contiguous copy (as torch)."""
+        if self.data.flags.c_contiguous:
+            return self
+        return Contiguous.apply(self)
 
     def to(self, dtype):
-        return Cast.apply(self, np.dtype(dtype))
+        """``self`` in ``dtype``: ``self`` itself when it already is (as torch), else a cast copy."""
+        dtype = np.dtype(dtype)
+        return self if dtype == self.dtype else Cast.apply(self, dtype)
 
     def float(self):
         return self.to(np.float32)
@@ -1061,6 +1088,7 @@ class Tensor:
             r = cls.apply(old, _as_operand(other, self), *extra)
             self.data[...] = r.data
             self._version.value += 1
+            self._version.recorded += 1  # views taken before this are stale (check_view_current)
             self._node, self._out_idx, self.requires_grad = r._node, r._out_idx, True
             if r._node is not None:
                 r._node._retained = None

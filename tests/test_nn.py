@@ -674,3 +674,15 @@ def test_cross_entropy_unbatched_and_module_weight(rng):
         F.cross_entropy(Tensor(zz), np.zeros((6, 2), np.int64))
     with pytest.raises(ValueError, match="out of range"):
         F.cross_entropy(Tensor(zz), np.full(6, 4), w)
+
+
+@needs_ops
+def test_cross_entropy_every_target_ignored_gives_nan_and_zero_gradients(rng):
+    z = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    t = np.full(3, -1)
+    for w in (None, np.array([1.0, 2.0, 0.5, 1.0])):
+        z.grad = None
+        loss = F.cross_entropy(z, t, w, ignore_index=-1, label_smoothing=0.1)
+        assert np.isnan(loss.data)
+        loss.backward()
+        np.testing.assert_array_equal(z.grad, np.zeros((3, 4)))  # torch's zeros (NaN before, weighted)

@@ -265,3 +265,47 @@ def test_onecycle_argument_errors(rng):
             optim.OneCycleLR(opt, 1.0, **kw)
     with pytest.raises(ValueError, match="max_lr.*load the optimizer"):
         optim.OneCycleLR(optim.SGD([p], lr=0.1, momentum=0.9), 1.0, total_steps=10, last_epoch=3)
+
+
+def test_later_scheduler_keeps_initial_lr_and_cosine_resume(rng):
+    # torch sets initial_lr only where it is missing: a scheduler made after another one keeps
+    # the first one's starting lr (was overwritten by the current lr: 0.25 for 1.0)
+    p = _param(rng)
+    opt = optim.SGD([p], lr=1.0)
+    s = optim.StepLR(opt, 2, 0.5)
+    for _ in range(4):
+        s.step()
+    c = optim.CosineAnnealingLR(opt, T_max=3)
+    assert c.base_lrs == [1.0] and opt.param_groups[0]["initial_lr"] == 1.0
+    lrs = []
+    for _ in range(6):
+        c.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    # torch's recursion from 0.25: x1.5/2, x0.5/1.5, x0/0.5, then at e = T+1 it adds
+    # (base_lr - eta_min) * (1 - cos(pi/T)) / 2 = 0.25 (0.0625 with the overwritten base 0.25)
+    assert lrs == pytest.approx([0.1875, 0.0625, 0.0, 0.25, 0.75, 1.0], rel=1e-12, abs=1e-15)
+    # resuming with last_epoch keeps the current lr at construction (torch 2.13), then continues
+    opt = optim.SGD([p], lr=0.3)
+    opt.param_groups[0]["initial_lr"] = 1.0
+    c = optim.CosineAnnealingLR(opt, T_max=4, eta_min=0.01, last_epoch=5)
+    assert opt.param_groups[0]["lr"] == 0.3
+    with pytest.raises(ValueError, match="initial_lr"):
+        optim.StepLR(optim.SGD([p], lr=0.1), 2, last_epoch=3)
+
+
+def test_late_scheduler_matches_torch(rng, torch):
+    p, tp = _param(rng), torch.zeros(1, requires_grad=True)
+    opt, topt = optim.SGD([p], lr=1.0), torch.optim.SGD([tp], lr=1.0)
+    a, ta = optim.StepLR(opt, 2, 0.5), torch.optim.lr_scheduler.StepLR(topt, 2, 0.5)
+    for _ in range(4):
+        opt.step()
+        topt.step()
+        a.step()
+        ta.step()
+    c, tc = optim.CosineAnnealingLR(opt, T_max=3), torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=3)
+    for _ in range(8):
+        opt.step()
+        topt.step()
+        c.step()
+        tc.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)

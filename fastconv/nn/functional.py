@@ -481,14 +481,14 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         t = t.transpose(perm).reshape(-1, C) if probs else t.reshape(-1)
     if probs:
         loss = _soft_cross_entropy(x, t, w, eps)
-        if reduction == "mean":
-            return loss.sum() / float(loss.shape[0]) if loss.shape[0] else loss.sum() * float("nan")
+        if reduction == "mean":  # no rows: NaN, with zero gradients (torch's)
+            return loss.sum() / float(loss.shape[0]) if loss.shape[0] else loss.sum() * 0.0 + float("nan")
     elif w is None:
         loss = _CrossEntropy.apply(x, t, eps, reduction, ignore_index)
     else:
         loss, wsum = _weighted_cross_entropy(x, t, w, eps, ignore_index)
-        if reduction == "mean":
-            return loss.sum() / wsum if wsum else loss.sum() * float("nan")
+        if reduction == "mean":  # every target ignored: NaN, with zero gradients (torch's)
+            return loss.sum() / wsum if wsum else loss.sum() * 0.0 + float("nan")
     if reduction == "sum":
         return loss.sum() if loss.ndim else loss
     if reduction == "none":

@@ -24,12 +24,17 @@ class LRScheduler:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        if last_epoch == -1:
-            for g in optimizer.param_groups:
-                g["initial_lr"] = g["lr"]
+        for i, g in enumerate(optimizer.param_groups):
+            if last_epoch == -1:
+                g.setdefault("initial_lr", g["lr"])  # a scheduler made earlier keeps its start (torch)
+            elif "initial_lr" not in g:
+                raise ValueError(f"{type(self).__name__}: param 'initial_lr' is not in param_groups[{i}] when "
+                                 f"resuming with last_epoch={last_epoch}; load the optimizer's state_dict first")
         self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
         self.last_epoch = last_epoch
+        self._initial = True  # the construction step keeps the current lr where torch's does
         self.step()
+        self._initial = False
 
     def get_lr(self):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -97,10 +102,8 @@ class CosineAnnealingLR(LRScheduler):
 
     def get_lr(self):
         groups, e, T, lo = self.optimizer.param_groups, self.last_epoch, self.T_max, self.eta_min
-        if e == 0:
+        if self._initial:  # construction (also when resuming with last_epoch): the current lr, as torch
             return [g["lr"] for g in groups]
-        if self._step_count == 1 and e > 0:  # built with last_epoch = resume point
-            return self._closed_form()
         if (e - 1 - T) % (2 * T) == 0:
             return [g["lr"] + (b - lo) * (1 - math.cos(math.pi / T)) / 2 for g, b in zip(groups, self.base_lrs)]
         return [(1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T)) * (g["lr"] - lo) + lo

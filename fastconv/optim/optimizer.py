@@ -54,7 +54,6 @@ class Optimizer:
         for k, v in self.defaults.items():
             g.setdefault(k, v)
         g["params"] = params
-        g.setdefault("initial_lr", g["lr"])
         self.param_groups.append(g)
 
     def zero_grad(self, set_to_none=True):

@@ -44,6 +44,13 @@ def _shape(text):
     return dims
 
 
+def _non_negative(text):
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _positive(text):
     v = int(text)
     if v < 1:
@@ -68,12 +75,27 @@ def _train(args) -> int:
     except DatasetNotFoundError as e:
         print(f"fastconv train: {e}", file=sys.stderr)
         return 2
+    except _USER_ERRORS as e:
+        return _user_error("train", e)
     ips = m["train_images_per_second"]
     acc = m["test_accuracy"]
     print(f"test accuracy {acc:.4f}, {ips:.0f} training images/s" if acc is not None else f"{ips:.0f} images/s")
     if args.metrics_json:
         print(f"metrics written to {args.metrics_json}")
     return 0
+
+
+# what a wrong option, path, dataset file or checkpoint raises: one line instead of a traceback
+# (FASTCONV_TRACEBACK=1 shows the traceback too)
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError,
+                FloatingPointError)
+
+
+def _user_error(command, e) -> int:
+    if os.environ.get("FASTCONV_TRACEBACK", "0") not in ("", "0"):
+        raise e
+    print(f"fastconv {command}: error: {e}", file=sys.stderr)
+    return 1 if isinstance(e, FloatingPointError) else 2
 
 
 def _summary(args) -> int:
@@ -85,10 +107,9 @@ def _summary(args) -> int:
         kw["num_classes"] = args.num_classes
     try:
         m = models.get_model(args.model, **kw)
-    except ValueError as e:
-        print(f"fastconv summary: {e}", file=sys.stderr)
-        return 2
-    m.summary(shape or m.default_input_shape, batch_size=args.batch_size)
+        m.summary(shape or m.default_input_shape, batch_size=args.batch_size)
+    except (ValueError, TypeError) as e:
+        return _user_error("summary", e)
     return 0
 
 
@@ -127,7 +148,9 @@ def main(argv=None) -> int:
     p_info.set_defaults(func=_info)
 
     p = sub.add_parser("train", help="train a model from the zoo on a dataset",
-                       description="e.g. fastconv train simple_cnn --dataset fashion-mnist --epochs 1")
+                       description="e.g. fastconv train simple_cnn --dataset fashion-mnist --epochs 1. A wrong "
+                                   "option, path, dataset file or checkpoint ends with a one-line error "
+                                   "(FASTCONV_TRACEBACK=1 shows the traceback).")
     p.add_argument("model", help="model name (see `fastconv summary --list`)")
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: the dataset's "
@@ -141,7 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr-schedule", choices=("none", "step", "cosine", "onecycle"), default="none")
     p.add_argument("--step-size", type=_positive, default=1, help="StepLR period in epochs")
     p.add_argument("--gamma", type=float, default=0.1, help="StepLR factor")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_non_negative, default=0)
     p.add_argument("--out", default=None, help="folder for checkpoints, history.json and curves.png")
     p.add_argument("--metrics-json", default=None, help="write the run's metrics (accuracy, images/s, ...) here")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")

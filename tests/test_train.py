@@ -243,3 +243,33 @@ def test_cli_bench_train_runs(capsys):
     out = capsys.readouterr().out
     assert "lenet5" in out and "fastconv img/s" in out
     assert main(["bench", "train", "--vs", "tensorflow"]) == 2
+
+
+def test_cli_user_mistakes_are_one_line_errors_before_training(tmp_path, capsys):
+    syn = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--no-progress"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [(["train", "nosuchnet"] + syn, "unknown model 'nosuchnet'"),
+             (["train", "simple_cnn", "--metrics-json", str(tmp_path)] + syn, "is a folder"),
+             (["train", "simple_cnn", "--metrics-json", str(afile / "m.json")] + syn, "cannot create"),
+             (["train", "simple_cnn", "--out", str(afile)] + syn, "is a file, not a folder"),
+             (["train", "simple_cnn", "--lr", "-1"] + syn, "invalid learning rate"),
+             (["summary", "vgg16", "--input", "1x28x28"], "output size is too small")]
+    for argv, msg in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "afile" / "m.json").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "simple_cnn", "--seed", "-1"] + syn)
+    assert main(["train", "ResNet-20", "--input", "3x16x16", "--epochs", "1"] + syn) == 0  # as get_model
+
+
+def test_cli_resume_with_another_schedule_length_is_refused(tmp_path, capsys):
+    base = ["train", "simple_cnn", "--dataset", "synthetic", "--limit-train", "128", "--limit-test", "32",
+            "--lr-schedule", "onecycle", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(base + ["--epochs", "1"]) == 0
+    capsys.readouterr()
+    # the saved OneCycleLR spans 1 epoch: a longer run would step past its end (a traceback before)
+    assert main(base + ["--epochs", "3", "--resume"]) == 2
+    assert "resume with the run's original --epochs" in capsys.readouterr().err

@@ -25,15 +25,20 @@ def list_models():
     return list(MODELS)
 
 
-def get_model(name, **kwargs):
-    """Build the model ``name`` (see :data:`MODELS`) with ``num_classes``, ``in_channels``, ..."""
-    key = name.lower().replace("-", "_")
-    if key not in MODELS:  # "ResNet-18", "wide-resnet-50-2", "VGG16_BN": match ignoring - and _
+def model_factory(name):
+    """The builder of model ``name``: case, ``-`` and ``_`` ignored ("ResNet-18", "wide-resnet-50-2")."""
+    key = str(name).lower().replace("-", "_")
+    if key not in MODELS:
         loose = {k.replace("_", ""): k for k in MODELS}
         key = loose.get(key.replace("_", ""), key)
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[key](**kwargs)
+    return MODELS[key]
+
+
+def get_model(name, **kwargs):
+    """Build the model ``name`` (see :data:`MODELS`) with ``num_classes``, ``in_channels``, ..."""
+    return model_factory(name)(**kwargs)
 
 
 __all__ = ["MODELS", "list_models", "get_model", "count_parameters", "freeze", "unfreeze", "replace_head",

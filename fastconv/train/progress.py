@@ -20,7 +20,7 @@ class TextBar:
         self.tty = hasattr(self.file, "isatty") and self.file.isatty()
         self._last_decile = -1
 
-    def set_postfix(self, **kw):
+    def set_postfix(self, refresh=True, **kw):  # noqa: ARG002 - tqdm's signature; drawn by update()
         self.postfix = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items())
 
     def update(self, n=1):

@@ -33,6 +33,29 @@ def _transforms(ds, model_shape, augment):
     return Compose(train), Compose(base)
 
 
+def _check_outputs(out, metrics_json, resume):
+    """Fail before training, not after it, on an output path that cannot be written."""
+    if out is not None:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"--out {out!r} is a file, not a folder")
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {out!r}: cannot create the folder ({e.strerror})") from None
+        if not os.access(out, os.W_OK):
+            raise ValueError(f"--out {out!r}: the folder is not writable")
+    if metrics_json is not None:
+        if os.path.isdir(metrics_json):
+            raise ValueError(f"--metrics-json {metrics_json!r} is a folder; give a file name")
+        d = os.path.dirname(os.path.abspath(metrics_json))
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--metrics-json {metrics_json!r}: cannot create {d!r} ({e.strerror})") from None
+        if not os.access(d, os.W_OK):
+            raise ValueError(f"--metrics-json {metrics_json!r}: the folder {d!r} is not writable")
+
+
 def build_run(**options):
     """Everything a training run needs: ``(trainer, info)``; ``options`` as in :data:`DEFAULTS`."""
     from .. import data, models, nn, optim  # noqa: PLC0415
@@ -47,9 +70,10 @@ def build_run(**options):
         fastconv.set_num_threads(int(o["threads"]))
     if o["epochs"] < 1 or o["batch_size"] < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {o['epochs']} and {o['batch_size']}")
-    factory = models.MODELS.get(o["model"].lower().replace("-", "_"))
-    if factory is None:
-        raise ValueError(f"unknown model {o['model']!r}; choose one of {', '.join(models.MODELS)}")
+    factory = models.model_factory(o["model"])
+    if int(o["seed"]) < 0:
+        raise ValueError(f"seed must be >= 0, got {o['seed']}")
+    _check_outputs(o["out"], o["metrics_json"], o["resume"])
 
     nn.manual_seed(int(o["seed"]))
     if o["dataset"] == "synthetic":

@@ -95,10 +95,12 @@ class Trainer:
                 loss_sum += lv * n
                 correct += int((_main_logits(out).data.argmax(1) == y).sum())
                 seen += n
+                done = bar.n + 1
+                if hasattr(bar, "set_postfix") and (done % 10 == 0 or done == len(loader) or done == 1):
+                    el = time.perf_counter() - t0  # before update(), so the line drawn shows this batch
+                    bar.set_postfix(loss=loss_sum / seen, acc=correct / seen, img_s=int(seen / el) if el else 0,
+                                    refresh=False)
                 bar.update(1)
-                if hasattr(bar, "set_postfix") and (bar.n % 10 == 0 or bar.n == len(loader)):
-                    el = time.perf_counter() - t0
-                    bar.set_postfix(loss=loss_sum / seen, acc=correct / seen, img_s=int(seen / el) if el else 0)
         finally:
             bar.close()
         dt = time.perf_counter() - t0
@@ -191,7 +193,14 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
         if self.scheduler is not None and "scheduler_json" in st:
-            self.scheduler.load_state_dict(json.loads(st["scheduler_json"]))
+            saved = json.loads(st["scheduler_json"])
+            for key in ("total_steps", "T_max"):  # a schedule's length: the saved one would replace this run's
+                if key in saved and getattr(self.scheduler, key, saved[key]) != saved[key]:
+                    raise ValueError(
+                        f"resume: the checkpoint's {type(self.scheduler).__name__} was built with {key}="
+                        f"{saved[key]}, this run's with {key}={getattr(self.scheduler, key)} (another --epochs): "
+                        "resume with the run's original --epochs, or start a new run to train longer")
+            self.scheduler.load_state_dict(saved)
         self.epoch = int(st["epoch"])
         self.history = json.loads(st["history_json"])
         nn.init.default_generator().bit_generator.state = json.loads(st["rng"])

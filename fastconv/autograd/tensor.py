@@ -816,8 +816,13 @@ class Tensor:
             a, b = (other, self) if reverse else (self, other)
             _check_matmul(_shape_of(a), _shape_of(b))
             return cls.apply(a, b)
-        dt = _result_dtype((self, other), true_divide=cls is Div)
-        a, b = _cast_to(self, dt), _cast_to(other, dt)
+        kind = self.data.dtype.kind
+        if kind == "f" and (type(other) in (float, int) or (isinstance(other, Tensor) and
+                                                             other.data.dtype == self.data.dtype)):
+            a, b = self, other  # the common case: nothing to promote
+        else:
+            dt = _result_dtype((self, other), true_divide=cls is Div)
+            a, b = _cast_to(self, dt), _cast_to(other, dt)
         return cls.apply(b, a) if reverse else cls.apply(a, b)
 
     def __add__(self, o):

@@ -628,16 +628,17 @@ _CE_KINDS = ["index", "weighted", "probs", "weighted_probs"]
 @pytest.mark.parametrize("spatial", [(), (3,), (2, 3)])
 def test_cross_entropy_weights_probabilities_and_kdim(rng, reduction, kind, spatial):
     z, t, w, eps = _ce_case(rng, kind, spatial)
+    ig = -100 if kind.endswith("probs") else -1  # torch takes no ignore_index with probabilities
     C = z.shape[1]
     x = Tensor(z.copy(), requires_grad=True)
-    loss = F.cross_entropy(x, t, w, ignore_index=-1, reduction=reduction, label_smoothing=eps)
+    loss = F.cross_entropy(x, t, w, ignore_index=ig, reduction=reduction, label_smoothing=eps)
     z2 = np.moveaxis(z, 1, -1).reshape(-1, C)  # the reference works on rows, classes last
     t2 = np.moveaxis(t, 1, -1).reshape(-1, C) if t.dtype.kind == "f" else t.reshape(-1)
-    want = _ce_reference(z2, t2, w, eps, -1, reduction)
+    want = _ce_reference(z2, t2, w, eps, ig, reduction)
     if reduction == "none":
         want = want.reshape((z.shape[0],) + spatial)
     np.testing.assert_allclose(loss.data, want, rtol=1e-12, atol=1e-14)
-    gradcheck(lambda a: F.cross_entropy(a, t, w, ignore_index=-1, reduction=reduction, label_smoothing=eps), [x])
+    gradcheck(lambda a: F.cross_entropy(a, t, w, ignore_index=ig, reduction=reduction, label_smoothing=eps), [x])
 
 
 @needs_ops
@@ -645,11 +646,12 @@ def test_cross_entropy_weights_probabilities_and_kdim(rng, reduction, kind, spat
 @pytest.mark.parametrize("kind", _CE_KINDS)
 def test_cross_entropy_forms_match_torch(rng, torch, reduction, kind):
     z, t, w, eps = _ce_case(rng, kind, (2, 3))
+    ig = -100 if kind.endswith("probs") else -1
     x = Tensor(z.copy(), requires_grad=True)
-    loss = F.cross_entropy(x, t, w, ignore_index=-1, reduction=reduction, label_smoothing=eps)
+    loss = F.cross_entropy(x, t, w, ignore_index=ig, reduction=reduction, label_smoothing=eps)
     tz = torch.tensor(z, requires_grad=True)
     tl = torch.nn.functional.cross_entropy(tz, torch.from_numpy(t), None if w is None else torch.from_numpy(w),
-                                           ignore_index=-1, reduction=reduction, label_smoothing=eps)
+                                           ignore_index=ig, reduction=reduction, label_smoothing=eps)
     np.testing.assert_allclose(loss.data, tl.detach().numpy(), rtol=1e-12, atol=1e-14)
     g = rng.standard_normal(loss.shape)
     loss.backward(g)
@@ -674,6 +676,8 @@ def test_cross_entropy_unbatched_and_module_weight(rng):
         F.cross_entropy(Tensor(zz), np.zeros((6, 2), np.int64))
     with pytest.raises(ValueError, match="out of range"):
         F.cross_entropy(Tensor(zz), np.full(6, 4), w)
+    with pytest.raises(ValueError, match="ignore_index is not supported"):  # torch refuses it too
+        F.cross_entropy(Tensor(zz), np.full((6, 4), 0.25), ignore_index=1)
 
 
 @needs_ops

@@ -456,6 +456,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         raise TypeError(f"cross_entropy: target must be an integer array of class indices or a float array of "
                         f"class probabilities, got {getattr(t, 'dtype', type(t).__name__)}")
     probs = np.dtype(t.dtype).kind == "f"
+    if probs and ignore_index != -100:
+        raise ValueError(f"cross_entropy: ignore_index is not supported for class-probability targets (a float "
+                         f"target), got ignore_index={ignore_index}")
     if x.ndim == 0:
         raise ValueError("cross_entropy: input must have a class dimension, got a 0-d input")
     unbatched = x.ndim == 1

@@ -33,27 +33,26 @@ def _transforms(ds, model_shape, augment):
     return Compose(train), Compose(base)
 
 
-def _check_outputs(out, metrics_json, resume):
+def _writable_folder(folder, what):
+    """Create ``folder`` if needed; ValueError naming the option ``what`` if it cannot be written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{what}: cannot create the folder {folder!r} ({e.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{what}: the folder {folder!r} is not writable")
+
+
+def _check_outputs(out, metrics_json):
     """Fail before training, not after it, on an output path that cannot be written."""
     if out is not None:
         if os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"--out {out!r} is a file, not a folder")
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"--out {out!r}: cannot create the folder ({e.strerror})") from None
-        if not os.access(out, os.W_OK):
-            raise ValueError(f"--out {out!r}: the folder is not writable")
+        _writable_folder(out, f"--out {out!r}")
     if metrics_json is not None:
         if os.path.isdir(metrics_json):
             raise ValueError(f"--metrics-json {metrics_json!r} is a folder; give a file name")
-        d = os.path.dirname(os.path.abspath(metrics_json))
-        try:
-            os.makedirs(d, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"--metrics-json {metrics_json!r}: cannot create {d!r} ({e.strerror})") from None
-        if not os.access(d, os.W_OK):
-            raise ValueError(f"--metrics-json {metrics_json!r}: the folder {d!r} is not writable")
+        _writable_folder(os.path.dirname(os.path.abspath(metrics_json)), f"--metrics-json {metrics_json!r}")
 
 
 def build_run(**options):
@@ -73,7 +72,7 @@ def build_run(**options):
     factory = models.model_factory(o["model"])
     if int(o["seed"]) < 0:
         raise ValueError(f"seed must be >= 0, got {o['seed']}")
-    _check_outputs(o["out"], o["metrics_json"], o["resume"])
+    _check_outputs(o["out"], o["metrics_json"])
 
     nn.manual_seed(int(o["seed"]))
     if o["dataset"] == "synthetic":

@@ -149,12 +149,30 @@ class _Version:
 
 
 def check_view_current(t):
-    """Raise if ``t`` is a view whose base got a recorded in-place op after the view was taken."""
-    if t._base is not None and t._version.recorded != t._view_rec:
-        raise RuntimeError(
-            f"a view (shape {t.shape}) of a Tensor (shape {t._base.shape}) is used after an in-place "
-            "operation on that Tensor was recorded: the view's graph does not include the change (torch "
-            "regenerates it; this autograd does not). Take the view again after the in-place operation")
+    """Bring the graph of view ``t`` up to date when its base got a recorded in-place op after the
+    view was taken (as torch): the view is taken again from the base's current node."""
+    if t._base is not None and t._version.recorded != t._view_rec and _mode.enabled:
+        fresh = apply_view_chain(t._base, t._view_chain)
+        t._node, t._out_idx, t.requires_grad = fresh._node, fresh._out_idx, fresh.requires_grad
+        t._view_rec = t._version.recorded
+
+
+def apply_view_chain(base, chain):
+    """The view ops of ``chain`` ((Function, extra args) from the base) applied to Tensor ``base``."""
+    t = base
+    for cls, extra in chain:
+        t = cls.apply(t, *extra)
+    return t
+
+
+def view_of_array(arr, chain):
+    """The same view ops applied to a plain array (a writable view of it)."""
+    class _Ctx:
+        needs_input_grad = ()
+
+    for cls, extra in chain:
+        arr = cls.forward(_Ctx(), arr, *extra)
+    return arr
 
 
 class _Saved:
@@ -272,7 +290,7 @@ class Function:
                 t._out_idx = len(tensors)
             tensors.append(t)
         if cls._makes_view and tensors[0] is not None and isinstance(args[0], Tensor):
-            _mark_view(tensors[0], args[0])
+            _mark_view(tensors[0], args[0], cls, tuple(args[1:]))
         if record:
             ctx._edges = tuple(_edge_of(a) if n else None for a, n in zip(args, needs))
             ctx._out_meta = tuple((o.shape, o.dtype, array_module(o)) if o is not None else None for o in outs)
@@ -285,14 +303,16 @@ class Function:
         return tuple(tensors) if multi else tensors[0]
 
 
-def _mark_view(out, src):
-    """``out`` (a Tensor) views ``src``'s array: share the version counter and keep the base."""
+def _mark_view(out, src, cls, extra):
+    """``out`` (a Tensor) views ``src``'s array: share the version counter, keep the base and the
+    chain of view ops that leads from it (to take the view again, or write through it)."""
     xp = array_module(src.data)
     if out.data.size == 0 or not xp.may_share_memory(out.data, src.data):
         return
     out._version = src._version
     out._view_rec = src._version.recorded
     out._base = src._base if src._base is not None else src
+    out._view_chain = (src._view_chain if src._base is not None else ()) + ((cls, extra),)
 
 
 def _is_float(a):

@@ -10,7 +10,8 @@ import numbers
 
 import numpy as np
 
-from .engine import Function, _Version, array_module, check_view_current, is_grad_enabled, retain, run_backward
+from .engine import (Function, _Version, apply_view_chain, array_module, check_view_current, is_grad_enabled, retain,
+                     run_backward, view_of_array)
 
 __all__ = ["Tensor", "cat", "stack", "tensor"]
 
@@ -612,6 +613,27 @@ class SetItem(Function):
         return ga, gv, None
 
 
+class ScatterView(Function):
+    """``base`` with the view ``chain`` of it replaced by ``value`` (an in-place op through a view)."""
+
+    @staticmethod
+    def forward(ctx, base, value, chain):
+        ctx.chain = chain
+        out = base.copy()
+        view_of_array(out, chain)[...] = value
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        gb = gv = None
+        if ctx.needs_input_grad[0]:
+            gb = g.copy()
+            view_of_array(gb, ctx.chain)[...] = 0
+        if ctx.needs_input_grad[1]:
+            gv = view_of_array(g, ctx.chain).copy()
+        return gb, gv, None
+
+
 class Cat(Function):
     @staticmethod
     def forward(ctx, dim, *arrays):
@@ -678,6 +700,7 @@ class Tensor:
         self._version = _Version()
         self._base = None
         self._view_rec = 0
+        self._view_chain = ()
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -692,6 +715,7 @@ class Tensor:
         t._version = _Version()
         t._base = None
         t._view_rec = 0
+        t._view_chain = ()
         t.requires_grad = False
         return t
 
@@ -716,7 +740,20 @@ class Tensor:
         return "cpu"
 
     @property
+    def requires_grad(self):
+        # a view taken before a recorded in-place op on its base requires grad once the base does
+        # (its graph is brought up to date when it is next used: engine.check_view_current)
+        if self._base is not None and self._version.recorded != self._view_rec:
+            return self._requires_grad or self._base.requires_grad
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        self._requires_grad = value
+
+    @property
     def grad_fn(self):
+        check_view_current(self)
         return self._node
 
     @property
@@ -1076,18 +1113,7 @@ class Tensor:
                 raise RuntimeError(f"a leaf Tensor that requires grad (shape {self.shape}) is being used in an "
                                    "in-place operation; wrap it in fastconv.no_grad() or use an out-of-place op")
             if self._base is not None:
-                base = self._base
-                if base._node is None and base.requires_grad:
-                    raise RuntimeError(
-                        f"a view (shape {self.shape}) of a leaf Tensor that requires grad (shape {base.shape}) is "
-                        "being used in an in-place operation; wrap it in fastconv.no_grad() or use an "
-                        "out-of-place op")
-                # torch rewrites the base's graph here; this autograd does not, and the base's
-                # gradient would silently miss the change: refuse instead
-                raise RuntimeError(
-                    f"an in-place operation on a view (shape {self.shape}) of a Tensor (shape {base.shape}) "
-                    "while recording gradients is not supported: the base's gradient would not see it. Use an "
-                    "out-of-place op (or index assignment on the base itself, base[idx] = value)")
+                return self._inplace_on_view(cls, other, extra)
             old = Tensor._wrap(self.data.copy())
             old._node, old._out_idx, old.requires_grad = self._node, self._out_idx, self.requires_grad
             r = cls.apply(old, _as_operand(other, self), *extra)
@@ -1100,6 +1126,29 @@ class Tensor:
         else:
             raw(self.data, other.data if other_t else other)
             self._version.value += 1
+        return self
+
+    def _inplace_on_view(self, cls, other, extra):
+        """A recorded in-place op on a view, as torch: the base's graph gets a node that writes the
+        view's new values into it (ScatterView), and the view is taken again from that node; other
+        views of the base catch up when next used (engine.check_view_current)."""
+        base = self._base
+        if base._node is None and base.requires_grad:
+            raise RuntimeError(f"a view (shape {self.shape}) of a leaf Tensor that requires grad (shape "
+                               f"{base.shape}) is being used in an in-place operation; wrap it in "
+                               "fastconv.no_grad() or use an out-of-place op")
+        check_view_current(self)
+        old = Tensor._wrap(self.data.copy())  # the op saves this copy, not the memory it overwrites
+        old._node, old._out_idx, old.requires_grad = self._node, self._out_idx, self.requires_grad
+        r = cls.apply(old, other, *extra)
+        new_base = ScatterView.apply(base, r, self._view_chain)
+        base.data[...] = new_base.data  # in place: every view of the base sees the new values
+        self._version.value += 1
+        self._version.recorded += 1
+        base._node, base._out_idx, base.requires_grad = new_base._node, new_base._out_idx, True
+        fresh = apply_view_chain(base, self._view_chain)
+        self._node, self._out_idx, self.requires_grad = fresh._node, fresh._out_idx, True
+        self._view_rec = self._version.recorded
         return self
 
     def _iop(self, cls, other, npop):
